@@ -1,0 +1,283 @@
+//! Resolved configuration: every default filled, every duration, size and path
+//! already parsed and absolute. The supervisor only ever sees these types.
+//!
+//! This file is the interface between `appvisor-config` and the rest of the
+//! workspace: change it only in agreement with its users.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, validated `appvisor.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Absolute path of the file this was read from (the control socket and the
+    /// CLI find the running supervisor through it).
+    pub path: PathBuf,
+    pub supervisor: SupervisorConfig,
+    pub store: StoreConfig,
+    pub apps: Vec<AppConfig>,
+}
+
+impl Config {
+    /// The app named `name`, if configured.
+    pub fn app(&self, name: &str) -> Option<&AppConfig> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+}
+
+/// `[supervisor]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorConfig {
+    /// Where the control socket, `events.jsonl`, logs and the store live.
+    /// Default: `.appvisor` beside the config file. Always absolute.
+    pub state_dir: PathBuf,
+    /// A worker log file is rotated once it passes this many bytes (`log_max_size`,
+    /// default `"10MiB"`).
+    pub log_max_size: u64,
+    /// Rotated log files kept per app (`log_keep`, default 5).
+    pub log_keep: u32,
+}
+
+/// `[store]`: where session state lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreBackend {
+    /// `backend = "embedded"` (default): the supervisor serves the Redis protocol on
+    /// `<state_dir>/store.sock`.
+    Embedded(EmbeddedStore),
+    /// `backend = "redis"`, `url = "redis://…"`: workers get this URL instead.
+    Redis { url: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedStore {
+    /// `tcp = "127.0.0.1:6390"`: also listen on TCP (AUTH is then mandatory).
+    pub tcp: Option<SocketAddr>,
+    /// `persist = "everysec" | "always" | "no"`.
+    pub persist: Persist,
+    /// `max_memory = "1GiB"`: past it writes are refused (Redis `noeviction`).
+    pub max_memory: Option<u64>,
+    /// `max_value_size`, default `"1MiB"`.
+    pub max_value_size: u64,
+    /// `max_clients`, default 10000.
+    pub max_clients: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    EverySec,
+    Always,
+    No,
+}
+
+/// One `[[app]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    pub name: String,
+    /// argv, never run through a shell. `command[0]` is looked up in `PATH` if it has
+    /// no slash, otherwise resolved against `cwd`.
+    pub command: Vec<String>,
+    /// Absolute working directory (default: the config file's directory).
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    /// Worker processes (default 1).
+    pub processes: u32,
+    pub listen: Vec<Listen>,
+    pub ready: ReadyCheck,
+    pub recycle: RecycleConfig,
+    pub failure: FailureConfig,
+    pub watch: WatchConfig,
+    pub health: HealthConfig,
+    pub sessions: SessionsConfig,
+}
+
+/// One entry of `listen`: `"tcp://127.0.0.1:8080"`, `"unix:/path.sock"`, or a table
+/// `{ address = "tcp://…", name = "admin" }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listen {
+    pub address: ListenAddress,
+    /// Passed in `LISTEN_FDNAMES`; default: the app's name (as systemd uses the unit name).
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    Tcp(SocketAddr),
+    /// Absolute path of a unix stream socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Tcp(a) => write!(f, "tcp://{a}"),
+            ListenAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// `ready = "notify" | "http:/healthz" | "delay:500ms"`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadyCheck {
+    /// sd_notify `READY=1` (default).
+    Notify,
+    /// An HTTP GET of this path on the app's first TCP listen address answers 2xx.
+    Http { path: String },
+    /// Ready after a fixed delay.
+    Delay(Duration),
+}
+
+/// A signal by name and number, e.g. `"SIGTERM"` (15). Linux numbering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal {
+    pub name: &'static str,
+    pub number: i32,
+}
+
+/// `[app.recycle]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecycleConfig {
+    /// Start the next generation before stopping the old one (default true).
+    pub overlapped: bool,
+    /// Default 90 s (IIS startupTimeLimit).
+    pub startup_timeout: Duration,
+    /// Default 90 s (IIS shutdownTimeLimit); then the process group is SIGKILLed.
+    pub shutdown_timeout: Duration,
+    /// Default SIGTERM.
+    pub stop_signal: Signal,
+    /// Private bytes of the worker's process tree (Private_Clean + Private_Dirty).
+    pub private_memory: Option<u64>,
+    /// Virtual size of the worker's process tree.
+    pub virtual_memory: Option<u64>,
+    /// Resident set size of the worker's process tree.
+    pub rss: Option<u64>,
+    /// Default 1 s.
+    pub memory_check_interval: Duration,
+    /// Past this (private bytes), kill at once without a drain.
+    pub memory_hard_limit: Option<u64>,
+    /// Recycle after this many requests (`X_APPVISOR_REQUESTS`).
+    pub requests: Option<u64>,
+    /// Each worker's limit gets a random extra in `0..=requests_jitter`.
+    pub requests_jitter: u64,
+    /// Recycle after this age.
+    pub interval: Option<Duration>,
+    /// Each worker's interval gets a random extra in `0..=interval_jitter`.
+    pub interval_jitter: Duration,
+    /// Times of day (local) at which to recycle.
+    pub schedule: Vec<TimeOfDay>,
+    /// Stop workers after this long without connections; start on demand.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// `"03:00"` or `"15:30:10"`, local time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeOfDay {
+    pub hour: u8,
+    pub minute: u8,
+    pub second: u8,
+}
+
+impl std::fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02}:{:02}", self.hour, self.minute)?;
+        if self.second != 0 {
+            write!(f, ":{:02}", self.second)?;
+        }
+        Ok(())
+    }
+}
+
+/// `[app.failure]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureConfig {
+    /// Default 5 (IIS rapidFailProtectionMaxCrashes).
+    pub rapid_fail_max_crashes: u32,
+    /// Default 5 min (IIS rapidFailProtectionInterval).
+    pub rapid_fail_interval: Duration,
+    /// Default 100 ms.
+    pub backoff_initial: Duration,
+    /// Default 30 s.
+    pub backoff_max: Duration,
+    /// A worker up this long resets the backoff (default 30 s).
+    pub stable_uptime: Duration,
+}
+
+/// `[app.watch]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchConfig {
+    /// `enabled` (default true).
+    pub enabled: bool,
+    /// Globs relative to the app's cwd.
+    pub paths: Vec<String>,
+    /// Globs: the user's list merged with the defaults.
+    pub ignore: Vec<String>,
+    /// Quiet period before acting (default 200 ms).
+    pub debounce: Duration,
+    /// Cap from the first change (default 2 s).
+    pub max_wait: Duration,
+    pub compare: Compare,
+    /// Globs whose changes send `soft_signal` instead of recycling.
+    pub soft: Vec<String>,
+    /// Default SIGHUP.
+    pub soft_signal: Signal,
+    /// Default 15 (ASP.NET numRecompilesBeforeAppRestart).
+    pub soft_changes_before_recycle: u32,
+    /// Poll at this interval instead of inotify (NFS).
+    pub poll: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    Content,
+    Mtime,
+}
+
+/// `[app.health]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Expect sd_notify `WATCHDOG=1` at least this often.
+    pub watchdog: Option<Duration>,
+    pub http_probe: Option<HttpProbe>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpProbe {
+    pub path: String,
+    /// Default 30 s.
+    pub interval: Duration,
+    /// Default 90 s... capped to `interval`? No: default 5 s.
+    pub timeout: Duration,
+    /// Consecutive failures before `unhealthy` (default 3).
+    pub failures: u32,
+}
+
+/// `[app.sessions]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionsConfig {
+    pub mode: SessionMode,
+    /// Sliding expiry (default 20 min).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMode {
+    Inproc,
+    Handoff,
+    Store,
+}
+
+impl SessionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionMode::Inproc => "inproc",
+            SessionMode::Handoff => "handoff",
+            SessionMode::Store => "store",
+        }
+    }
+}

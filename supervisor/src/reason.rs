@@ -1,0 +1,91 @@
+//! Why a worker was (or was not) recycled: the vocabulary every trigger speaks.
+//!
+//! A trigger only *decides*: it hands the pool a [`RecycleReason`], and the pool
+//! performs the recycle and writes the reason, with its detail, to `events.jsonl`.
+
+use serde::{Deserialize, Serialize};
+
+/// The cause of a recycle, with the figures that justify it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum RecycleReason {
+    /// `appvisor recycle APP` (or the control API).
+    Manual,
+    /// Watched files changed. `paths` holds the first few, `count` all of them.
+    FileChange {
+        paths: Vec<String>,
+        count: usize,
+        /// "modified", "created", "removed", "renamed", or "mixed".
+        change: String,
+    },
+    /// The inotify queue overflowed: some changes were lost, so recycle once.
+    WatchOverflow,
+    /// `soft_changes_before_recycle` soft changes have accumulated.
+    SoftChangeLimit { changes: u32, limit: u32 },
+    /// A memory limit was crossed. `kind` is "private_memory", "virtual_memory" or "rss".
+    Memory { kind: String, bytes: u64, limit: u64 },
+    /// `requests` served.
+    Requests { count: u64, limit: u64 },
+    /// `interval` reached.
+    Age { age_ms: u64, limit_ms: u64 },
+    /// A `schedule` time of day.
+    Schedule { at: String },
+    /// The watchdog or the HTTP probe failed.
+    Unhealthy { detail: String },
+    /// The app's settings in `appvisor.toml` changed.
+    ConfigChange { config_generation: u64 },
+}
+
+impl RecycleReason {
+    /// The short name used in the `reason` field of events and in `status`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RecycleReason::Manual => "manual",
+            RecycleReason::FileChange { .. } => "file_change",
+            RecycleReason::WatchOverflow => "watch_overflow",
+            RecycleReason::SoftChangeLimit { .. } => "soft_change_limit",
+            RecycleReason::Memory { .. } => "memory",
+            RecycleReason::Requests { .. } => "requests",
+            RecycleReason::Age { .. } => "age",
+            RecycleReason::Schedule { .. } => "schedule",
+            RecycleReason::Unhealthy { .. } => "unhealthy",
+            RecycleReason::ConfigChange { .. } => "config_change",
+        }
+    }
+
+    /// One human line: the reason and its detail.
+    pub fn describe(&self) -> String {
+        match self {
+            RecycleReason::Manual => "manual recycle".into(),
+            RecycleReason::FileChange { paths, count, change } => {
+                let mut s = format!("{change} {}", paths.join(", "));
+                if *count > paths.len() {
+                    s.push_str(&format!(" (+{} more)", count - paths.len()));
+                }
+                s
+            }
+            RecycleReason::WatchOverflow => "file watch queue overflowed".into(),
+            RecycleReason::SoftChangeLimit { changes, limit } => {
+                format!("{changes} soft changes reached the limit of {limit}")
+            }
+            RecycleReason::Memory { kind, bytes, limit } => {
+                format!("{kind} {} > limit {}", mib(*bytes), mib(*limit))
+            }
+            RecycleReason::Requests { count, limit } => {
+                format!("{count} requests ≥ limit {limit}")
+            }
+            RecycleReason::Age { age_ms, limit_ms } => {
+                format!("age {} s ≥ interval {} s", age_ms / 1000, limit_ms / 1000)
+            }
+            RecycleReason::Schedule { at } => format!("scheduled at {at}"),
+            RecycleReason::Unhealthy { detail } => format!("unhealthy: {detail}"),
+            RecycleReason::ConfigChange { config_generation } => {
+                format!("settings changed (config generation {config_generation})")
+            }
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}

@@ -1,0 +1,308 @@
+//! Socket activation: the listening sockets the supervisor passes at fd 3 and up.
+//!
+//! The protocol is systemd's (`sd_listen_fds(3)`): `LISTEN_PID` names the
+//! process the fds are meant for, `LISTEN_FDS` says how many there are
+//! (starting at fd 3), and `LISTEN_FDNAMES` optionally names them, colon
+//! separated. The parsing is split in two so that it can be tested without
+//! touching the process: [`ListenVars::parse`] is a pure function of the three
+//! values and our pid; [`take_inherited`] reads the real environment, checks
+//! each fd with the kernel and takes ownership of it.
+//!
+//! Decisions, each following libsystemd:
+//! - a `LISTEN_PID` that is not ours means "not for us": no fds, no error
+//!   (a child that inherited the variables from a parent must not grab fds
+//!   that are not its own);
+//! - a missing `LISTEN_PID` or `LISTEN_FDS` means no fds;
+//! - the variables are removed from the environment once read, so a process
+//!   the worker spawns does not think the sockets are its own, and the fds are
+//!   marked close-on-exec for the same reason;
+//! - the fds are taken at most once per process, even if two threads race.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::WorkerError;
+
+/// The first fd number the supervisor passes, as in systemd.
+pub const LISTEN_FDS_START: RawFd = 3;
+
+/// The raw values of the three socket-activation variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenVars {
+    /// `LISTEN_PID`: the pid the fds are meant for.
+    pub pid: Option<String>,
+    /// `LISTEN_FDS`: how many fds, starting at 3.
+    pub fds: Option<String>,
+    /// `LISTEN_FDNAMES`: colon-separated names, one per fd.
+    pub names: Option<String>,
+}
+
+/// One fd that the environment says was passed to us, not yet checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedFd {
+    /// The descriptor number (3, 4, …).
+    pub fd: RawFd,
+    /// Its name from `LISTEN_FDNAMES`, if the supervisor named it.
+    pub name: Option<String>,
+}
+
+impl ListenVars {
+    /// Reads the three variables from the process environment.
+    pub fn from_env() -> ListenVars {
+        ListenVars {
+            pid: std::env::var("LISTEN_PID").ok(),
+            fds: std::env::var("LISTEN_FDS").ok(),
+            names: std::env::var("LISTEN_FDNAMES").ok(),
+        }
+    }
+
+    /// Decides which fds are ours, given our pid. Pure: touches no fd.
+    pub fn parse(&self, our_pid: u32) -> Result<Vec<PassedFd>, WorkerError> {
+        let Some(pid) = self.pid.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let pid: u32 = match pid.trim().parse() {
+            Ok(0) | Err(_) => {
+                return Err(WorkerError::InvalidEnv {
+                    var: "LISTEN_PID",
+                    value: pid.to_owned(),
+                    reason: "not a positive process id",
+                })
+            }
+            Ok(pid) => pid,
+        };
+        if pid != our_pid {
+            return Ok(Vec::new());
+        }
+        let Some(fds) = self.fds.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let count: usize = fds.trim().parse().map_err(|_| WorkerError::InvalidEnv {
+            var: "LISTEN_FDS",
+            value: fds.to_owned(),
+            reason: "not a non-negative number",
+        })?;
+        // fd numbers are c_int; refuse a count that would overflow them.
+        let last = RawFd::try_from(count)
+            .ok()
+            .and_then(|n| n.checked_add(LISTEN_FDS_START));
+        if last.is_none() {
+            return Err(WorkerError::InvalidEnv {
+                var: "LISTEN_FDS",
+                value: fds.to_owned(),
+                reason: "too many fds",
+            });
+        }
+        let names: Vec<Option<String>> = match self.names.as_deref() {
+            None => vec![None; count],
+            // An empty value names zero fds, not one empty name.
+            Some("") if count == 0 => Vec::new(),
+            Some(list) => {
+                let names: Vec<Option<String>> = list
+                    .split(':')
+                    .map(|n| (!n.is_empty()).then(|| n.to_owned()))
+                    .collect();
+                if names.len() != count {
+                    return Err(WorkerError::FdNamesMismatch {
+                        names: names.len(),
+                        fds: count,
+                    });
+                }
+                names
+            }
+        };
+        Ok(names
+            .into_iter()
+            .zip(LISTEN_FDS_START..)
+            .map(|(name, fd)| PassedFd { fd, name })
+            .collect())
+    }
+}
+
+/// The address family of an inherited listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 or IPv6 TCP.
+    Tcp,
+    /// A unix-domain stream socket.
+    Unix,
+}
+
+/// A listening socket inherited from the supervisor, checked and owned.
+///
+/// It is plain (blocking, not registered with any runtime); turn it into an
+/// async [`Listener`](crate::Listener) with
+/// [`into_listener`](InheritedSocket::into_listener) inside a tokio runtime,
+/// or take the raw fd with [`into_fd`](InheritedSocket::into_fd) for another
+/// event loop.
+#[derive(Debug)]
+pub struct InheritedSocket {
+    fd: OwnedFd,
+    name: Option<String>,
+    family: Family,
+}
+
+impl InheritedSocket {
+    /// The name from `LISTEN_FDNAMES`, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// TCP or unix.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// The descriptor number it had when inherited.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Gives up the typed view and returns the fd.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    /// Registers the socket with the current tokio runtime.
+    pub fn into_listener(self) -> Result<crate::Listener, WorkerError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(WorkerError::NoRuntime {
+                what: "InheritedSocket::into_listener",
+            });
+        }
+        let fd_no = self.fd.as_raw_fd();
+        let register = |source| WorkerError::Register {
+            what: format!("inherited fd {fd_no}"),
+            source,
+        };
+        let listener = match self.family {
+            Family::Tcp => {
+                let std = std::net::TcpListener::from(self.fd);
+                std.set_nonblocking(true).map_err(register)?;
+                crate::Listener::from_tcp(tokio::net::TcpListener::from_std(std).map_err(register)?)
+            }
+            Family::Unix => {
+                let std = std::os::unix::net::UnixListener::from(self.fd);
+                std.set_nonblocking(true).map_err(register)?;
+                crate::Listener::from_unix(
+                    tokio::net::UnixListener::from_std(std).map_err(register)?,
+                )
+            }
+        };
+        Ok(listener.with_name(self.name))
+    }
+}
+
+/// Set once the process has taken its fds: they are taken at most once.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Takes the sockets passed by the supervisor, once per process.
+///
+/// Reads `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`, removes them from the
+/// environment (even when they are invalid, as libsystemd does), checks that
+/// every fd is an open, listening TCP or unix stream socket, marks it
+/// close-on-exec and takes ownership of it. A second call returns no sockets.
+///
+/// Removing variables from the environment races with C code reading it in
+/// another thread, so call this early, before starting threads: that is why
+/// [`Worker::from_env`](crate::Worker::from_env) is not async.
+pub fn take_inherited() -> Result<Vec<InheritedSocket>, WorkerError> {
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    let vars = ListenVars::from_env();
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let passed = vars.parse(std::process::id())?;
+    let mut sockets = Vec::with_capacity(passed.len());
+    for PassedFd { fd, name } in passed {
+        let family = check_listening_socket(fd)?;
+        // SAFETY: `fd` was passed to this process by its supervisor (LISTEN_PID
+        // is our pid), `check_listening_socket` has just confirmed it is open,
+        // and the TAKEN guard ensures it is wrapped exactly once, so this
+        // OwnedFd is its only owner.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        sockets.push(InheritedSocket { fd, name, family });
+    }
+    Ok(sockets)
+}
+
+/// Confirms `fd` is an open listening stream socket, marks it close-on-exec
+/// and says which family it is.
+fn check_listening_socket(fd: RawFd) -> Result<Family, WorkerError> {
+    // SAFETY: F_GETFD/F_SETFD only read and set the descriptor flags of `fd`;
+    // on a closed fd they fail with EBADF, which we report.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(WorkerError::BadFd {
+            fd,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    if flags & libc::FD_CLOEXEC == 0 {
+        // SAFETY: as above; sets only the close-on-exec flag of an open fd.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+            return Err(WorkerError::BadFd {
+                fd,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    let sock_type = match socket_option(fd, libc::SO_TYPE) {
+        Ok(t) => t,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+            return Err(WorkerError::NotAListener {
+                fd,
+                what: "not a socket".into(),
+            })
+        }
+        Err(source) => return Err(WorkerError::BadFd { fd, source }),
+    };
+    if sock_type != libc::SOCK_STREAM {
+        return Err(WorkerError::NotAListener {
+            fd,
+            what: format!("socket type {sock_type}, not SOCK_STREAM"),
+        });
+    }
+    let listening = socket_option(fd, libc::SO_ACCEPTCONN)
+        .map_err(|source| WorkerError::BadFd { fd, source })?;
+    if listening == 0 {
+        return Err(WorkerError::NotAListener {
+            fd,
+            what: "listen() was not called on it".into(),
+        });
+    }
+    let domain =
+        socket_option(fd, libc::SO_DOMAIN).map_err(|source| WorkerError::BadFd { fd, source })?;
+    match domain {
+        libc::AF_INET | libc::AF_INET6 => Ok(Family::Tcp),
+        libc::AF_UNIX => Ok(Family::Unix),
+        other => Err(WorkerError::NotAListener {
+            fd,
+            what: format!("address family {other}, not TCP or unix"),
+        }),
+    }
+}
+
+/// Reads one integer `SOL_SOCKET` option.
+fn socket_option(fd: RawFd, option: libc::c_int) -> std::io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes of an int and a socklen_t,
+    // and `len` says exactly how large `value` is.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(value)
+    }
+}

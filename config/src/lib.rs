@@ -1,12 +1,90 @@
 //! appvisor's configuration: TOML → raw types → validated, resolved types.
 //!
 //! # Layout
-//! - `resolved` — the types the supervisor uses (every default filled in).
+//! - `resolved` — the types the supervisor uses (every default filled in). This is the
+//!   crate's interface; everything else exists to produce it.
+//! - `raw` — serde types mirroring the file, every value `Spanned`, unknown keys denied.
+//! - `resolve` — raw → resolved: defaults, parsing, range and cross-field checks.
+//! - `diagnostic` — [`ConfigError`] and [`Problem`]: file, line:column, field, fix.
+//! - `duration`, `size`, `signal` — the value syntaxes users write.
+//! - `render` — prints a resolved [`Config`] back as TOML (`appvisor check`).
 //!
 //! # Theory of operation
-//! `load(path)` reads the file, deserializes it into raw types that keep spans,
-//! then validates and resolves them into [`Config`]. Every error carries the file,
-//! line:column and the field, and says what is expected.
+//! [`load`] reads the file and hands it to [`parse`]. `parse` first runs the TOML
+//! parser in recovering mode so every syntax error is reported at once, then
+//! deserializes into the raw types. A serde error (unknown key, wrong TOML type) has
+//! only a byte span, so `diagnostic` walks the parsed document to find which app and
+//! field that span falls in, and rewrites the message in the user's terms with a
+//! "did you mean". The resolver then checks everything else, collecting all problems
+//! before failing. The crate is pure: no processes, no sockets, no DNS. Checks that need
+//! the system (is the port free? does the program exist?) belong to the supervisor.
+//!
+//! Choices worth knowing:
+//! - Durations must be strings with a unit (`"90s"`); a bare integer is rejected with
+//!   the fix spelled out, because a unit-less number is ambiguous (IIS mixes minutes and
+//!   seconds). Sizes may be bare integers (bytes) or `"512MiB"` / `"150MB"`.
+//! - Relative paths (`cwd`, `state_dir`, `unix:` sockets) are relative to the config
+//!   file's directory, never to the process's working directory.
+//! - `[app.sessions] mode` defaults to `"handoff"`: sessions survive a recycle without
+//!   paying a store round trip on every request.
+//! - `[app.watch] ignore` is merged with built-in ignores (VCS, editor swap files,
+//!   logs, `node_modules`, the state dir); `paths` replaces the defaults.
 
+mod diagnostic;
+mod duration;
+mod raw;
+mod render;
+mod resolve;
 mod resolved;
+mod signal;
+mod size;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::de::DeTable;
+
+pub use diagnostic::{ConfigError, Location, Problem};
+pub use duration::{format_duration, parse_duration, InvalidDuration};
+pub use resolve::{DEFAULT_WATCH_IGNORE, DEFAULT_WATCH_PATHS};
 pub use resolved::*;
+pub use size::{format_size, parse_size, InvalidSize};
+
+/// Read and validate the config file at `path`. [`Config::path`] is made absolute;
+/// error messages name the file as `path` was given.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Validate config `text` as if read from `path`: `path` names the file in messages,
+/// and relative paths in the config resolve against its directory (made absolute
+/// against the current directory if `path` is relative). Nothing is read from disk.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let absolute = absolute(path);
+    let dir = absolute
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("/"));
+
+    let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+    if !syntax_errors.is_empty() {
+        // Only the first: after one syntax error the parser's recovery guesses, and
+        // its later errors are mostly echoes of the first.
+        let problems = vec![diagnostic::from_toml_error(path, text, &syntax_errors[0])];
+        return Err(ConfigError::Invalid { problems });
+    }
+    let raw = raw::RawConfig::deserialize(toml::de::Deserializer::from(doc)).map_err(|e| {
+        ConfigError::Invalid {
+            problems: vec![diagnostic::from_toml_error(path, text, &e)],
+        }
+    })?;
+    resolve::Resolver::new(path, text, dir).resolve(raw, absolute)
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}

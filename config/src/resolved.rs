@@ -213,8 +213,13 @@ pub struct FailureConfig {
 pub struct WatchConfig {
     /// `enabled` (default true).
     pub enabled: bool,
-    /// Globs relative to the app's cwd.
+    /// Globs relative to the app's cwd. Default: the ASP.NET set (`web.config`,
+    /// `*.config`, `appsettings*.json`, `.env`, `config/**`, `global.*`, `bin/**`) plus
+    /// `<code_dir>/**`; a `paths` key replaces the whole list.
     pub paths: Vec<String>,
+    /// `code_dir` (default `"App_Code"`), relative to cwd; only adds `<code_dir>/**`
+    /// to the default `paths`.
+    pub code_dir: String,
     /// Globs: the user's list merged with the defaults.
     pub ignore: Vec<String>,
     /// Quiet period before acting (default 200 ms).
@@ -251,7 +256,7 @@ pub struct HttpProbe {
     pub path: String,
     /// Default 30 s.
     pub interval: Duration,
-    /// Default 90 s... capped to `interval`? No: default 5 s.
+    /// Default 5 s.
     pub timeout: Duration,
     /// Consecutive failures before `unhealthy` (default 3).
     pub failures: u32,

@@ -1,0 +1,229 @@
+//! Print a resolved [`Config`] as TOML with every default written out, for
+//! `appvisor check`. The output is itself a valid config that resolves to the same
+//! [`Config`] (the tests check this round trip), so a user can copy it as a start.
+
+use std::fmt::{self, Write};
+
+use crate::duration::format_duration;
+use crate::resolved::*;
+use crate::size::format_size;
+
+impl Config {
+    /// The whole config, defaults included, as TOML.
+    pub fn to_toml_string(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_toml(&mut out);
+        out
+    }
+
+    fn write_toml(&self, o: &mut String) -> fmt::Result {
+        writeln!(
+            o,
+            "# {} (resolved: every default filled in)",
+            self.path.display()
+        )?;
+        writeln!(o)?;
+        let s = &self.supervisor;
+        writeln!(o, "[supervisor]")?;
+        writeln!(o, "state_dir = {}", q(&s.state_dir.to_string_lossy()))?;
+        writeln!(o, "log_max_size = {}", q(&format_size(s.log_max_size)))?;
+        writeln!(o, "log_keep = {}", s.log_keep)?;
+        writeln!(o)?;
+        writeln!(o, "[store]")?;
+        match &self.store.backend {
+            StoreBackend::Redis { url } => {
+                writeln!(o, "backend = \"redis\"")?;
+                writeln!(o, "url = {}", q(url))?;
+            }
+            StoreBackend::Embedded(e) => {
+                writeln!(o, "backend = \"embedded\"")?;
+                if let Some(tcp) = e.tcp {
+                    writeln!(o, "tcp = {}", q(&tcp.to_string()))?;
+                }
+                let persist = match e.persist {
+                    Persist::EverySec => "everysec",
+                    Persist::Always => "always",
+                    Persist::No => "no",
+                };
+                writeln!(o, "persist = {}", q(persist))?;
+                if let Some(m) = e.max_memory {
+                    writeln!(o, "max_memory = {}", q(&format_size(m)))?;
+                }
+                writeln!(o, "max_value_size = {}", q(&format_size(e.max_value_size)))?;
+                writeln!(o, "max_clients = {}", e.max_clients)?;
+            }
+        }
+        for app in &self.apps {
+            writeln!(o)?;
+            app.write_toml(o)?;
+        }
+        Ok(())
+    }
+}
+
+impl AppConfig {
+    fn write_toml(&self, o: &mut String) -> fmt::Result {
+        writeln!(o, "[[app]]")?;
+        writeln!(o, "name = {}", q(&self.name))?;
+        writeln!(o, "command = {}", list(&self.command))?;
+        writeln!(o, "cwd = {}", q(&self.cwd.to_string_lossy()))?;
+        writeln!(o, "processes = {}", self.processes)?;
+        let listen: Vec<String> = self
+            .listen
+            .iter()
+            .map(|l| {
+                format!(
+                    "{{ address = {}, name = {} }}",
+                    q(&l.address.to_string()),
+                    q(&l.name)
+                )
+            })
+            .collect();
+        writeln!(o, "listen = [{}]", listen.join(", "))?;
+        let ready = match &self.ready {
+            ReadyCheck::Notify => "notify".to_owned(),
+            ReadyCheck::Http { path } => format!("http:{path}"),
+            ReadyCheck::Delay(d) => format!("delay:{}", format_duration(*d)),
+        };
+        writeln!(o, "ready = {}", q(&ready))?;
+        let env: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{} = {}", key(k), q(v)))
+            .collect();
+        writeln!(o, "env = {{ {} }}", env.join(", "))?;
+
+        let r = &self.recycle;
+        writeln!(o, "\n[app.recycle]")?;
+        writeln!(o, "overlapped = {}", r.overlapped)?;
+        writeln!(o, "startup_timeout = {}", dur(r.startup_timeout))?;
+        writeln!(o, "shutdown_timeout = {}", dur(r.shutdown_timeout))?;
+        writeln!(o, "stop_signal = {}", q(r.stop_signal.name))?;
+        opt_size(o, "private_memory", r.private_memory)?;
+        opt_size(o, "virtual_memory", r.virtual_memory)?;
+        opt_size(o, "rss", r.rss)?;
+        writeln!(
+            o,
+            "memory_check_interval = {}",
+            dur(r.memory_check_interval)
+        )?;
+        opt_size(o, "memory_hard_limit", r.memory_hard_limit)?;
+        if let Some(n) = r.requests {
+            writeln!(o, "requests = {n}")?;
+        }
+        writeln!(o, "requests_jitter = {}", r.requests_jitter)?;
+        opt_dur(o, "interval", r.interval)?;
+        writeln!(o, "interval_jitter = {}", dur(r.interval_jitter))?;
+        let schedule: Vec<String> = r.schedule.iter().map(|t| t.to_string()).collect();
+        writeln!(o, "schedule = {}", list(&schedule))?;
+        opt_dur(o, "idle_timeout", r.idle_timeout)?;
+
+        let f = &self.failure;
+        writeln!(o, "\n[app.failure]")?;
+        writeln!(o, "rapid_fail_max_crashes = {}", f.rapid_fail_max_crashes)?;
+        writeln!(o, "rapid_fail_interval = {}", dur(f.rapid_fail_interval))?;
+        writeln!(o, "backoff_initial = {}", dur(f.backoff_initial))?;
+        writeln!(o, "backoff_max = {}", dur(f.backoff_max))?;
+        writeln!(o, "stable_uptime = {}", dur(f.stable_uptime))?;
+
+        let w = &self.watch;
+        writeln!(o, "\n[app.watch]")?;
+        writeln!(o, "enabled = {}", w.enabled)?;
+        writeln!(o, "code_dir = {}", q(&w.code_dir))?;
+        writeln!(o, "paths = {}", list(&w.paths))?;
+        // Only the user's additions: the built-in ignores are merged back in on load.
+        let extra: Vec<String> = w
+            .ignore
+            .iter()
+            .filter(|g| !crate::resolve::DEFAULT_WATCH_IGNORE.contains(&g.as_str()))
+            .cloned()
+            .collect();
+        writeln!(
+            o,
+            "# always ignored as well: {}",
+            crate::resolve::DEFAULT_WATCH_IGNORE.join(" ")
+        )?;
+        writeln!(o, "ignore = {}", list(&extra))?;
+        writeln!(o, "debounce = {}", dur(w.debounce))?;
+        writeln!(o, "max_wait = {}", dur(w.max_wait))?;
+        let compare = match w.compare {
+            Compare::Content => "content",
+            Compare::Mtime => "mtime",
+        };
+        writeln!(o, "compare = {}", q(compare))?;
+        writeln!(o, "soft = {}", list(&w.soft))?;
+        writeln!(o, "soft_signal = {}", q(w.soft_signal.name))?;
+        writeln!(
+            o,
+            "soft_changes_before_recycle = {}",
+            w.soft_changes_before_recycle
+        )?;
+        opt_dur(o, "poll", w.poll)?;
+
+        let h = &self.health;
+        writeln!(o, "\n[app.health]")?;
+        opt_dur(o, "watchdog", h.watchdog)?;
+        if let Some(p) = &h.http_probe {
+            writeln!(
+                o,
+                "http_probe = {{ path = {}, interval = {}, timeout = {}, failures = {} }}",
+                q(&p.path),
+                dur(p.interval),
+                dur(p.timeout),
+                p.failures
+            )?;
+        }
+
+        let s = &self.sessions;
+        writeln!(o, "\n[app.sessions]")?;
+        writeln!(o, "mode = {}", q(s.mode.as_str()))?;
+        writeln!(o, "timeout = {}", dur(s.timeout))?;
+        Ok(())
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_toml_string())
+    }
+}
+
+/// A TOML basic string, escaped by the toml crate itself.
+fn q(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn key(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        k.to_owned()
+    } else {
+        q(k)
+    }
+}
+
+fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| q(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn dur(d: std::time::Duration) -> String {
+    q(&format_duration(d))
+}
+
+fn opt_dur(o: &mut String, name: &str, d: Option<std::time::Duration>) -> fmt::Result {
+    match d {
+        Some(d) => writeln!(o, "{name} = {}", dur(d)),
+        None => writeln!(o, "# {name} = (off)"),
+    }
+}
+
+fn opt_size(o: &mut String, name: &str, n: Option<u64>) -> fmt::Result {
+    match n {
+        Some(n) => writeln!(o, "{name} = {}", q(&format_size(n))),
+        None => writeln!(o, "# {name} = (off)"),
+    }
+}

@@ -1,0 +1,299 @@
+//! Valid configs: every default, every key, every fixture, and the resolved dump
+//! reading back to the same config.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use appvisor_config::*;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[test]
+fn minimal_config_gets_every_default() {
+    let path = fixtures().join("minimal.toml");
+    let config = load(&path).unwrap();
+    let dir = fixtures();
+    assert_eq!(config.path, path);
+    assert_eq!(config.supervisor.state_dir, dir.join(".appvisor"));
+    assert_eq!(config.supervisor.log_max_size, 10 << 20);
+    assert_eq!(config.supervisor.log_keep, 5);
+    assert_eq!(
+        config.store.backend,
+        StoreBackend::Embedded(EmbeddedStore {
+            tcp: None,
+            persist: Persist::EverySec,
+            max_memory: None,
+            max_value_size: 1 << 20,
+            max_clients: 10_000,
+        })
+    );
+    let app = config.app("web").unwrap();
+    assert_eq!(app.command, ["python3", "app.py"]);
+    assert_eq!(app.cwd, dir);
+    assert!(app.env.is_empty());
+    assert_eq!(app.processes, 1);
+    assert!(app.listen.is_empty());
+    assert_eq!(app.ready, ReadyCheck::Notify);
+    assert_eq!(
+        app.recycle,
+        RecycleConfig {
+            overlapped: true,
+            startup_timeout: secs(90),
+            shutdown_timeout: secs(90),
+            stop_signal: Signal::TERM,
+            private_memory: None,
+            virtual_memory: None,
+            rss: None,
+            memory_check_interval: secs(1),
+            memory_hard_limit: None,
+            requests: None,
+            requests_jitter: 0,
+            interval: None,
+            interval_jitter: Duration::ZERO,
+            schedule: vec![],
+            idle_timeout: None,
+        }
+    );
+    assert_eq!(
+        app.failure,
+        FailureConfig {
+            rapid_fail_max_crashes: 5,
+            rapid_fail_interval: secs(300),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: secs(30),
+            stable_uptime: secs(30),
+        }
+    );
+    let w = &app.watch;
+    assert!(w.enabled);
+    assert_eq!(w.code_dir, "App_Code");
+    let mut expected_paths: Vec<String> =
+        DEFAULT_WATCH_PATHS.iter().map(|s| s.to_string()).collect();
+    expected_paths.push("App_Code/**".into());
+    assert_eq!(w.paths, expected_paths);
+    // The state dir sits inside the app's cwd here, so it is ignored too.
+    let mut expected_ignore: Vec<String> =
+        DEFAULT_WATCH_IGNORE.iter().map(|s| s.to_string()).collect();
+    expected_ignore.push(".appvisor/**".into());
+    assert_eq!(w.ignore, expected_ignore);
+    assert_eq!(w.debounce, Duration::from_millis(200));
+    assert_eq!(w.max_wait, secs(2));
+    assert_eq!(w.compare, Compare::Content);
+    assert!(w.soft.is_empty());
+    assert_eq!(w.soft_signal, Signal::HUP);
+    assert_eq!(w.soft_changes_before_recycle, 15);
+    assert_eq!(w.poll, None);
+    assert_eq!(
+        app.health,
+        HealthConfig {
+            watchdog: None,
+            http_probe: None
+        }
+    );
+    assert_eq!(
+        app.sessions,
+        SessionsConfig {
+            mode: SessionMode::Handoff,
+            timeout: secs(20 * 60),
+        }
+    );
+}
+
+#[test]
+fn full_config_sets_every_key() {
+    let config = load(&fixtures().join("full.toml")).unwrap();
+    let dir = fixtures();
+    assert_eq!(config.supervisor.state_dir, Path::new("/var/lib/appvisor"));
+    assert_eq!(config.supervisor.log_max_size, 20 << 20);
+    assert_eq!(config.supervisor.log_keep, 7);
+    assert_eq!(
+        config.store.backend,
+        StoreBackend::Embedded(EmbeddedStore {
+            tcp: Some("127.0.0.1:6390".parse().unwrap()),
+            persist: Persist::Always,
+            max_memory: Some(1 << 30),
+            max_value_size: 512 << 10,
+            max_clients: 500,
+        })
+    );
+    let web = config.app("web").unwrap();
+    assert_eq!(web.cwd, dir.join("site"));
+    assert_eq!(web.env["RUST_LOG"], "info");
+    assert_eq!(web.env["DOTTED.NAME"], "yes");
+    assert_eq!(web.processes, 4);
+    assert_eq!(
+        web.listen,
+        [
+            Listen {
+                address: ListenAddress::Tcp("127.0.0.1:8080".parse().unwrap()),
+                name: "web".into(),
+            },
+            Listen {
+                address: ListenAddress::Unix(dir.join("run/admin.sock")),
+                name: "admin".into(),
+            },
+        ]
+    );
+    assert_eq!(
+        web.ready,
+        ReadyCheck::Http {
+            path: "/healthz".into()
+        }
+    );
+    let r = &web.recycle;
+    assert!(!r.overlapped);
+    assert_eq!(r.startup_timeout, secs(45));
+    assert_eq!(r.shutdown_timeout, secs(90));
+    assert_eq!(
+        r.stop_signal,
+        Signal {
+            name: "SIGINT",
+            number: 2
+        }
+    );
+    assert_eq!(r.private_memory, Some(512 << 20));
+    assert_eq!(r.virtual_memory, Some(4 << 30));
+    assert_eq!(r.rss, Some(600_000_000));
+    assert_eq!(r.memory_check_interval, Duration::from_millis(500));
+    assert_eq!(r.memory_hard_limit, Some(1 << 30));
+    assert_eq!(r.requests, Some(100_000));
+    assert_eq!(r.requests_jitter, 5000);
+    assert_eq!(r.interval, Some(secs(29 * 3600)));
+    assert_eq!(r.interval_jitter, secs(30 * 60));
+    // Sorted, whatever order they were written in.
+    assert_eq!(
+        r.schedule,
+        [
+            TimeOfDay {
+                hour: 3,
+                minute: 0,
+                second: 0
+            },
+            TimeOfDay {
+                hour: 15,
+                minute: 30,
+                second: 10
+            },
+        ]
+    );
+    assert_eq!(r.idle_timeout, Some(secs(20 * 60)));
+    let f = &web.failure;
+    assert_eq!(
+        (
+            f.rapid_fail_max_crashes,
+            f.rapid_fail_interval,
+            f.backoff_initial,
+            f.backoff_max,
+            f.stable_uptime
+        ),
+        (
+            10,
+            secs(600),
+            Duration::from_millis(250),
+            secs(60),
+            secs(120)
+        )
+    );
+    let w = &web.watch;
+    assert_eq!(w.code_dir, "src");
+    assert!(w.paths.contains(&"src/**".to_owned()));
+    assert!(!w.paths.contains(&"App_Code/**".to_owned()));
+    assert_eq!(w.ignore.last().unwrap(), "cache/**");
+    assert!(
+        w.ignore.iter().any(|g| g == "**/.git/**"),
+        "defaults are merged in"
+    );
+    assert_eq!(
+        (w.debounce, w.max_wait),
+        (Duration::from_millis(300), secs(5))
+    );
+    assert_eq!(w.compare, Compare::Mtime);
+    assert_eq!(w.soft, ["templates/**"]);
+    assert_eq!(w.soft_signal.name, "SIGUSR2");
+    assert_eq!(w.soft_changes_before_recycle, 20);
+    assert_eq!(w.poll, Some(secs(2)));
+    assert_eq!(
+        web.health,
+        HealthConfig {
+            watchdog: Some(secs(30)),
+            http_probe: Some(HttpProbe {
+                path: "/ping".into(),
+                interval: secs(10),
+                timeout: secs(2),
+                failures: 5,
+            }),
+        }
+    );
+    assert_eq!(web.sessions.mode, SessionMode::Store);
+    assert_eq!(web.sessions.timeout, secs(45 * 60));
+
+    let jobs = config.app("jobs").unwrap();
+    assert_eq!(jobs.ready, ReadyCheck::Delay(Duration::from_millis(500)));
+    assert_eq!(jobs.watch.paths, ["tasks/**/*.py", "settings.toml"]);
+    assert!(!jobs.watch.enabled);
+    assert_eq!(jobs.sessions.mode, SessionMode::Inproc);
+}
+
+#[test]
+fn redis_backend_takes_a_url() {
+    let config = load(&fixtures().join("redis.toml")).unwrap();
+    assert_eq!(
+        config.store.backend,
+        StoreBackend::Redis {
+            url: "redis://127.0.0.1:6379/2".into()
+        }
+    );
+    assert_eq!(config.apps[0].recycle.stop_signal, Signal::TERM);
+}
+
+/// Old config files stay valid: every fixture must keep loading.
+#[test]
+fn every_fixture_loads_and_its_dump_reads_back_the_same() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(fixtures()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        seen += 1;
+        let config = load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let dumped = config.to_toml_string();
+        let again = parse(&dumped, &path).unwrap_or_else(|e| panic!("{e}\n--- dump ---\n{dumped}"));
+        assert_eq!(
+            again,
+            config,
+            "dump of {} differs:\n{dumped}",
+            path.display()
+        );
+    }
+    assert!(seen >= 4, "fixtures went missing: {seen}");
+}
+
+#[test]
+fn relative_config_path_still_gives_absolute_paths() {
+    let config = parse(
+        "[[app]]\nname = \"a\"\ncommand = [\"x\"]\n",
+        Path::new("conf/appvisor.toml"),
+    )
+    .unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(config.path, cwd.join("conf/appvisor.toml"));
+    assert_eq!(config.apps[0].cwd, cwd.join("conf"));
+    assert_eq!(config.supervisor.state_dir, cwd.join("conf/.appvisor"));
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let err = load(Path::new("/nonexistent/appvisor.toml")).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("/nonexistent/appvisor.toml: cannot read"),
+        "{msg}"
+    );
+}

@@ -1,1 +1,34 @@
-//! placeholder
+//! appvisor: launches an app's worker processes and recycles them — replaces a
+//! worker with a fresh one without dropping a request — and keeps session state in
+//! a side store that outlives every worker.
+//!
+//! # Layout
+//! - [`cli`] — the command line; [`daemon`] — `appvisor run`.
+//! - [`pool`] — one app's workers: overlapped recycle, crash policy. The only
+//!   module that starts and stops processes.
+//! - [`spawn`] — fork/exec of one worker; [`sockets`] — listening sockets shared by
+//!   every generation; [`notify`] — sd_notify; [`reaper`] — exits; [`guard`] — no
+//!   worker outlives a killed supervisor; [`output`] — worker logs; [`probe`] —
+//!   HTTP readiness and memory figures.
+//! - [`events`] — `events.jsonl`; [`control`] — the control socket.
+//! - [`reason`] — why a recycle happened.
+//!
+//! # Theory of operation
+//! The supervisor runs on one thread (a current-thread tokio runtime): that thread
+//! lives as long as the supervisor, so `PR_SET_PDEATHSIG` in the workers it forks
+//! fires exactly when the supervisor dies. Each app is a [`pool`] actor; triggers
+//! and the control socket only send it commands. See `docs/ARCHITECTURE.md`.
+
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod events;
+pub mod guard;
+pub mod notify;
+pub mod output;
+pub mod pool;
+pub mod probe;
+pub mod reaper;
+pub mod reason;
+pub mod sockets;
+pub mod spawn;

@@ -1,0 +1,328 @@
+//! The command line: `appvisor run | check | status | recycle | start | stop | events`.
+//!
+//! Every command finds the supervisor through the config file (`-c FILE`, default
+//! `./appvisor.toml`): the state dir it names holds the control socket. So
+//! `cd myapp && appvisor recycle web` just works.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::control::client::Client;
+use crate::control::{Request, Response, SupervisorStatus};
+use crate::events::{human_ms, render, Event};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "appvisor",
+    version,
+    about = "Runs and recycles app workers without dropping a request or a session"
+)]
+pub struct Cli {
+    /// The config file (default: ./appvisor.toml).
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the supervisor in the foreground.
+    Run {
+        /// The config file (default: ./appvisor.toml).
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print it with every default resolved.
+    Check { config: Option<PathBuf> },
+    /// Apps and workers: state, pid, generation, uptime, memory, requests, last recycle.
+    Status {
+        app: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace an app's workers with a new generation, one at a time, without dropping a request.
+    Recycle {
+        app: String,
+        /// Return at once instead of waiting for the new generation to be ready.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Start a stopped app (also after rapid-fail protection stopped it).
+    Start { app: String },
+    /// Stop an app's workers gracefully (its sockets stay open).
+    Stop { app: String },
+    /// The restart log: why every restart happened.
+    Events {
+        #[arg(long)]
+        app: Option<String>,
+        /// Keep printing events as they happen.
+        #[arg(short, long)]
+        follow: bool,
+        /// Raw JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// How many past events to show.
+        #[arg(short = 'n', long, default_value_t = 30)]
+        lines: usize,
+    },
+    /// Re-read the config file (as SIGHUP does).
+    Reload,
+    /// Stop every app and the supervisor.
+    Shutdown,
+    #[command(hide = true, name = "__guard")]
+    Guard,
+}
+
+fn config_path(cli_config: &Option<PathBuf>, positional: &Option<PathBuf>) -> PathBuf {
+    positional
+        .clone()
+        .or_else(|| cli_config.clone())
+        .unwrap_or_else(|| PathBuf::from("appvisor.toml"))
+}
+
+/// The state dir, from the config file; if the file no longer parses (someone is
+/// editing it), the default beside it, so `status` still reaches the supervisor.
+fn state_dir(config: &Path) -> anyhow::Result<PathBuf> {
+    match appvisor_config::load(config) {
+        Ok(c) => Ok(c.supervisor.state_dir),
+        Err(e) => {
+            if !config.exists() {
+                anyhow::bail!("{e}");
+            }
+            eprintln!("appvisor: warning: {e}\nappvisor: trying the default state dir beside it");
+            let abs = std::path::absolute(config)?;
+            Ok(abs.parent().unwrap_or(Path::new("/")).join(".appvisor"))
+        }
+    }
+}
+
+fn connect(config: &Path) -> anyhow::Result<Client> {
+    let dir = state_dir(config)?;
+    Ok(Client::connect(&dir.join("control.sock"), config)?)
+}
+
+fn call(config: &Path, req: Request) -> anyhow::Result<Response> {
+    let mut c = connect(config)?;
+    Ok(c.call(&req)?)
+}
+
+/// Prints a reply; non-zero exit on error.
+fn finish(r: Response) -> anyhow::Result<i32> {
+    if r.ok {
+        if let Some(m) = r.message {
+            println!("{m}");
+        }
+        Ok(0)
+    } else {
+        eprintln!("appvisor: {}", r.error.unwrap_or_else(|| "failed".into()));
+        Ok(1)
+    }
+}
+
+/// Runs a CLI command; returns the process exit code.
+pub fn main(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Guard => crate::guard::guard_main(),
+        Command::Run { config } => {
+            let path = config_path(&cli.config, &config);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the runtime")?;
+            rt.block_on(crate::daemon::run(&path))?;
+            Ok(0)
+        }
+        Command::Check { config } => {
+            let path = config_path(&cli.config, &config);
+            let config = appvisor_config::load(&path)?;
+            // Ports in use are a config problem too; binding is the only honest test.
+            crate::daemon::bind_sockets(&config)?;
+            println!("{}", config.to_toml_string());
+            eprintln!(
+                "appvisor: {} is valid ({} app(s))",
+                config.path.display(),
+                config.apps.len()
+            );
+            Ok(0)
+        }
+        Command::Status { app, json } => {
+            let path = config_path(&cli.config, &None);
+            let r = call(&path, Request::Status { app })?;
+            if !r.ok {
+                return finish(r);
+            }
+            let status = r.status.context("the supervisor sent no status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(0)
+        }
+        Command::Recycle { app, no_wait } => {
+            let path = config_path(&cli.config, &None);
+            finish(call(
+                &path,
+                Request::Recycle {
+                    app,
+                    wait: !no_wait,
+                },
+            )?)
+        }
+        Command::Start { app } => finish(call(
+            &config_path(&cli.config, &None),
+            Request::Start { app },
+        )?),
+        Command::Stop { app } => finish(call(
+            &config_path(&cli.config, &None),
+            Request::Stop { app },
+        )?),
+        Command::Reload => finish(call(&config_path(&cli.config, &None), Request::Reload)?),
+        Command::Shutdown => finish(call(&config_path(&cli.config, &None), Request::Shutdown)?),
+        Command::Events {
+            app,
+            follow,
+            json,
+            lines,
+        } => events(&config_path(&cli.config, &None), app, follow, json, lines),
+    }
+}
+
+fn events(
+    config: &Path,
+    app: Option<String>,
+    follow: bool,
+    json: bool,
+    lines: usize,
+) -> anyhow::Result<i32> {
+    let dir = state_dir(config)?;
+    let file = dir.join("events.jsonl");
+    let keep = |e: &Event| app.as_ref().is_none_or(|a| &e.app == a);
+    let show = |line: &str| {
+        let Ok(e) = serde_json::from_str::<Event>(line) else {
+            return;
+        };
+        if !keep(&e) {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if json {
+            let _ = writeln!(out, "{line}");
+        } else {
+            let _ = writeln!(out, "{}", render_local(&e));
+        }
+        let _ = out.flush();
+    };
+    // Subscribe first, so nothing falls between history and follow.
+    let mut client = if follow {
+        let mut c = connect(config)?;
+        let r = c.call(&Request::Follow)?;
+        if !r.ok {
+            return finish(r);
+        }
+        Some(c)
+    } else {
+        None
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let all: Vec<&str> = text
+                .lines()
+                .filter(|l| serde_json::from_str::<Event>(l).is_ok_and(|e| keep(&e)))
+                .collect();
+            for line in &all[all.len().saturating_sub(lines)..] {
+                show(line);
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "appvisor: no events yet ({} does not exist)",
+                file.display()
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
+    if let Some(c) = client.as_mut() {
+        loop {
+            let line = c.read_line()?;
+            show(&line);
+        }
+    }
+    Ok(0)
+}
+
+/// The event line with its time in local time, date included.
+fn render_local(e: &Event) -> String {
+    let local = e
+        .time
+        .parse::<jiff::Timestamp>()
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S%.3f")
+                .to_string()
+        })
+        .unwrap_or_else(|_| e.time.clone());
+    let line = render(e);
+    // `render` starts with the UTC time of day; replace it.
+    match line.split_once(' ') {
+        Some((_, rest)) => format!("{local} {rest}"),
+        None => line,
+    }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1048576.0)
+}
+
+fn print_status(s: &SupervisorStatus) {
+    println!(
+        "supervisor pid {} · up {} · {} · config {} (generation {}){}",
+        s.pid,
+        human_ms(s.uptime_ms),
+        s.rss.map(mib).unwrap_or_else(|| "-".into()),
+        s.config,
+        s.config_generation,
+        s.store
+            .as_ref()
+            .map(|st| format!(" · store {st}"))
+            .unwrap_or_default()
+    );
+    for app in &s.apps {
+        println!();
+        println!(
+            "{}  {}  {}  recycles {}  crashes {}",
+            app.name,
+            app.state,
+            app.listen.join(" "),
+            app.recycles,
+            app.crashes
+        );
+        if let Some(l) = &app.last_recycle {
+            println!("  last recycle: {} ({}) at {}", l.reason, l.detail, l.time);
+        }
+        if app.workers.is_empty() {
+            continue;
+        }
+        println!(
+            "  {:<3} {:<8} {:<5} {:<9} {:<8} {:<10} {:<9} STATUS",
+            "W", "PID", "GEN", "STATE", "UPTIME", "RSS", "REQUESTS"
+        );
+        for w in &app.workers {
+            println!(
+                "  {:<3} {:<8} {:<5} {:<9} {:<8} {:<10} {:<9} {}",
+                w.worker,
+                w.pid,
+                w.generation,
+                w.state,
+                human_ms(w.uptime_ms),
+                w.rss.map(mib).unwrap_or_else(|| "-".into()),
+                w.requests,
+                w.status.as_deref().unwrap_or("")
+            );
+        }
+    }
+}

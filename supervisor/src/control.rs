@@ -1,0 +1,351 @@
+//! The control socket: `<state_dir>/control.sock`, mode 0600, JSON lines.
+//!
+//! The CLI speaks only this. A client writes one [`Request`] line and reads one
+//! [`Response`] line — except `events --follow`, which then keeps reading one event
+//! line per lifecycle event until it hangs up.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use crate::events::EventLog;
+use crate::pool::{AppStatus, PoolHandle, Reply};
+use crate::reason::RecycleReason;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Ping,
+    Status {
+        #[serde(default)]
+        app: Option<String>,
+    },
+    Recycle {
+        app: String,
+        #[serde(default = "yes")]
+        wait: bool,
+    },
+    Start {
+        app: String,
+    },
+    Stop {
+        app: String,
+    },
+    /// Stream events as they happen.
+    Follow,
+    /// Re-read the config file now (as SIGHUP does).
+    Reload,
+    /// Stop every app and exit.
+    Shutdown,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<SupervisorStatus>,
+}
+
+impl Response {
+    fn from_reply(r: Reply) -> Response {
+        match r {
+            Ok(m) => Response {
+                ok: true,
+                message: Some(m),
+                ..Default::default()
+            },
+            Err(e) => Response::error(e),
+        }
+    }
+
+    pub fn error(e: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(e.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// `appvisor status` as data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisorStatus {
+    pub pid: u32,
+    pub config: String,
+    pub config_generation: u64,
+    pub uptime_ms: u64,
+    pub rss: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    pub apps: Vec<AppStatus>,
+}
+
+/// What the control server needs from the daemon.
+#[derive(Debug, Clone)]
+pub struct ControlState {
+    pub pools: Arc<Mutex<BTreeMap<String, PoolHandle>>>,
+    pub events: EventLog,
+    pub config_path: PathBuf,
+    pub config_generation: Arc<Mutex<u64>>,
+    pub started: tokio::time::Instant,
+    pub store: Arc<Mutex<Option<String>>>,
+    /// Asks the daemon to reload (`true`) or shut down (`false`).
+    pub daemon: mpsc::UnboundedSender<DaemonRequest>,
+}
+
+#[derive(Debug)]
+pub enum DaemonRequest {
+    Reload(tokio::sync::oneshot::Sender<Reply>),
+    Shutdown,
+}
+
+/// Binds the control socket with mode 0600.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, state: ControlState) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = handle(stream, state).await;
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, state: ControlState) -> io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response::error(format!("bad request: {e}")),
+            Ok(Request::Follow) => {
+                let mut rx = state.events.subscribe();
+                write_line(
+                    &mut w,
+                    &Response {
+                        ok: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                loop {
+                    match rx.recv().await {
+                        Ok(line) => {
+                            w.write_all(line.as_bytes()).await?;
+                            w.write_all(b"\n").await?;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return Ok(()),
+                    }
+                }
+            }
+            Ok(req) => dispatch(req, &state).await,
+        };
+        write_line(&mut w, &response).await?;
+    }
+    Ok(())
+}
+
+async fn write_line<W: AsyncWriteExt + Unpin>(w: &mut W, r: &Response) -> io::Result<()> {
+    let mut s = serde_json::to_string(r).expect("responses serialize");
+    s.push('\n');
+    w.write_all(s.as_bytes()).await
+}
+
+fn pool(state: &ControlState, app: &str) -> Result<PoolHandle, Box<Response>> {
+    let pools = state.pools.lock().unwrap();
+    pools.get(app).cloned().ok_or_else(|| {
+        let names: Vec<&String> = pools.keys().collect();
+        Box::new(Response::error(format!(
+            "no app named {app:?} in {}; configured apps: {names:?}",
+            state.config_path.display()
+        )))
+    })
+}
+
+async fn dispatch(req: Request, state: &ControlState) -> Response {
+    match req {
+        Request::Ping => Response {
+            ok: true,
+            message: Some(format!(
+                "appvisor {} pid {}",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            )),
+            ..Default::default()
+        },
+        Request::Status { app } => {
+            let handles: Vec<PoolHandle> = {
+                let pools = state.pools.lock().unwrap();
+                match &app {
+                    Some(a) => match pools.get(a) {
+                        Some(h) => vec![h.clone()],
+                        None => {
+                            drop(pools);
+                            return pool(state, a).err().map(|b| *b).unwrap_or_default();
+                        }
+                    },
+                    None => pools.values().cloned().collect(),
+                }
+            };
+            let mut apps = Vec::new();
+            for h in handles {
+                if let Some(s) = h.status().await {
+                    apps.push(s);
+                }
+            }
+            Response {
+                ok: true,
+                status: Some(SupervisorStatus {
+                    pid: std::process::id(),
+                    config: state.config_path.display().to_string(),
+                    config_generation: *state.config_generation.lock().unwrap(),
+                    uptime_ms: state.started.elapsed().as_millis() as u64,
+                    rss: crate::probe::rss_bytes(std::process::id() as i32),
+                    store: state.store.lock().unwrap().clone(),
+                    apps,
+                }),
+                ..Default::default()
+            }
+        }
+        Request::Recycle { app, wait } => match pool(state, &app) {
+            Err(r) => *r,
+            Ok(h) if wait => Response::from_reply(h.recycle(RecycleReason::Manual).await),
+            Ok(h) => {
+                h.request_recycle(RecycleReason::Manual);
+                Response::from_reply(Ok(format!("{app}: recycle queued")))
+            }
+        },
+        Request::Start { app } => match pool(state, &app) {
+            Err(r) => *r,
+            Ok(h) => Response::from_reply(h.start().await),
+        },
+        Request::Stop { app } => match pool(state, &app) {
+            Err(r) => *r,
+            Ok(h) => Response::from_reply(h.stop().await),
+        },
+        Request::Reload => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if state.daemon.send(DaemonRequest::Reload(tx)).is_err() {
+                return Response::error("the supervisor is shutting down");
+            }
+            Response::from_reply(
+                rx.await
+                    .unwrap_or_else(|_| Err("the supervisor is shutting down".into())),
+            )
+        }
+        Request::Shutdown => {
+            let _ = state.daemon.send(DaemonRequest::Shutdown);
+            Response::from_reply(Ok("shutting down".into()))
+        }
+        Request::Follow => unreachable!("handled by the caller"),
+    }
+}
+
+/// The client side, for the CLI.
+pub mod client {
+    use super::*;
+    use std::io::{BufRead, Write};
+
+    #[derive(Debug, thiserror::Error)]
+    pub enum ClientError {
+        #[error("no supervisor is running for {config} (nothing answers at {socket}); start one with `appvisor run {config}`")]
+        NotRunning { config: String, socket: String },
+        #[error("the supervisor at {socket} answered something unreadable: {detail}")]
+        Protocol { socket: String, detail: String },
+        #[error("talking to the supervisor at {socket}: {source}")]
+        Io {
+            socket: String,
+            #[source]
+            source: io::Error,
+        },
+    }
+
+    pub struct Client {
+        stream: std::os::unix::net::UnixStream,
+        reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+        socket: String,
+    }
+
+    impl Client {
+        pub fn connect(socket: &Path, config: &Path) -> Result<Client, ClientError> {
+            let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|_| {
+                ClientError::NotRunning {
+                    config: config.display().to_string(),
+                    socket: socket.display().to_string(),
+                }
+            })?;
+            let reader =
+                std::io::BufReader::new(stream.try_clone().map_err(|source| ClientError::Io {
+                    socket: socket.display().to_string(),
+                    source,
+                })?);
+            Ok(Client {
+                stream,
+                reader,
+                socket: socket.display().to_string(),
+            })
+        }
+
+        pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+            let mut line = serde_json::to_string(req).expect("requests serialize");
+            line.push('\n');
+            self.stream
+                .write_all(line.as_bytes())
+                .map_err(|source| self.io(source))?;
+            let reply = self.read_line()?;
+            serde_json::from_str(&reply).map_err(|e| ClientError::Protocol {
+                socket: self.socket.clone(),
+                detail: format!("{e}: {reply}"),
+            })
+        }
+
+        /// The next raw line (for `events --follow`).
+        pub fn read_line(&mut self) -> Result<String, ClientError> {
+            let mut reply = String::new();
+            let n = self
+                .reader
+                .read_line(&mut reply)
+                .map_err(|source| ClientError::Io {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                return Err(ClientError::Protocol {
+                    socket: self.socket.clone(),
+                    detail: "connection closed".into(),
+                });
+            }
+            Ok(reply.trim_end().to_string())
+        }
+
+        fn io(&self, source: io::Error) -> ClientError {
+            ClientError::Io {
+                socket: self.socket.clone(),
+                source,
+            }
+        }
+    }
+}

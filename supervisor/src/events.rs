@@ -1,0 +1,201 @@
+//! The restart log: `events.jsonl`, one JSON object per lifecycle event.
+//!
+//! Append-only, one line written (with a single `write`) as each event happens, so a
+//! `tail -f` or `appvisor events --follow` sees it at once and a crash of the
+//! supervisor never leaves half a line behind another. Followers on the control
+//! socket get the same lines through a broadcast channel.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::reason::RecycleReason;
+
+/// One line of `events.jsonl`. Fields that do not apply are omitted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub app: String,
+    /// `started`, `ready`, `recycle`, `retired`, `startup_failed`, `crashed`,
+    /// `killed`, `restarted`, `rapid_fail_stopped`, `stopped`, `ignored_change`,
+    /// `soft_change`, `idle_stop`, `config_reloaded`, `config_rejected`, …
+    pub kind: String,
+    /// Short cause: `manual`, `file_change`, `memory`, … (see `RecycleReason::name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The cause in words, with its figures: the changed path, the memory figure
+    /// against its limit, the exit code, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The structured cause, for machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<RecycleReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Sessions handed to the store while draining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u64>,
+    /// Last lines of the worker's stderr (startup failures, crashes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_tail: Option<Vec<String>>,
+}
+
+impl Event {
+    pub fn new(app: &str, kind: &str) -> Event {
+        Event {
+            time: now_rfc3339(),
+            app: app.to_string(),
+            kind: kind.to_string(),
+            ..Event::default()
+        }
+    }
+
+    pub fn because(mut self, reason: &RecycleReason) -> Event {
+        self.reason = Some(reason.name().to_string());
+        self.detail = Some(reason.describe());
+        self.cause = Some(reason.clone());
+        self
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Event {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    let now = jiff::Timestamp::now();
+    format!("{:.3}", now)
+}
+
+/// The event log of one supervisor. Cloneable; writes are serialized.
+#[derive(Clone)]
+pub struct EventLog {
+    inner: Arc<Mutex<Inner>>,
+    tx: broadcast::Sender<Arc<str>>,
+    path: PathBuf,
+}
+
+struct Inner {
+    file: File,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EventLog({})", self.path.display())
+    }
+}
+
+impl EventLog {
+    pub fn open(path: &Path) -> io::Result<EventLog> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let (tx, _) = broadcast::channel(1024);
+        Ok(EventLog {
+            inner: Arc::new(Mutex::new(Inner { file })),
+            tx,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `event` and prints its readable form on the supervisor's stderr.
+    pub fn emit(&self, event: Event) {
+        let mut line = serde_json::to_string(&event).expect("events serialize");
+        eprintln!("appvisor: {}", render(&event));
+        line.push('\n');
+        {
+            let mut inner = self.inner.lock().unwrap();
+            if let Err(e) = inner.file.write_all(line.as_bytes()) {
+                eprintln!("appvisor: cannot append to {}: {e}", self.path.display());
+            }
+        }
+        line.pop();
+        let _ = self.tx.send(Arc::from(line));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.tx.subscribe()
+    }
+}
+
+/// One readable line: `12:03:04.120 web recycle w0 gen 3 pid 100→140 manual recycle (startup 352 ms)`.
+pub fn render(e: &Event) -> String {
+    let time = e.time.get(11..23).unwrap_or(&e.time);
+    let mut s = format!("{time} {} {}", e.app, e.kind);
+    if let Some(w) = e.worker {
+        s.push_str(&format!(" w{w}"));
+    }
+    if let Some(g) = e.generation {
+        s.push_str(&format!(" gen {g}"));
+    }
+    match (e.old_pid, e.new_pid, e.pid) {
+        (Some(o), Some(n), _) => s.push_str(&format!(" pid {o}→{n}")),
+        (None, Some(n), _) => s.push_str(&format!(" pid {n}")),
+        (Some(o), None, _) => s.push_str(&format!(" pid {o}")),
+        (None, None, Some(p)) => s.push_str(&format!(" pid {p}")),
+        _ => {}
+    }
+    if let Some(d) = &e.detail {
+        s.push_str(&format!(": {d}"));
+    }
+    let mut extra = Vec::new();
+    if let Some(ms) = e.startup_ms {
+        extra.push(format!("startup {ms} ms"));
+    }
+    if let Some(ms) = e.drain_ms {
+        extra.push(format!("drain {ms} ms"));
+    }
+    if let Some(ms) = e.uptime_ms {
+        extra.push(format!("uptime {}", human_ms(ms)));
+    }
+    if let Some(n) = e.sessions {
+        extra.push(format!("{n} sessions handed off"));
+    }
+    if !extra.is_empty() {
+        s.push_str(&format!(" ({})", extra.join(", ")));
+    }
+    if let Some(tail) = &e.stderr_tail {
+        if let Some(last) = tail.last() {
+            s.push_str(&format!(" — stderr: {last}"));
+        }
+    }
+    s
+}
+
+pub fn human_ms(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{ms} ms")
+    } else if ms < 120_000 {
+        format!("{} s", ms / 1000)
+    } else if ms < 7_200_000 {
+        format!("{} min", ms / 60_000)
+    } else {
+        format!("{:.1} h", ms as f64 / 3_600_000.0)
+    }
+}

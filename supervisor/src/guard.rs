@@ -1,0 +1,114 @@
+//! The guard: makes sure no worker outlives a supervisor killed with SIGKILL.
+//!
+//! `PR_SET_PDEATHSIG` kills a worker when the supervisor dies, but not the worker's
+//! own children: they are re-parented and live on, holding ports and files. So the
+//! supervisor starts one tiny helper process — `appvisor __guard`, the same binary —
+//! and tells it, over a pipe, every process group it creates (`+PGID`) and retires
+//! (`-PGID`). When the pipe reaches end-of-file, the supervisor is gone, however it
+//! died: the guard SIGKILLs every group it still knows, then exits. It ignores the
+//! terminal's SIGINT/SIGTERM/SIGHUP so a Ctrl-C cannot take it down before the
+//! supervisor has finished its own graceful stop.
+
+use std::collections::HashSet;
+use std::io::{self, BufRead, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// The supervisor's side of the pipe.
+#[derive(Clone)]
+pub struct Guard {
+    pipe: Arc<Mutex<Option<(Child, ChildStdin)>>>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Guard")
+    }
+}
+
+impl Guard {
+    /// Starts `appvisor __guard`.
+    pub fn start() -> io::Result<Guard> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("__guard")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        Ok(Guard {
+            pipe: Arc::new(Mutex::new(Some((child, stdin)))),
+        })
+    }
+
+    /// A guard that does nothing (for tests of the pool).
+    pub fn disabled() -> Guard {
+        Guard {
+            pipe: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn protect(&self, pgid: i32) {
+        self.send(&format!("+{pgid}\n"));
+    }
+
+    pub fn release(&self, pgid: i32) {
+        self.send(&format!("-{pgid}\n"));
+    }
+
+    fn send(&self, line: &str) {
+        let mut p = self.pipe.lock().unwrap();
+        if let Some((_, stdin)) = p.as_mut() {
+            if stdin.write_all(line.as_bytes()).is_err() {
+                eprintln!("appvisor: the guard process is gone; workers may outlive a crash of the supervisor");
+                *p = None;
+            }
+        }
+    }
+
+    /// Ends the guard cleanly (every group already stopped).
+    pub fn finish(&self) {
+        if let Some((mut child, stdin)) = self.pipe.lock().unwrap().take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `appvisor __guard`: the guard process itself.
+pub fn guard_main() -> ! {
+    // SAFETY: setting signal dispositions to SIG_IGN in a single-threaded process.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        // Own process group: a signal sent to the supervisor's group misses us.
+        libc::setpgid(0, 0);
+    }
+    let mut groups: HashSet<i32> = HashSet::new();
+    let stdin = io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let (op, num) = line.split_at(line.len().min(1));
+        let Ok(pgid) = num.trim().parse::<i32>() else {
+            continue;
+        };
+        if pgid <= 1 {
+            continue;
+        }
+        match op {
+            "+" => {
+                groups.insert(pgid);
+            }
+            "-" => {
+                groups.remove(&pgid);
+            }
+            _ => {}
+        }
+    }
+    for pgid in groups {
+        // SAFETY: kill with a negative pid signals a process group.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+    std::process::exit(0)
+}

@@ -1,0 +1,122 @@
+//! Listening sockets: created once by the supervisor, shared by every generation.
+//!
+//! The supervisor owns each app's listening sockets for as long as the app is
+//! configured. Every worker of every generation inherits the same sockets at fd 3…,
+//! so while one generation drains and the next starts, the kernel's listen backlog
+//! holds new connections: nothing is refused and there is no proxy.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use appvisor_config::{Listen, ListenAddress};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+/// The listen backlog: the kernel clamps it to `net.core.somaxconn`. A real backlog
+/// matters: it is what holds connections while no worker is accepting.
+const BACKLOG: i32 = 4096;
+
+/// Listening fds are kept at or above this number in the supervisor, so that placing
+/// them at 3, 4, … in a child can never overwrite a source fd.
+const FD_FLOOR: RawFd = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("app {app:?}: cannot listen on {address}: address already in use — another process (or another app) holds it; stop it or choose another address in `listen`")]
+    InUse { app: String, address: String },
+    #[error("app {app:?}: cannot listen on {address}: {source}")]
+    Io {
+        app: String,
+        address: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One bound, listening socket of an app.
+#[derive(Debug)]
+pub struct BoundSocket {
+    pub listen: Listen,
+    fd: OwnedFd,
+}
+
+impl BoundSocket {
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Binds every `listen` entry of `app`.
+pub fn bind_all(app: &str, listens: &[Listen]) -> Result<Vec<BoundSocket>, SocketError> {
+    listens.iter().map(|l| bind(app, l)).collect()
+}
+
+/// Binds one listen entry (close-on-exec, non-blocking is left to the workers).
+pub fn bind(app: &str, listen: &Listen) -> Result<BoundSocket, SocketError> {
+    let address = listen.address.to_string();
+    let err = |source: io::Error| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            SocketError::InUse {
+                app: app.to_string(),
+                address: address.clone(),
+            }
+        } else {
+            SocketError::Io {
+                app: app.to_string(),
+                address: address.clone(),
+                source,
+            }
+        }
+    };
+    let socket = match &listen.address {
+        ListenAddress::Tcp(addr) => {
+            let s = Socket::new(Domain::for_address(*addr), Type::STREAM, None).map_err(err)?;
+            // SO_REUSEADDR: a restarted supervisor can bind while old connections sit
+            // in TIME_WAIT. Not SO_REUSEPORT: two supervisors must not share a port.
+            s.set_reuse_address(true).map_err(err)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true).map_err(err)?;
+            }
+            s.bind(&(*addr).into()).map_err(err)?;
+            s
+        }
+        ListenAddress::Unix(path) => {
+            remove_stale_unix_socket(path).map_err(err)?;
+            let s = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
+            s.bind(&SockAddr::unix(path).map_err(err)?).map_err(err)?;
+            s
+        }
+    };
+    socket.listen(BACKLOG).map_err(err)?;
+    let fd = raise_fd(OwnedFd::from(socket)).map_err(err)?;
+    Ok(BoundSocket {
+        listen: listen.clone(),
+        fd,
+    })
+}
+
+/// A unix socket file left by a dead process is removed; one that still accepts
+/// connections is "in use".
+fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::from(io::ErrorKind::AddrInUse)),
+        Err(_) => std::fs::remove_file(path),
+    }
+}
+
+/// Moves `fd` to a number ≥ [`FD_FLOOR`], keeping it close-on-exec.
+pub fn raise_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= FD_FLOOR {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a valid fd we own returns a new fd or -1.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FD_FLOOR) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}

@@ -1,0 +1,442 @@
+//! Spawning one worker process: fork + exec, with the sockets at fd 3….
+//!
+//! Why not `std::process::Command`: `LISTEN_PID` must equal the worker's own pid,
+//! which only exists after fork, and nothing may allocate between fork and exec in a
+//! multi-threaded parent. So every byte the child needs — argv, envp, a
+//! `LISTEN_PID=` slot wide enough for any pid — is prepared before fork, and the
+//! child only writes digits into its own copy of that slot and calls
+//! async-signal-safe functions.
+//!
+//! The child, in order: resets signal mask and dispositions (the supervisor ignores
+//! SIGPIPE; a worker must not inherit that), becomes leader of its own process group
+//! (so the whole tree can be signalled at once), asks for SIGKILL when its parent
+//! thread dies (the supervisor forks from its single, long-lived runtime thread) and
+//! re-checks `getppid()` to close the race, wires stdio, places the listening sockets
+//! at 3…, changes directory and execs. Any failure is reported through a
+//! close-on-exec pipe as an errno, so `spawn` returns a precise error instead of a
+//! worker that "exited 127".
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// What to start.
+#[derive(Debug)]
+pub struct SpawnSpec<'a> {
+    /// argv; `argv[0]` is resolved through `PATH` (from `env`) when it has no slash.
+    pub argv: &'a [String],
+    pub cwd: &'a Path,
+    /// The complete environment, without `LISTEN_PID`/`WATCHDOG_PID` (added here).
+    pub env: Vec<(String, String)>,
+    /// Listening fds, placed at 3, 4, … in order. All must be ≥ 3 + len.
+    pub listen_fds: &'a [RawFd],
+    /// Also set `WATCHDOG_PID` to the child's pid.
+    pub watchdog: bool,
+}
+
+/// A started worker: its pid (also its process group id) and its output pipes.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("command {program:?} not found in PATH ({path}); give an absolute path in `command` or fix PATH in `env`")]
+    NotFound { program: String, path: String },
+    #[error("cannot run {program:?}: {source} (cwd {cwd})")]
+    Exec {
+        program: String,
+        cwd: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start {program:?}: {step}: {source}")]
+    Setup {
+        program: String,
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("argument or environment contains a NUL byte: {0:?}")]
+    Nul(String),
+}
+
+/// Which step failed in the child; sent with the errno through the error pipe.
+#[repr(u8)]
+#[derive(Clone, Copy)]
+enum Step {
+    Pgid = 1,
+    Pdeathsig,
+    Stdio,
+    Sockets,
+    Chdir,
+    Exec,
+}
+
+fn step_name(code: u8) -> &'static str {
+    match code {
+        1 => "setpgid",
+        2 => "prctl(PR_SET_PDEATHSIG)",
+        3 => "redirecting stdio",
+        4 => "placing listening sockets at fd 3…",
+        5 => "chdir",
+        _ => "exec",
+    }
+}
+
+const PID_WIDTH: usize = 20;
+
+/// Starts the process. Must be called from the supervisor's long-lived runtime
+/// thread (see `PR_SET_PDEATHSIG` in the module docs).
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
+    let program_name = spec.argv.first().cloned().unwrap_or_default();
+    let program = resolve_program(&program_name, spec.cwd, &spec.env)?;
+    let setup = |step: &'static str| {
+        let program = program_name.clone();
+        move |source: io::Error| SpawnError::Setup {
+            program,
+            step,
+            source,
+        }
+    };
+
+    // Everything the child needs, allocated now.
+    let c_program = cstring(program.as_os_str().as_bytes())?;
+    let c_argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let mut c_env: Vec<Vec<u8>> = Vec::with_capacity(spec.env.len() + 2);
+    for (k, v) in &spec.env {
+        let mut e = Vec::with_capacity(k.len() + v.len() + 2);
+        e.extend_from_slice(k.as_bytes());
+        e.push(b'=');
+        e.extend_from_slice(v.as_bytes());
+        if e.contains(&0) {
+            return Err(SpawnError::Nul(k.clone()));
+        }
+        e.push(0);
+        c_env.push(e);
+    }
+    // Slots the child fills with its own pid.
+    let mut pid_slots = Vec::new();
+    if !spec.listen_fds.is_empty() {
+        pid_slots.push(c_env.len());
+        c_env.push(pid_slot(b"LISTEN_PID="));
+    }
+    if spec.watchdog {
+        pid_slots.push(c_env.len());
+        c_env.push(pid_slot(b"WATCHDOG_PID="));
+    }
+    let c_cwd = cstring(spec.cwd.as_os_str().as_bytes())?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = c_argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    // The child sees the same addresses in its copy of memory, so the pointer array
+    // can be built now; the child only rewrites the digits inside the pid slots.
+    let mut envp: Vec<*const libc::c_char> = c_env.iter().map(|e| e.as_ptr().cast()).collect();
+    envp.push(std::ptr::null());
+
+    let devnull = std::fs::File::open("/dev/null").map_err(setup("opening /dev/null"))?;
+    let (out_r, out_w) = pipe().map_err(setup("creating the stdout pipe"))?;
+    let (err_r, err_w) = pipe().map_err(setup("creating the stderr pipe"))?;
+    let (report_r, report_w) = pipe().map_err(setup("creating the error pipe"))?;
+    // Sources of dup2 must not sit where targets go (0..3+n).
+    let floor = 3 + spec.listen_fds.len() as RawFd;
+    let devnull = crate::sockets::raise_fd(OwnedFd::from(devnull)).map_err(setup("fd"))?;
+    let out_w = crate::sockets::raise_fd(out_w).map_err(setup("fd"))?;
+    let err_w = crate::sockets::raise_fd(err_w).map_err(setup("fd"))?;
+    let report_w = crate::sockets::raise_fd(report_w).map_err(setup("fd"))?;
+    for fd in spec.listen_fds {
+        assert!(*fd >= floor, "listening fd {fd} below the floor {floor}");
+    }
+    let listen_fds: Vec<RawFd> = spec.listen_fds.to_vec();
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+
+    // SAFETY: fork in a possibly multi-threaded process. The child branch below only
+    // calls async-signal-safe functions and writes into memory allocated before the
+    // fork (its own copy-on-write pages); it never returns, it execs or `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(setup("fork")(io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: see above; we are the child.
+        unsafe {
+            child_after_fork(ChildPlan {
+                parent,
+                devnull: devnull.as_raw_fd(),
+                out: out_w.as_raw_fd(),
+                err: err_w.as_raw_fd(),
+                report: report_w.as_raw_fd(),
+                listen_fds: &listen_fds,
+                cwd: &c_cwd,
+                program: &c_program,
+                argv: &argv_ptrs,
+                env: &mut c_env,
+                envp: &envp,
+                pid_slots: &pid_slots,
+            })
+        }
+    }
+    drop(report_w);
+    drop(out_w);
+    drop(err_w);
+    drop(devnull);
+
+    // The child execs (closing the pipe: EOF) or writes [step, errno × 4].
+    let mut buf = [0u8; 5];
+    let mut got = 0;
+    loop {
+        // SAFETY: reading into a stack buffer from an fd we own.
+        let n = unsafe {
+            libc::read(
+                report_r.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(setup("reading the error pipe")(e));
+        }
+        if n == 0 {
+            break;
+        }
+        got += n as usize;
+        if got == buf.len() {
+            break;
+        }
+    }
+    if got == 0 {
+        return Ok(Spawned {
+            pid,
+            stdout: out_r,
+            stderr: err_r,
+        });
+    }
+    // The child failed before exec and `_exit`ed; reap it here so no zombie remains
+    // (the reaper may race us to it, which is harmless).
+    // SAFETY: waitpid on our own child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    let errno = i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    let source = io::Error::from_raw_os_error(errno);
+    if buf[0] == Step::Exec as u8 || buf[0] == Step::Chdir as u8 {
+        Err(SpawnError::Exec {
+            program: program_name,
+            cwd: spec.cwd.display().to_string(),
+            source,
+        })
+    } else {
+        Err(SpawnError::Setup {
+            program: program_name,
+            step: step_name(buf[0]),
+            source,
+        })
+    }
+}
+
+struct ChildPlan<'a> {
+    parent: libc::pid_t,
+    devnull: RawFd,
+    out: RawFd,
+    err: RawFd,
+    report: RawFd,
+    listen_fds: &'a [RawFd],
+    cwd: &'a CString,
+    program: &'a CString,
+    argv: &'a [*const libc::c_char],
+    env: &'a mut [Vec<u8>],
+    envp: &'a [*const libc::c_char],
+    pid_slots: &'a [usize],
+}
+
+/// Runs in the forked child. Only async-signal-safe calls; no allocation.
+///
+/// # Safety
+/// Must be called only in the child right after `fork`.
+unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
+    // SAFETY (whole function): every call is async-signal-safe and every pointer
+    // refers to memory prepared before fork.
+    unsafe {
+        let fail = |step: Step| -> ! {
+            let errno = *libc::__errno_location();
+            let e = errno.to_ne_bytes();
+            let msg = [step as u8, e[0], e[1], e[2], e[3]];
+            libc::write(plan.report, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127);
+        };
+
+        // Signals: empty mask, default dispositions (Rust ignores SIGPIPE).
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+
+        if libc::setpgid(0, 0) != 0 {
+            fail(Step::Pgid);
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            fail(Step::Pdeathsig);
+        }
+        // The parent may have died between fork and prctl.
+        if libc::getppid() != plan.parent {
+            libc::_exit(1);
+        }
+
+        if libc::dup2(plan.devnull, 0) < 0
+            || libc::dup2(plan.out, 1) < 0
+            || libc::dup2(plan.err, 2) < 0
+        {
+            fail(Step::Stdio);
+        }
+        for (i, &fd) in plan.listen_fds.iter().enumerate() {
+            let target = 3 + i as RawFd;
+            // Sources are ≥ 64 (see sockets::raise_fd), so `fd != target` always and
+            // dup2 yields a descriptor without FD_CLOEXEC. Clear it anyway, should
+            // the two ever coincide (dup2(fd, fd) would keep the flag).
+            if libc::dup2(fd, target) < 0 {
+                fail(Step::Sockets);
+            }
+            let flags = libc::fcntl(target, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                fail(Step::Sockets);
+            }
+        }
+
+        // Our own pid into the pre-allocated `LISTEN_PID=` / `WATCHDOG_PID=` slots.
+        let pid = libc::getpid();
+        for &slot in plan.pid_slots {
+            let entry = &mut plan.env[slot];
+            let eq = entry.iter().position(|&b| b == b'=').unwrap_or(0) + 1;
+            write_decimal(&mut entry[eq..], pid as u64);
+        }
+        if libc::chdir(plan.cwd.as_ptr()) != 0 {
+            fail(Step::Chdir);
+        }
+        libc::execve(
+            plan.program.as_ptr(),
+            plan.argv.as_ptr(),
+            plan.envp.as_ptr(),
+        );
+        fail(Step::Exec);
+    }
+}
+
+/// Writes `n` in decimal followed by NUL into `out` (which holds ≥ 21 bytes).
+fn write_decimal(out: &mut [u8], mut n: u64) {
+    let mut digits = [0u8; PID_WIDTH];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        out[i] = digits[len - 1 - i];
+    }
+    out[len] = 0;
+}
+
+fn pid_slot(prefix: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(prefix.len() + PID_WIDTH + 1);
+    v.extend_from_slice(prefix);
+    v.resize(prefix.len() + PID_WIDTH + 1, 0);
+    v
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|_| SpawnError::Nul(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two fds into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `argv[0]` with a slash is taken relative to `cwd`; without one it is looked up in
+/// the `PATH` the worker will see.
+fn resolve_program(
+    program: &str,
+    cwd: &Path,
+    env: &[(String, String)],
+) -> Result<PathBuf, SpawnError> {
+    if program.contains('/') {
+        return Ok(cwd.join(program));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(OsStr::new(program));
+        let candidate = if candidate.is_relative() {
+            cwd.join(candidate)
+        } else {
+            candidate
+        };
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(SpawnError::NotFound {
+        program: program.to_string(),
+        path,
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_slot_holds_any_pid() {
+        let mut slot = pid_slot(b"LISTEN_PID=");
+        let eq = 11;
+        write_decimal(&mut slot[eq..], 4_194_304);
+        let s = std::ffi::CStr::from_bytes_until_nul(&slot).unwrap();
+        assert_eq!(s.to_str().unwrap(), "LISTEN_PID=4194304");
+        write_decimal(&mut slot[eq..], u64::MAX);
+        let s = std::ffi::CStr::from_bytes_until_nul(&slot).unwrap();
+        assert_eq!(s.to_str().unwrap(), format!("LISTEN_PID={}", u64::MAX));
+    }
+
+    #[test]
+    fn program_lookup_names_the_path() {
+        let env = vec![("PATH".to_string(), "/nonexistent".to_string())];
+        let err = resolve_program("no-such-prog", Path::new("/"), &env).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent"), "{err}");
+        let env = vec![("PATH".to_string(), "/usr/bin:/bin".to_string())];
+        assert!(resolve_program("sh", Path::new("/"), &env).is_ok());
+    }
+}

@@ -92,7 +92,11 @@ impl AppConfig {
             .iter()
             .map(|(k, v)| format!("{} = {}", key(k), q(v)))
             .collect();
-        writeln!(o, "env = {{ {} }}", env.join(", "))?;
+        if env.is_empty() {
+            writeln!(o, "env = {{}}")?;
+        } else {
+            writeln!(o, "env = {{ {} }}", env.join(", "))?;
+        }
 
         let r = &self.recycle;
         writeln!(o, "\n[app.recycle]")?;
@@ -109,8 +113,9 @@ impl AppConfig {
             dur(r.memory_check_interval)
         )?;
         opt_size(o, "memory_hard_limit", r.memory_hard_limit)?;
-        if let Some(n) = r.requests {
-            writeln!(o, "requests = {n}")?;
+        match r.requests {
+            Some(n) => writeln!(o, "requests = {n}")?,
+            None => writeln!(o, "# requests = (off)")?,
         }
         writeln!(o, "requests_jitter = {}", r.requests_jitter)?;
         opt_dur(o, "interval", r.interval)?;
@@ -164,6 +169,9 @@ impl AppConfig {
         let h = &self.health;
         writeln!(o, "\n[app.health]")?;
         opt_dur(o, "watchdog", h.watchdog)?;
+        if h.http_probe.is_none() {
+            writeln!(o, "# http_probe = (off)")?;
+        }
         if let Some(p) = &h.http_probe {
             writeln!(
                 o,

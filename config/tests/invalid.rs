@@ -1,0 +1,485 @@
+//! Invalid configs: each must be rejected with the file, line:column, the field and
+//! something the user can act on.
+
+use std::path::Path;
+
+use appvisor_config::parse;
+
+/// Parse `text` as `appvisor.toml` and return the error message.
+fn error_of(text: &str) -> String {
+    match parse(text, Path::new("appvisor.toml")) {
+        Ok(config) => panic!("accepted:\n{text}\nas {config:#?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The message has exactly one problem, starting with `appvisor.toml:<at>: <field>`,
+/// and mentions every one of `hints`.
+#[track_caller]
+fn assert_rejected(text: &str, at: &str, field: &str, hints: &[&str]) {
+    let msg = error_of(text);
+    assert_eq!(msg.lines().count(), 1, "expected one problem, got:\n{msg}");
+    let head = format!("appvisor.toml:{at}: {field}");
+    assert!(
+        msg.starts_with(&head),
+        "expected {head:?} at the start of:\n{msg}"
+    );
+    for hint in hints {
+        assert!(msg.contains(hint), "expected {hint:?} in:\n{msg}");
+    }
+}
+
+const APP: &str = "[[app]]\nname = \"web\"\ncommand = [\"python3\", \"app.py\"]\n";
+
+#[test]
+fn toml_syntax_error() {
+    assert_rejected(
+        "[[app]]\nname = \"web\ncommand = [\"x\"]\n",
+        "2:12",
+        "TOML syntax error",
+        &["invalid basic string", "expected `\"`"],
+    );
+}
+
+#[test]
+fn unknown_top_level_table_suggests_the_right_one() {
+    assert_rejected(
+        "[supervisr]\nlog_keep = 3\n",
+        "1:2",
+        "field supervisr",
+        &["unknown key \"supervisr\"", "did you mean \"supervisor\""],
+    );
+}
+
+#[test]
+fn unknown_key_in_app_suggests_the_right_one() {
+    assert_rejected(
+        "[[app]]\nname = \"web\"\ncomand = [\"x\"]\n",
+        "3:1",
+        "app \"web\" field comand",
+        &["did you mean \"command\""],
+    );
+}
+
+#[test]
+fn unknown_key_in_recycle_suggests_the_right_one() {
+    let text = format!("{APP}[app.recycle]\nstartup_timout = \"9s\"\n");
+    assert_rejected(
+        &text,
+        "5:1",
+        "app \"web\" field recycle.startup_timout",
+        &["did you mean \"startup_timeout\""],
+    );
+}
+
+#[test]
+fn unknown_key_far_from_any_lists_the_valid_ones() {
+    let text = format!("{APP}[app.sessions]\ncolour = \"red\"\n");
+    assert_rejected(
+        &text,
+        "5:1",
+        "app \"web\" field sessions.colour",
+        &["expected one of: mode, timeout"],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let text = format!("{APP}[app.recycle]\nstartup_timeout = \"9x\"\n");
+    assert_rejected(
+        &text,
+        "5:19",
+        "app \"web\" field recycle.startup_timeout",
+        &["\"9x\" is not a duration", "\"90s\""],
+    );
+}
+
+#[test]
+fn duration_without_unit_says_which_unit_to_add() {
+    let text = format!("{APP}[app.failure]\nstable_uptime = 30\n");
+    assert_rejected(
+        &text,
+        "5:17",
+        "app \"web\" field failure.stable_uptime",
+        &["no unit", "\"30s\""],
+    );
+}
+
+#[test]
+fn bad_size() {
+    let text = format!("{APP}[app.recycle]\nprivate_memory = \"512m\"\n");
+    assert_rejected(
+        &text,
+        "5:18",
+        "app \"web\" field recycle.private_memory",
+        &["ambiguous", "\"512MiB\"", "\"512MB\""],
+    );
+    assert_rejected(
+        "[supervisor]\nlog_max_size = \"10 parsecs\"\n",
+        "2:16",
+        "field supervisor.log_max_size",
+        &["not a size", "MiB"],
+    );
+}
+
+#[test]
+fn empty_command() {
+    assert_rejected(
+        "[[app]]\nname = \"web\"\ncommand = []\n",
+        "3:11",
+        "app \"web\" field command",
+        &["command is empty", "[\"python3\", \"app.py\"]"],
+    );
+}
+
+#[test]
+fn command_as_a_string_suggests_the_array() {
+    assert_rejected(
+        "[[app]]\nname = \"web\"\ncommand = \"gunicorn -w 4 app:app\"\n",
+        "3:11",
+        "app \"web\" field command",
+        &[
+            "never runs a shell",
+            "command = [\"gunicorn\", \"-w\", \"4\", \"app:app\"]",
+        ],
+    );
+}
+
+#[test]
+fn missing_command() {
+    assert_rejected(
+        "[[app]]\nname = \"web\"\n",
+        "1:1",
+        "app \"web\" field command",
+        &["\"command\" is missing"],
+    );
+}
+
+#[test]
+fn duplicate_app_name_points_at_the_second() {
+    let text = format!("{APP}\n{APP}");
+    assert_rejected(
+        &text,
+        "6:8",
+        "app \"web\" field name",
+        &["already used by the app on line 2", "unique"],
+    );
+}
+
+#[test]
+fn missing_name() {
+    assert_rejected(
+        "[[app]]\ncommand = [\"x\"]\n",
+        "1:1",
+        "app #1 field name",
+        &["needs a name", "name = "],
+    );
+}
+
+#[test]
+fn bad_app_name() {
+    assert_rejected(
+        "[[app]]\nname = \"my app\"\ncommand = [\"x\"]\n",
+        "2:8",
+        "app \"my app\" field name",
+        &["letters, digits"],
+    );
+}
+
+#[test]
+fn bad_listen_addresses() {
+    let cases = [
+        (
+            "\"tcp://example.com:80\"",
+            &["not an IP address", "127.0.0.1"][..],
+        ),
+        (
+            "\"127.0.0.1:8080\"",
+            &["add the scheme", "\"tcp://127.0.0.1:8080\""][..],
+        ),
+        ("\"tcp://127.0.0.1\"", &["missing \":PORT\""][..]),
+        ("\"tcp://127.0.0.1:70000\"", &["not a port number"][..]),
+        ("\"http://x\"", &["expected \"tcp://HOST:PORT\""][..]),
+        ("{ name = \"admin\" }", &["no address"][..]),
+    ];
+    for (value, hints) in cases {
+        let text = format!("{APP}listen = [{value}]\n");
+        assert_rejected(&text, "4:11", "app \"web\" field listen", hints);
+    }
+}
+
+#[test]
+fn duplicate_listen_address_across_apps() {
+    let text = "[[app]]\nname = \"a\"\ncommand = [\"x\"]\nlisten = [\"tcp://127.0.0.1:8080\"]\n\
+                [[app]]\nname = \"b\"\ncommand = [\"x\"]\nlisten = [\"tcp://0.0.0.0:8080\"]\n";
+    assert_rejected(
+        text,
+        "8:11",
+        "app \"b\" field listen",
+        &["already used by app \"a\" on line 4", "another port"],
+    );
+}
+
+#[test]
+fn processes_zero() {
+    let text = format!("{APP}processes = 0\n");
+    assert_rejected(
+        &text,
+        "4:13",
+        "app \"web\" field processes",
+        &["0 is out of range", "from 1 to 256"],
+    );
+}
+
+#[test]
+fn bad_signal_name() {
+    let text = format!("{APP}[app.recycle]\nstop_signal = \"SIGTREM\"\n");
+    assert_rejected(
+        &text,
+        "5:15",
+        "app \"web\" field recycle.stop_signal",
+        &["not a signal name", "did you mean \"SIGTERM\""],
+    );
+}
+
+#[test]
+fn kill_cannot_be_the_soft_signal() {
+    let text = format!("{APP}[app.watch]\nsoft_signal = \"KILL\"\n");
+    assert_rejected(
+        &text,
+        "5:15",
+        "app \"web\" field watch.soft_signal",
+        &["SIGKILL cannot be used as soft_signal", "SIGHUP"],
+    );
+}
+
+#[test]
+fn max_wait_shorter_than_debounce() {
+    let text = format!("{APP}[app.watch]\ndebounce = \"3s\"\nmax_wait = \"1s\"\n");
+    assert_rejected(
+        &text,
+        "6:12",
+        "app \"web\" field watch.max_wait",
+        &["max_wait (1s) is shorter than debounce (3s)", ">= debounce"],
+    );
+}
+
+#[test]
+fn backoff_initial_longer_than_backoff_max() {
+    let text = format!("{APP}[app.failure]\nbackoff_initial = \"1m\"\nbackoff_max = \"10s\"\n");
+    assert_rejected(
+        &text,
+        "6:15",
+        "app \"web\" field failure.backoff_max",
+        &["backoff_initial <= backoff_max"],
+    );
+}
+
+#[test]
+fn bad_schedule_time() {
+    let text = format!("{APP}[app.recycle]\nschedule = [\"03:00\", \"25:00\"]\n");
+    assert_rejected(
+        &text,
+        "5:22",
+        "app \"web\" field recycle.schedule",
+        &["\"25:00\" is not a time of day", "hour 25", "\"HH:MM\""],
+    );
+}
+
+#[test]
+fn unknown_ready_kind() {
+    let text = format!("{APP}ready = \"htp:/health\"\n");
+    assert_rejected(
+        &text,
+        "4:9",
+        "app \"web\" field ready",
+        &[
+            "unknown ready check",
+            "did you mean \"http\"",
+            "\"delay:500ms\"",
+        ],
+    );
+}
+
+#[test]
+fn http_ready_needs_a_tcp_listener() {
+    let text = format!("{APP}ready = \"http:/health\"\n");
+    assert_rejected(
+        &text,
+        "4:9",
+        "app \"web\" field ready",
+        &["needs a TCP listen address", "listen = "],
+    );
+}
+
+#[test]
+fn redis_backend_without_url() {
+    assert_rejected(
+        "[store]\nbackend = \"redis\"\n",
+        "1:1",
+        "field store.url",
+        &["needs url = \"redis://"],
+    );
+}
+
+#[test]
+fn redis_url_with_wrong_scheme() {
+    assert_rejected(
+        "[store]\nbackend = \"redis\"\nurl = \"http://127.0.0.1:6379\"\n",
+        "3:7",
+        "field store.url",
+        &["unsupported scheme \"http\"", "redis://"],
+    );
+}
+
+#[test]
+fn keys_of_the_other_backend() {
+    assert_rejected(
+        "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1\"\npersist = \"always\"\n",
+        "4:11",
+        "field store.persist",
+        &["applies only to backend = \"embedded\""],
+    );
+    assert_rejected(
+        "[store]\nurl = \"redis://127.0.0.1\"\n",
+        "2:7",
+        "field store.url",
+        &[
+            "applies only to backend = \"redis\"",
+            "add backend = \"redis\"",
+        ],
+    );
+}
+
+#[test]
+fn bad_session_mode() {
+    let text = format!("{APP}[app.sessions]\nmode = \"stor\"\n");
+    assert_rejected(
+        &text,
+        "5:8",
+        "app \"web\" field sessions.mode",
+        &[
+            "unknown mode \"stor\"",
+            "did you mean \"store\"",
+            "\"handoff\"",
+        ],
+    );
+}
+
+#[test]
+fn wrong_toml_type_is_named_in_toml_terms() {
+    let text = format!("{APP}[app.recycle]\noverlapped = \"yes\"\n");
+    assert_rejected(
+        &text,
+        "5:14",
+        "app \"web\" field recycle.overlapped",
+        &["found string \"yes\", expected a boolean"],
+    );
+}
+
+#[test]
+fn single_bracket_app_table_explains_double_brackets() {
+    assert_rejected(
+        "[app]\nname = \"web\"\ncommand = [\"x\"]\n",
+        "1:1",
+        "field app",
+        &["[[app]]"],
+    );
+}
+
+#[test]
+fn env_values_must_be_strings() {
+    let text = format!("{APP}env = {{ PORT = 8080 }}\n");
+    assert_rejected(
+        &text,
+        "4:16",
+        "app \"web\" field env.PORT",
+        &["expected a string", "PORT = \"8080\""],
+    );
+}
+
+#[test]
+fn env_cannot_override_what_appvisor_sets() {
+    let text = format!("{APP}env = {{ LISTEN_FDS = \"3\" }}\n");
+    assert_rejected(
+        &text,
+        "4:9",
+        "app \"web\" field env.LISTEN_FDS",
+        &["set by appvisor", "remove it"],
+    );
+}
+
+#[test]
+fn bad_glob() {
+    let text = format!("{APP}[app.watch]\nsoft = [\"views/[ab\"]\n");
+    assert_rejected(
+        &text,
+        "5:9",
+        "app \"web\" field watch.soft",
+        &["invalid glob"],
+    );
+    let text = format!("{APP}[app.watch]\npaths = [\"/etc/app.conf\"]\n");
+    assert_rejected(
+        &text,
+        "5:10",
+        "app \"web\" field watch.paths",
+        &["relative to the app's cwd"],
+    );
+}
+
+#[test]
+fn http_probe_needs_a_path() {
+    let text = format!(
+        "{APP}listen = [\"tcp://127.0.0.1:8080\"]\n[app.health]\nhttp_probe = {{ path = \"healthz\" }}\n"
+    );
+    assert_rejected(
+        &text,
+        "6:23",
+        "app \"web\" field health.http_probe.path",
+        &["starting with '/'", "\"/healthz\""],
+    );
+}
+
+#[test]
+fn every_problem_is_reported_in_one_run() {
+    let text = format!(
+        "{APP}processes = 0\n[app.recycle]\nstartup_timeout = \"soon\"\nstop_signal = \"NOPE\"\n\
+         [app.sessions]\nmode = \"cookie\"\n"
+    );
+    let msg = error_of(&text);
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(lines.len(), 4, "{msg}");
+    // In file order.
+    assert!(
+        lines[0].starts_with("appvisor.toml:4:13: app \"web\" field processes"),
+        "{msg}"
+    );
+    assert!(
+        lines[1].starts_with("appvisor.toml:6:19: app \"web\" field recycle.startup_timeout"),
+        "{msg}"
+    );
+    assert!(
+        lines[2].starts_with("appvisor.toml:7:15: app \"web\" field recycle.stop_signal"),
+        "{msg}"
+    );
+    assert!(
+        lines[3].starts_with("appvisor.toml:9:8: app \"web\" field sessions.mode"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn problems_are_available_as_data() {
+    let err = parse(
+        "[supervisor]\nlog_keep = -1\n",
+        Path::new("/etc/appvisor.toml"),
+    )
+    .unwrap_err();
+    let problems = err.problems();
+    assert_eq!(problems.len(), 1);
+    let p = &problems[0];
+    assert_eq!(p.file, Path::new("/etc/appvisor.toml"));
+    assert_eq!(p.location.map(|l| (l.line, l.column)), Some((2, 12)));
+    assert_eq!(p.field.as_deref(), Some("field supervisor.log_keep"));
+    assert!(p.message.contains("from 0 to 1000"), "{}", p.message);
+}

@@ -91,3 +91,5 @@ pub use requests::RequestCounter;
 pub use shutdown::{Shutdown, ShutdownCause};
 pub use watchdog::Watchdog;
 pub use worker::Worker;
+#[cfg(feature = "sessions")]
+pub mod sessions;

@@ -1,0 +1,368 @@
+//! Talking to the session store (the embedded one, or any Redis/Valkey).
+//!
+//! Two kinds of connection:
+//!
+//! * one shared, multiplexed, self-reconnecting [`ConnectionManager`] for
+//!   single commands (GETEX on load, DEL on abandon), which any number of
+//!   requests use at once;
+//! * a small pool of dedicated connections for optimistic transactions.
+//!   WATCH is per-connection state, so a WATCH … EXEC round must own its
+//!   connection; a connection that errors mid-round is dropped, never pooled,
+//!   so no stale WATCH or MULTI leaks into the next user.
+//!
+//! A commit is two round trips: `WATCH k` + `GET k` pipelined, then
+//! `MULTI` / `SET k v PX ttl` / `EXEC`. No Lua, because the embedded store
+//! implements the session subset of Redis (no EVAL).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Value as RedisValue};
+use serde_json::{Map, Value};
+use tokio::task::JoinSet;
+
+use super::codec;
+use super::error::SessionError;
+use super::id::SessionId;
+use super::memory::{FlushItem, Flushed};
+use super::mode::redact_url;
+use super::session::Session;
+use super::CommitOutcome;
+
+/// Rounds of WATCH/GET/MULTI/EXEC before a commit gives up. Each lost round
+/// means another writer committed in between; eight in a row on one session
+/// is pathological.
+pub(crate) const COMMIT_ATTEMPTS: u32 = 8;
+/// Sessions per flush transaction: big enough that round trips vanish in
+/// the server's work, small enough that one transaction never stalls the
+/// store for long.
+const FLUSH_CHUNK: usize = 1000;
+/// Flush transactions in flight at once, each on its own connection.
+const FLUSH_CONNECTIONS: usize = 4;
+/// Dedicated connections kept for reuse.
+const MAX_IDLE: usize = 32;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A store that does not answer within this fails the request instead of
+/// hanging it.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) struct Store {
+    client: redis::Client,
+    shared: ConnectionManager,
+    idle: Mutex<Vec<MultiplexedConnection>>,
+    prefix: String,
+    /// For error messages: the URL with its password hidden.
+    url: String,
+}
+
+impl Store {
+    pub(crate) async fn connect(url: &str, prefix: &str) -> Result<Store, SessionError> {
+        let redacted = redact_url(url);
+        let client = redis::Client::open(url).map_err(|source| SessionError::BadStoreUrl {
+            url: redacted.clone(),
+            source,
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_number_of_retries(2);
+        let shared = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(|source| SessionError::Connect {
+                url: redacted.clone(),
+                source,
+            })?;
+        Ok(Store {
+            client,
+            shared,
+            idle: Mutex::new(Vec::new()),
+            prefix: prefix.to_owned(),
+            url: redacted,
+        })
+    }
+
+    fn key(&self, id: &SessionId) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + id.as_str().len());
+        key.push_str(&self.prefix);
+        key.push_str(id.as_str());
+        key
+    }
+
+    /// The key for messages: prefix plus the redacted id.
+    fn shown_key(&self, id: &SessionId) -> String {
+        format!("{}{}", self.prefix, id.redacted())
+    }
+
+    fn store_error(&self, op: &'static str) -> impl FnOnce(redis::RedisError) -> SessionError + '_ {
+        move |source| SessionError::Store {
+            url: self.url.clone(),
+            op,
+            source,
+        }
+    }
+
+    async fn checkout(&self) -> Result<MultiplexedConnection, SessionError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(conn) = pooled {
+            return Ok(conn);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|source| SessionError::Connect {
+                url: self.url.clone(),
+                source,
+            })
+    }
+
+    fn checkin(&self, conn: MultiplexedConnection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+
+    /// Reads a session and renews its expiry in the same command (GETEX).
+    pub(crate) async fn load(
+        &self,
+        id: &SessionId,
+        ttl: Duration,
+    ) -> Result<Option<codec::Stored>, SessionError> {
+        let raw: Option<Vec<u8>> = redis::cmd("GETEX")
+            .arg(self.key(id))
+            .arg("PX")
+            .arg(ttl_millis(ttl))
+            .query_async(&mut self.shared.clone())
+            .await
+            .map_err(self.store_error("load"))?;
+        raw.map(|raw| {
+            codec::decode(&raw).map_err(|reason| SessionError::Corrupt {
+                key: self.shown_key(id),
+                reason,
+            })
+        })
+        .transpose()
+    }
+
+    /// Writes a request's changes with optimistic concurrency: straight
+    /// through when the stored version is still the one loaded, else
+    /// re-read and replay the changes onto the newer copy.
+    pub(crate) async fn commit(
+        &self,
+        session: &Session,
+        ttl: Duration,
+    ) -> Result<(CommitOutcome, Arc<Map<String, Value>>), SessionError> {
+        let key = self.key(session.id());
+        let mut conn = self.checkout().await?;
+        for attempt in 1..=COMMIT_ATTEMPTS {
+            let (raw,): (Option<Vec<u8>>,) = redis::pipe()
+                .cmd("WATCH")
+                .arg(&key)
+                .ignore()
+                .cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(self.store_error("commit"))?;
+            let stored = match raw.as_deref().map(codec::decode).transpose() {
+                Ok(stored) => stored,
+                Err(reason) => {
+                    // Leave the connection clean before giving it back.
+                    let _: Result<(), _> = redis::cmd("UNWATCH").query_async(&mut conn).await;
+                    return Err(SessionError::Corrupt {
+                        key: self.shown_key(session.id()),
+                        reason,
+                    });
+                }
+            };
+            let stored_version = stored.as_ref().map_or(0, |(v, _)| *v);
+            let (version, data, merged, conflicts) = if stored_version == session.version {
+                (session.version + 1, session.data.clone(), false, Vec::new())
+            } else {
+                let (_, mut data) = stored.unwrap_or_default();
+                let conflicts = session.changes.replay_onto(&mut data);
+                let version = stored_version.max(session.version) + 1;
+                (version, Arc::new(data), true, conflicts)
+            };
+            let exec: RedisValue = redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(codec::encode(version, &data))
+                .arg("PX")
+                .arg(ttl_millis(ttl))
+                .ignore()
+                .query_async(&mut conn)
+                .await
+                .map_err(self.store_error("commit"))?;
+            if exec != RedisValue::Nil {
+                self.checkin(conn);
+                let outcome = CommitOutcome::written(version, merged, conflicts, attempt);
+                return Ok((outcome, data));
+            }
+            // EXEC answered nil: someone wrote between our GET and EXEC.
+        }
+        self.checkin(conn);
+        Err(SessionError::Contention {
+            attempts: COMMIT_ATTEMPTS,
+        })
+    }
+
+    pub(crate) async fn delete(&self, id: &SessionId) -> Result<(), SessionError> {
+        redis::cmd("DEL")
+            .arg(self.key(id))
+            .query_async::<()>(&mut self.shared.clone())
+            .await
+            .map_err(self.store_error("abandon"))
+    }
+
+    /// Writes many sessions: chunks of [`FLUSH_CHUNK`], each one
+    /// `WATCH keys… ; MGET keys…` then `MULTI ; SET … PX … ×n ; EXEC`, with
+    /// [`FLUSH_CONNECTIONS`] chunks in flight. Returns every item with what
+    /// happened to it, so the caller can settle its memory entry.
+    pub(crate) async fn flush(
+        self: &Arc<Self>,
+        items: Vec<FlushItem>,
+    ) -> Vec<(FlushItem, Result<Flushed, Arc<SessionError>>)> {
+        let mut chunks: Vec<Vec<FlushItem>> = Vec::new();
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            chunks.push(items.by_ref().take(FLUSH_CHUNK).collect());
+        }
+        let lanes = FLUSH_CONNECTIONS.min(chunks.len()).max(1);
+        let mut per_lane: Vec<Vec<Vec<FlushItem>>> = (0..lanes).map(|_| Vec::new()).collect();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            per_lane[i % lanes].push(chunk);
+        }
+        let mut tasks = JoinSet::new();
+        for lane in per_lane {
+            let store = Arc::clone(self);
+            tasks.spawn(async move { store.flush_lane(lane).await });
+        }
+        let mut done = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            // A panicking flush task is a bug in this module; surface it.
+            done.extend(joined.expect("session flush task panicked"));
+        }
+        done
+    }
+
+    async fn flush_lane(
+        &self,
+        chunks: Vec<Vec<FlushItem>>,
+    ) -> Vec<(FlushItem, Result<Flushed, Arc<SessionError>>)> {
+        let mut out = Vec::new();
+        let mut conn = None;
+        for chunk in chunks {
+            let result = match conn.take() {
+                Some(c) => Ok(c),
+                None => self.checkout().await,
+            };
+            let result = match result {
+                Ok(mut c) => match self.flush_chunk(&mut c, &chunk).await {
+                    Ok(flushed) => {
+                        conn = Some(c);
+                        Ok(flushed)
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(flushed) => out.extend(chunk.into_iter().zip(flushed.into_iter().map(Ok))),
+                Err(e) => {
+                    let e = Arc::new(e);
+                    out.extend(chunk.into_iter().map(|item| (item, Err(Arc::clone(&e)))));
+                }
+            }
+        }
+        if let Some(c) = conn {
+            self.checkin(c);
+        }
+        out
+    }
+
+    async fn flush_chunk(
+        &self,
+        conn: &mut MultiplexedConnection,
+        chunk: &[FlushItem],
+    ) -> Result<Vec<Flushed>, SessionError> {
+        let keys: Vec<String> = chunk.iter().map(|item| self.key(&item.id)).collect();
+        for _ in 0..COMMIT_ATTEMPTS {
+            let (raws,): (Vec<Option<Vec<u8>>>,) = redis::pipe()
+                .cmd("WATCH")
+                .arg(&keys)
+                .ignore()
+                .cmd("MGET")
+                .arg(&keys)
+                .query_async(conn)
+                .await
+                .map_err(self.store_error("flush"))?;
+            let mut results = Vec::with_capacity(chunk.len());
+            let mut write = redis::pipe();
+            write.atomic();
+            for ((item, key), raw) in chunk.iter().zip(&keys).zip(raws) {
+                let stored_version = match raw.as_deref().map(codec::decode_version) {
+                    None => Some(0),
+                    Some(Ok((version, _))) => Some(version),
+                    Some(Err(_)) => None,
+                };
+                let flushed = if stored_version == Some(item.store_version) {
+                    Flushed {
+                        version: item.version,
+                        merged: None,
+                        conflicts: Vec::new(),
+                    }
+                } else {
+                    // Another writer (an overlapping generation) or an
+                    // unreadable value: replay our changes onto what is there.
+                    let (stored_version, mut data) = match raw.as_deref().map(codec::decode) {
+                        Some(Ok(stored)) => stored,
+                        _ => (0, Map::new()),
+                    };
+                    let mut conflicts = item.pending.replay_onto(&mut data);
+                    if stored_version_unreadable(raw.as_deref()) {
+                        conflicts.push("(unreadable stored session replaced)".to_owned());
+                    }
+                    Flushed {
+                        version: stored_version.max(item.version) + 1,
+                        merged: Some(Arc::new(data)),
+                        conflicts,
+                    }
+                };
+                let data = flushed.merged.as_ref().unwrap_or(&item.data);
+                write
+                    .cmd("SET")
+                    .arg(key)
+                    .arg(codec::encode(flushed.version, data))
+                    .arg("PX")
+                    .arg(ttl_millis(item.ttl))
+                    .ignore();
+                results.push(flushed);
+            }
+            let exec: RedisValue = write
+                .query_async(conn)
+                .await
+                .map_err(self.store_error("flush"))?;
+            if exec != RedisValue::Nil {
+                return Ok(results);
+            }
+        }
+        Err(SessionError::Contention {
+            attempts: COMMIT_ATTEMPTS,
+        })
+    }
+}
+
+fn stored_version_unreadable(raw: Option<&[u8]>) -> bool {
+    raw.is_some_and(|raw| codec::decode(raw).is_err())
+}
+
+/// Redis PX wants ≥ 1 ms; a sub-millisecond remainder rounds up.
+fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}

@@ -25,6 +25,8 @@
 //! - `DEMO_NO_WATCHDOG=1` — never send watchdog pings
 //! - `DEMO_THREADS=N` — use a multi-threaded runtime with N threads
 //!   (default: one thread)
+//! - `DEMO_IDLE_GRACE_MS=N` — how long idle keep-alive connections may still
+//!   send a request once draining starts (default: the SDK's 250 ms)
 //! - `DEMO_ADDR=host:port` — where to listen when no socket is inherited
 //!   (default `127.0.0.1:3000`)
 //!
@@ -131,7 +133,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
         let state = Arc::clone(&worker);
         let service = service_fn(move |req| respond(Arc::clone(&state), req));
-        let report = http::Server::for_worker(&worker)
+        let mut server = http::Server::for_worker(&worker);
+        if let Some(ms) = env_number("DEMO_IDLE_GRACE_MS") {
+            server = server.idle_grace(Duration::from_millis(ms));
+        }
+        let report = server
             .serve(listeners, service, shutdown.clone())
             .await?;
         println!(

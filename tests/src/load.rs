@@ -1,0 +1,195 @@
+//! HTTP load with a count of every failure: the figure that must stay 0.
+//!
+//! Each client is a thread with its own connection, sending `GET /` in a loop —
+//! with keep-alive (one connection reused, reopened when the server says
+//! `Connection: close`) or without (a new connection per request). A request
+//! fails if the connection is refused or reset, or the answer is not a complete
+//! 200 response. No retries: a retry would hide exactly what we measure.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    pub max_latency: Duration,
+    /// The first few failures, for the assertion message.
+    pub errors: Vec<String>,
+    /// Distinct server pids seen in responses (`pid=…`).
+    pub pids: std::collections::BTreeSet<i32>,
+}
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<LoadReport>>,
+    pub ok_so_far: Arc<AtomicU64>,
+}
+
+struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+fn connect(port: u16) -> std::io::Result<Conn> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    Ok(Conn {
+        reader: BufReader::new(s),
+    })
+}
+
+/// One request on `conn`; returns (body, server wants close).
+fn request(conn: &mut Conn, path: &str, keep_alive: bool) -> Result<(String, bool), String> {
+    let req = if keep_alive {
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    } else {
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    };
+    conn.reader
+        .get_mut()
+        .write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut status = String::new();
+    let n = conn
+        .reader
+        .read_line(&mut status)
+        .map_err(|e| format!("read status: {e}"))?;
+    if n == 0 {
+        return Err("connection closed before a response".into());
+    }
+    if !status.starts_with("HTTP/1.1 200") && !status.starts_with("HTTP/1.0 200") {
+        return Err(format!("status line {status:?}"));
+    }
+    let http10 = status.starts_with("HTTP/1.0");
+    let mut len: Option<usize> = None;
+    let mut close = !keep_alive || http10;
+    loop {
+        let mut line = String::new();
+        conn.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read header: {e}"))?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let lower = l.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().ok();
+        } else if lower.starts_with("connection:") && lower.contains("close") {
+            close = true;
+        } else if lower.starts_with("connection:") && lower.contains("keep-alive") && http10 {
+            close = false;
+        }
+    }
+    let mut body = Vec::new();
+    match len {
+        Some(n) => {
+            body.resize(n, 0);
+            conn.reader
+                .read_exact(&mut body)
+                .map_err(|e| format!("read body: {e}"))?;
+        }
+        None => {
+            conn.reader
+                .read_to_end(&mut body)
+                .map_err(|e| format!("read body: {e}"))?;
+            close = true;
+        }
+    }
+    Ok((String::from_utf8_lossy(&body).into_owned(), close))
+}
+
+fn pid_of(body: &str) -> Option<i32> {
+    let i = body.find("pid=")?;
+    body[i + 4..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Load {
+    /// Starts `clients` threads hammering `GET path` on `port`.
+    pub fn start(port: u16, clients: usize, keep_alive: bool, path: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok_so_far = Arc::new(AtomicU64::new(0));
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                let ok_so_far = ok_so_far.clone();
+                let path = path.to_string();
+                std::thread::spawn(move || {
+                    let mut r = LoadReport::default();
+                    let mut conn: Option<Conn> = None;
+                    let errors = Mutex::new(Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        let t0 = Instant::now();
+                        let c = match conn.take() {
+                            Some(c) => Ok(c),
+                            None => connect(port).map_err(|e| format!("connect: {e}")),
+                        };
+                        let result =
+                            c.and_then(|mut c| request(&mut c, &path, keep_alive).map(|x| (c, x)));
+                        let took = t0.elapsed();
+                        match result {
+                            Ok((c, (body, close))) => {
+                                r.ok += 1;
+                                ok_so_far.fetch_add(1, Ordering::Relaxed);
+                                r.max_latency = r.max_latency.max(took);
+                                if let Some(pid) = pid_of(&body) {
+                                    r.pids.insert(pid);
+                                }
+                                if keep_alive && !close {
+                                    conn = Some(c);
+                                }
+                            }
+                            Err(e) => {
+                                r.failed += 1;
+                                let mut errs = errors.lock().unwrap();
+                                if errs.len() < 5 {
+                                    errs.push(e);
+                                }
+                            }
+                        }
+                    }
+                    r.errors = errors.into_inner().unwrap();
+                    r
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            ok_so_far,
+        }
+    }
+
+    /// Waits until at least `n` requests succeeded in total (deadline 30 s).
+    pub fn wait_for_requests(&self, n: u64) {
+        let start = self.ok_so_far.load(Ordering::Relaxed);
+        crate::wait_until(
+            Duration::from_secs(30),
+            &format!("{n} more successful requests"),
+            || (self.ok_so_far.load(Ordering::Relaxed) >= start + n).then_some(()),
+        );
+    }
+
+    pub fn finish(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadReport::default();
+        for t in self.threads {
+            let r = t.join().expect("load thread");
+            total.ok += r.ok;
+            total.failed += r.failed;
+            total.max_latency = total.max_latency.max(r.max_latency);
+            total.errors.extend(r.errors);
+            total.pids.extend(r.pids);
+        }
+        total
+    }
+}

@@ -181,8 +181,13 @@ impl Server {
         let drain_start = Instant::now();
         shared.draining.store(true, Ordering::SeqCst);
         let open_at_drain = shared.open.load(Ordering::SeqCst);
-        // Best effort: the supervisor already knows it sent the signal.
-        let _ = self.notifier.stopping();
+        // Best effort: the supervisor already knows it sent the signal. If
+        // its queue is full, wait for room on a blocking-pool thread: a
+        // supervisor slow to read must not hold up the drain.
+        if let Ok(false) = self.notifier.try_send("STOPPING=1") {
+            let notifier = self.notifier.clone();
+            tokio::task::spawn_blocking(move || notifier.stopping());
+        }
         for accept in accept_loops {
             // An accept loop ends when it sees the shutdown; a panic in one
             // (there is no code that panics) would surface here.
@@ -235,10 +240,12 @@ async fn accept_loop<S, B>(
     // connection and sends half a request head cannot hold a drain forever.
     builder.timer(TokioTimer::new()).keep_alive(true);
     let mut warned_at: Option<Instant> = None;
+    let stop = shared.shutdown.wait();
+    tokio::pin!(stop);
     loop {
         let stream = tokio::select! {
             biased;
-            _ = shared.shutdown.wait() => return,
+            _ = &mut stop => return,
             accepted = listener.accept() => accepted,
         };
         let stream = match stream {

@@ -9,9 +9,17 @@
 //! - One unbound datagram socket is created at start and reused; every send
 //!   names the destination (`sendto`), so a supervisor that re-creates its
 //!   socket is still reached.
-//! - Sends block for at most [`SEND_TIMEOUT`] when the supervisor's receive
-//!   queue is full, rather than dropping `READY=1`; a supervisor that does not
-//!   read for that long is itself stuck.
+//! - Two kinds of send. [`Notifier::send`] blocks for at most
+//!   [`SEND_TIMEOUT`] when the supervisor's receive queue is full, rather
+//!   than dropping `READY=1`; it is for the rare state changes, sent from
+//!   synchronous code. [`Notifier::try_send`] never blocks: the periodic
+//!   messages (request counts, watchdog pings) come from tasks on the app's
+//!   runtime, and a datagram socket's queue is short (Linux's
+//!   `net.unix.max_dgram_qlen` is 10 by default), so a supervisor that is slow
+//!   to read for a moment would otherwise stall every request of a
+//!   single-threaded worker. A periodic message that finds the queue full is
+//!   simply sent again at its next tick.
+//! - `EINTR` (a signal arriving during a blocking send) is retried.
 //! - Without `NOTIFY_SOCKET` (the worker runs by hand) the notifier is
 //!   disabled and every send is a successful no-op.
 //! - `NOTIFY_SOCKET` stays in the environment: processes the worker spawns
@@ -38,7 +46,10 @@ struct Target {
     /// `NOTIFY_SOCKET` as given, for error messages.
     display: String,
     addr: SocketAddr,
-    socket: UnixDatagram,
+    /// Blocking with a timeout, for [`Notifier::send`].
+    blocking: UnixDatagram,
+    /// Non-blocking, for [`Notifier::try_send`].
+    nonblocking: UnixDatagram,
 }
 
 impl Notifier {
@@ -71,23 +82,25 @@ impl Notifier {
         } else {
             return Err(invalid("neither an absolute path nor an @abstract name"));
         };
-        let socket = UnixDatagram::unbound().map_err(|source| WorkerError::Notify {
+        let setup = |what: &str, source| WorkerError::Notify {
             socket: path.to_owned(),
-            message: "(creating the socket)".into(),
+            message: format!("({what})"),
             source,
-        })?;
-        socket
+        };
+        let blocking = UnixDatagram::unbound().map_err(|e| setup("creating a socket", e))?;
+        blocking
             .set_write_timeout(Some(SEND_TIMEOUT))
-            .map_err(|source| WorkerError::Notify {
-                socket: path.to_owned(),
-                message: "(setting a send timeout)".into(),
-                source,
-            })?;
+            .map_err(|e| setup("setting a send timeout", e))?;
+        let nonblocking = UnixDatagram::unbound().map_err(|e| setup("creating a socket", e))?;
+        nonblocking
+            .set_nonblocking(true)
+            .map_err(|e| setup("making a socket non-blocking", e))?;
         Ok(Notifier {
             target: Some(Arc::new(Target {
                 display: path.to_owned(),
                 addr,
-                socket,
+                blocking,
+                nonblocking,
             })),
         })
     }
@@ -97,20 +110,41 @@ impl Notifier {
         self.target.is_some()
     }
 
-    /// Sends one datagram of `KEY=VALUE` lines as given.
+    /// Sends one datagram of `KEY=VALUE` lines as given, waiting up to
+    /// [`SEND_TIMEOUT`] for room in the supervisor's queue.
     pub fn send(&self, message: &str) -> Result<(), WorkerError> {
         let Some(target) = &self.target else {
             return Ok(());
         };
-        target
-            .socket
-            .send_to_addr(message.as_bytes(), &target.addr)
-            .map(drop)
-            .map_err(|source| WorkerError::Notify {
-                socket: target.display.clone(),
-                message: message.to_owned(),
-                source,
-            })
+        loop {
+            match target
+                .blocking
+                .send_to_addr(message.as_bytes(), &target.addr)
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(target.error(message, source)),
+            }
+        }
+    }
+
+    /// Sends one datagram without ever blocking: `Ok(false)` when the
+    /// supervisor's queue is full and the message was not sent.
+    pub fn try_send(&self, message: &str) -> Result<bool, WorkerError> {
+        let Some(target) = &self.target else {
+            return Ok(true);
+        };
+        loop {
+            match target
+                .nonblocking
+                .send_to_addr(message.as_bytes(), &target.addr)
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(source) => return Err(target.error(message, source)),
+            }
+        }
     }
 
     /// `READY=1`: the worker accepts requests; the supervisor may retire the
@@ -124,9 +158,10 @@ impl Notifier {
         self.send("STOPPING=1")
     }
 
-    /// `WATCHDOG=1`: a liveness ping.
-    pub fn watchdog(&self) -> Result<(), WorkerError> {
-        self.send("WATCHDOG=1")
+    /// `WATCHDOG=1`: a liveness ping. Never blocks; `Ok(false)` when the
+    /// queue was full.
+    pub fn watchdog(&self) -> Result<bool, WorkerError> {
+        self.try_send("WATCHDOG=1")
     }
 
     /// `STATUS=…`: a one-line human status. Newlines would start a new
@@ -137,7 +172,18 @@ impl Notifier {
 
     /// `X_APPVISOR_REQUESTS=n`: the cumulative number of requests served,
     /// which the supervisor compares with the app's `requests` limit.
-    pub fn requests(&self, count: u64) -> Result<(), WorkerError> {
-        self.send(&format!("X_APPVISOR_REQUESTS={count}"))
+    /// Never blocks; `Ok(false)` when the queue was full (see [`try_send`](Notifier::try_send)).
+    pub fn requests(&self, count: u64) -> Result<bool, WorkerError> {
+        self.try_send(&format!("X_APPVISOR_REQUESTS={count}"))
+    }
+}
+
+impl Target {
+    fn error(&self, message: &str, source: std::io::Error) -> WorkerError {
+        WorkerError::Notify {
+            socket: self.display.clone(),
+            message: message.to_owned(),
+            source,
+        }
     }
 }

@@ -69,7 +69,11 @@ impl RequestCounter {
             let mut last_report: Option<Instant> = None;
             let mut warned = false;
             loop {
-                counter.inner.changed.notified().await;
+                if counter.get() == reported {
+                    // A change between the check and this wait left a
+                    // permit, so the wait returns at once: nothing is missed.
+                    counter.inner.changed.notified().await;
+                }
                 if let Some(at) = last_report {
                     // Returns at once when the last report is old enough.
                     tokio::time::sleep_until(at + interval).await;
@@ -79,14 +83,20 @@ impl RequestCounter {
                     continue;
                 }
                 match notifier.requests(now) {
-                    Ok(()) => reported = now,
-                    Err(e) if !warned => {
-                        // Reported once: the supervisor is gone or stuck, and
-                        // repeating it ten times a second helps nobody.
-                        eprintln!("appvisor-worker: {e}");
-                        warned = true;
+                    Ok(true) => reported = now,
+                    // The supervisor's queue is full: the loop comes back
+                    // after one interval and sends the then-current count.
+                    Ok(false) => {}
+                    Err(e) => {
+                        if !warned {
+                            // Once: the supervisor is gone, and repeating it
+                            // ten times a second helps nobody.
+                            eprintln!("appvisor-worker: {e}");
+                            warned = true;
+                        }
+                        // Wait for the next change before trying again.
+                        reported = now;
                     }
-                    Err(_) => {}
                 }
                 last_report = Some(Instant::now());
             }

@@ -1,6 +1,6 @@
-//! The tower layer: sessions for any `http::Request` → `http::Response`
-//! service (axum, hyper via `hyper_util::service::TowerToHyperService`,
-//! tonic…) in one line:
+//! The session layer, for any `http::Request` → `http::Response` service, in
+//! one line. [`SessionService`] is both a tower service (axum, any tower
+//! stack) and a hyper service (plain hyper, [`crate::http::Server`]):
 //!
 //! ```ignore
 //! let app = Router::new()
@@ -10,6 +10,9 @@
 //! async fn counter(Extension(session): Extension<SessionHandle>) -> String {
 //!     session.incr("n", 1).unwrap().to_string()
 //! }
+//! // or, with hyper's service_fn and the SDK's server:
+//! let service = sessions::layer(sessions).around(service_fn(handler));
+//! http::Server::for_worker(&worker).serve(listeners, service, shutdown).await?;
 //! ```
 //!
 //! Per request: read the id from the cookie; load (renewing the sliding
@@ -91,6 +94,16 @@ pub struct SessionService<S> {
     cookie: Arc<CookieOptions>,
 }
 
+impl SessionLayer {
+    /// Wraps `inner`; the same as [`Layer::layer`], without importing the
+    /// trait. `inner` may be a tower service (axum) or a hyper service
+    /// (`hyper::service::service_fn`, for [`crate::http::Server`]).
+    pub fn around<S>(&self, inner: S) -> SessionService<S> {
+        self.layer(inner)
+    }
+}
+
+/// As a tower service: for axum's `Router::layer` and any tower stack.
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -107,63 +120,106 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         // The service that was polled ready goes into the future; a clone
         // stays for the next call (tower's documented pattern).
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
-        let sessions = self.sessions.clone();
-        let cookie = self.cookie.clone();
-        Box::pin(async move {
-            let had_cookie = id_from_headers(request.headers(), &cookie.name);
-            let session = match open(&sessions, had_cookie).await {
-                Ok(session) => session,
-                Err(error) => {
-                    eprintln!("appvisor-worker sessions: cannot load session: {error}");
-                    return Ok(status_only(StatusCode::SERVICE_UNAVAILABLE));
-                }
-            };
-            let fresh_id = session.is_new();
-            let handle = SessionHandle::new(session);
-            request.extensions_mut().insert(handle.clone());
-
-            let mut response = inner.call(request).await?;
-            let (mut session, abandoned) = handle.finish();
-            if response.status().is_server_error() {
-                // Failed request: its changes are dropped (expiry was still
-                // renewed by the load, as ASP.NET does).
-                return Ok(response);
-            }
-            if abandoned {
-                if let Err(error) = sessions.abandon(session.id()).await {
-                    eprintln!("appvisor-worker sessions: cannot abandon session: {error}");
-                    return Ok(status_only(StatusCode::INTERNAL_SERVER_ERROR));
-                }
-                if had_cookie.is_some() {
-                    append_cookie(&mut response, expire_cookie_header(&cookie));
-                }
-                return Ok(response);
-            }
-            if session.is_dirty() {
-                match sessions.commit(&mut session).await {
-                    Ok(outcome) => {
-                        if fresh_id || cookie.max_age.is_some() {
-                            append_cookie(&mut response, set_cookie_header(session.id(), &cookie));
-                        }
-                        response.extensions_mut().insert(outcome);
-                    }
-                    Err(error) => {
-                        // Never pretend the request's state was kept.
-                        eprintln!("appvisor-worker sessions: commit failed: {error}");
-                        return Ok(status_only(StatusCode::INTERNAL_SERVER_ERROR));
-                    }
-                }
-            } else if cookie.max_age.is_some() && !fresh_id {
-                append_cookie(&mut response, set_cookie_header(session.id(), &cookie));
-            }
-            Ok(response)
-        })
+        Box::pin(handle(
+            self.sessions.clone(),
+            self.cookie.clone(),
+            request,
+            move |request| inner.call(request),
+        ))
     }
+}
+
+/// As a hyper service: for [`crate::http::Server::serve`] and plain hyper.
+#[cfg(feature = "http")]
+impl<S, ReqBody, ResBody> hyper::service::Service<Request<ReqBody>> for SessionService<S>
+where
+    S: hyper::service::Service<Request<ReqBody>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, S::Error>> + Send>>;
+
+    fn call(&self, request: Request<ReqBody>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(handle(
+            self.sessions.clone(),
+            self.cookie.clone(),
+            request,
+            move |request| inner.call(request),
+        ))
+    }
+}
+
+/// One request: open the session, run the handler, commit on success.
+async fn handle<ReqBody, ResBody, E, Fut>(
+    sessions: Sessions,
+    cookie: Arc<CookieOptions>,
+    mut request: Request<ReqBody>,
+    call: impl FnOnce(Request<ReqBody>) -> Fut,
+) -> Result<Response<ResBody>, E>
+where
+    Fut: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Default,
+{
+    let had_cookie = id_from_headers(request.headers(), &cookie.name);
+    let session = match open(&sessions, had_cookie).await {
+        Ok(session) => session,
+        Err(error) => {
+            eprintln!("appvisor-worker sessions: cannot load session: {error}");
+            return Ok(status_only(StatusCode::SERVICE_UNAVAILABLE));
+        }
+    };
+    let fresh_id = session.is_new();
+    let handle = SessionHandle::new(session);
+    request.extensions_mut().insert(handle.clone());
+
+    let mut response = call(request).await?;
+    let (mut session, abandoned) = handle.finish();
+    if response.status().is_server_error() {
+        // Failed request: its changes are dropped (expiry was still renewed
+        // by the load, as ASP.NET does).
+        return Ok(response);
+    }
+    if abandoned {
+        if let Err(error) = sessions.abandon(session.id()).await {
+            eprintln!("appvisor-worker sessions: cannot abandon session: {error}");
+            return Ok(status_only(StatusCode::INTERNAL_SERVER_ERROR));
+        }
+        if had_cookie.is_some() {
+            append_cookie(&mut response, expire_cookie_header(&cookie));
+        }
+        return Ok(response);
+    }
+    if session.is_dirty() {
+        match sessions.commit(&mut session).await {
+            Ok(outcome) => {
+                if fresh_id || cookie.max_age.is_some() {
+                    append_cookie(&mut response, set_cookie_header(session.id(), &cookie));
+                }
+                response.extensions_mut().insert(outcome);
+            }
+            Err(error) => {
+                // Never pretend the request's state was kept.
+                eprintln!("appvisor-worker sessions: commit failed: {error}");
+                return Ok(status_only(StatusCode::INTERNAL_SERVER_ERROR));
+            }
+        }
+    } else if cookie.max_age.is_some() && !fresh_id {
+        append_cookie(&mut response, set_cookie_header(session.id(), &cookie));
+    }
+    Ok(response)
 }
 
 async fn open(sessions: &Sessions, id: Option<SessionId>) -> Result<Session, SessionError> {

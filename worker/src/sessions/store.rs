@@ -31,9 +31,11 @@ use super::session::Session;
 use super::CommitOutcome;
 
 /// Rounds of WATCH/GET/MULTI/EXEC before a commit gives up. Each lost round
-/// means another writer committed in between; eight in a row on one session
-/// is pathological.
-pub(crate) const COMMIT_ATTEMPTS: u32 = 8;
+/// means another writer of the same session committed in between, so with n
+/// concurrent writers one always wins; with the jittered exponential backoff
+/// below, losing 32 rounds in a row takes a session hammered by far more
+/// concurrent writers than one user's browser can produce.
+pub(crate) const COMMIT_ATTEMPTS: u32 = 32;
 /// Sessions per flush transaction: big enough that round trips vanish in
 /// the server's work, small enough that one transaction never stalls the
 /// store for long.
@@ -66,6 +68,11 @@ impl Store {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(RESPONSE_TIMEOUT)
+            // Fail fast on a store that is not there (the redis crate's
+            // default backoff waits minutes), and reconnect quickly after a
+            // store restart: 2 retries, at most 500 ms apart.
+            .set_factor(2)
+            .set_max_delay(500)
             .set_number_of_retries(2);
         let shared = ConnectionManager::new_with_config(client.clone(), config)
             .await
@@ -205,6 +212,8 @@ impl Store {
                 return Ok((outcome, data));
             }
             // EXEC answered nil: someone wrote between our GET and EXEC.
+            // Back off a little, with jitter, so racing writers spread out.
+            backoff(attempt).await;
         }
         self.checkin(conn);
         Err(SessionError::Contention {
@@ -292,7 +301,7 @@ impl Store {
         chunk: &[FlushItem],
     ) -> Result<Vec<Flushed>, SessionError> {
         let keys: Vec<String> = chunk.iter().map(|item| self.key(&item.id)).collect();
-        for _ in 0..COMMIT_ATTEMPTS {
+        for attempts in 1..=COMMIT_ATTEMPTS {
             let (raws,): (Vec<Option<Vec<u8>>>,) = redis::pipe()
                 .cmd("WATCH")
                 .arg(&keys)
@@ -351,11 +360,24 @@ impl Store {
             if exec != RedisValue::Nil {
                 return Ok(results);
             }
+            backoff(attempts).await;
         }
         Err(SessionError::Contention {
             attempts: COMMIT_ATTEMPTS,
         })
     }
+}
+
+/// After a lost round: a random pause in 0 .. 50 µs × 2^attempt, capped at
+/// 10 ms, so writers that collided spread out instead of colliding again.
+async fn backoff(attempt: u32) {
+    use std::hash::{BuildHasher, Hasher};
+    let ceiling_us = (50u64 << attempt.min(16)).min(10_000);
+    // RandomState is randomly keyed per instance: good enough for jitter.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    tokio::time::sleep(Duration::from_micros(random % ceiling_us)).await;
 }
 
 fn stored_version_unreadable(raw: Option<&[u8]>) -> bool {

@@ -123,6 +123,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             println!("demo: serving, but never sending READY=1");
         } else {
             worker.ready()?;
+            worker.status(&format!("serving on {} listener(s)", listeners.len()))?;
             println!("demo: ready");
         }
         if env_flag("DEMO_NO_WATCHDOG") {

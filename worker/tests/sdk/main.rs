@@ -3,6 +3,7 @@
 //! started the way appvisor starts them — a real listening socket at fd 3, a
 //! real `NOTIFY_SOCKET` — then asked real HTTP requests and sent real signals.
 
+mod background;
 mod harness;
 mod listen_env;
 mod processes;

@@ -8,7 +8,15 @@
 //! that it is ready.
 //!
 //! SIGTERM / SIGINT (or `{"cmd":"shutdown"}`) stop every worker gracefully and
-//! exit; SIGHUP re-reads the config.
+//! exit.
+//!
+//! # Config reload
+//! Saving `appvisor.toml` (its content, not its timestamp), SIGHUP, or
+//! `appvisor reload` re-read it. An invalid file is rejected — the error is logged
+//! as `config_rejected` and everything keeps running on the old settings. A valid
+//! one gets the next config generation: apps whose settings changed are recycled
+//! (reason `config_change`), added apps started, removed apps stopped, the others
+//! untouched. Sockets whose address stays are kept, backlog and all.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,6 +88,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     let mut sockets = bind_sockets(&config)?;
+    let held_sockets = sockets.clone();
     let events = EventLog::open(&paths.events())
         .with_context(|| format!("cannot open the event log {}", paths.events().display()))?;
     let reaper = Reaper::start().context("cannot install the SIGCHLD handler")?;
@@ -102,6 +111,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             guard: guard.clone(),
             log,
             extra_env: Vec::new(),
+            config_generation: 1,
         };
         let handle = start_pool(
             app.clone(),
@@ -112,13 +122,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
 
     let (dtx, mut drx) = mpsc::unbounded_channel();
+    let state_generation = Arc::new(Mutex::new(1u64));
     let listener = control::bind(&control_path)
         .with_context(|| format!("cannot bind the control socket {}", control_path.display()))?;
     let state = ControlState {
         pools: pools.clone(),
         events: events.clone(),
         config_path: config.path.clone(),
-        config_generation: Arc::new(Mutex::new(1)),
+        config_generation: state_generation.clone(),
         started: tokio::time::Instant::now(),
         store: Arc::default(),
         daemon: dtx,
@@ -132,6 +143,20 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         paths.dir.display()
     );
 
+    let mut live = Live {
+        config,
+        sockets: held_sockets,
+        generation: 1,
+        pools: pools.clone(),
+        events: events.clone(),
+        reaper: reaper.clone(),
+        guard: guard.clone(),
+        paths: paths.clone(),
+        generation_shared: state_generation,
+    };
+    let (ctx_tx, mut config_changed) = mpsc::unbounded_channel();
+    let _config_watch = watch_config_file(&live.config.path, ctx_tx);
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -140,12 +165,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                events.emit(Event::new("-", "config_rejected").detail("SIGHUP: reloading the config is not supported by this build; restart the supervisor"));
+                let _ = live.reload("SIGHUP");
+            }
+            Some(()) = config_changed.recv() => {
+                let _ = live.reload("the config file changed");
             }
             req = drx.recv() => match req {
                 Some(DaemonRequest::Shutdown) | None => break,
                 Some(DaemonRequest::Reload(reply)) => {
-                    let _ = reply.send(Err("reloading the config is not supported by this build; restart the supervisor".into()));
+                    let _ = reply.send(live.reload("appvisor reload"));
                 }
             },
         }
@@ -164,6 +192,214 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     guard.finish();
     eprintln!("appvisor: stopped");
     Ok(())
+}
+
+fn pool_context(
+    config: &Config,
+    app: &appvisor_config::AppConfig,
+    paths: &StatePaths,
+    events: &EventLog,
+    reaper: &Reaper,
+    guard: &Guard,
+    config_generation: u64,
+) -> anyhow::Result<PoolContext> {
+    let log = AppLog::open(
+        &paths.logs(),
+        &app.name,
+        config.supervisor.log_max_size,
+        config.supervisor.log_keep,
+        true,
+    )
+    .with_context(|| format!("cannot open the log of app {:?}", app.name))?;
+    Ok(PoolContext {
+        run_dir: paths.run(),
+        events: events.clone(),
+        reaper: reaper.clone(),
+        guard: guard.clone(),
+        log,
+        extra_env: Vec::new(),
+        config_generation,
+    })
+}
+
+/// What a reload needs: the config in force and everything pools are made of.
+struct Live {
+    config: Config,
+    sockets: BTreeMap<String, Vec<BoundSocket>>,
+    generation: u64,
+    pools: Arc<Mutex<BTreeMap<String, PoolHandle>>>,
+    events: EventLog,
+    reaper: Reaper,
+    guard: Guard,
+    paths: StatePaths,
+    generation_shared: Arc<Mutex<u64>>,
+}
+
+impl Live {
+    /// Applies the config file as it is now, or rejects it and keeps the old one.
+    fn reload(&mut self, why: &str) -> crate::pool::Reply {
+        match self.try_reload() {
+            Ok(Some(summary)) => {
+                let detail = format!("{why}: config generation {}: {summary}", self.generation);
+                self.events
+                    .emit(Event::new("-", "config_reloaded").detail(detail.clone()));
+                Ok(detail)
+            }
+            Ok(None) => Ok(format!(
+                "{why}: no setting changed (config generation {})",
+                self.generation
+            )),
+            Err(e) => {
+                let detail = format!(
+                    "{why}: {e:#} — the running config (generation {}) stays in force; fix the file and save it again",
+                    self.generation
+                );
+                self.events
+                    .emit(Event::new("-", "config_rejected").detail(detail.clone()));
+                Err(detail)
+            }
+        }
+    }
+
+    fn try_reload(&mut self) -> anyhow::Result<Option<String>> {
+        let new = appvisor_config::load(&self.config.path)?;
+        if new == self.config {
+            return Ok(None);
+        }
+        // Bind every new or changed address first: a port in use rejects the whole
+        // reload before anything changed.
+        let mut new_sockets = BTreeMap::new();
+        for app in &new.apps {
+            let held = self
+                .sockets
+                .get(&app.name)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let s = crate::sockets::rebind_all(&app.name, &app.listen, held)?;
+            new_sockets.insert(app.name.clone(), s);
+        }
+        self.generation += 1;
+        *self.generation_shared.lock().unwrap() = self.generation;
+        let (mut changed, mut added, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut pools = self.pools.lock().unwrap();
+        for app in &new.apps {
+            let sockets = new_sockets.get(&app.name).cloned().unwrap_or_default();
+            match self.config.app(&app.name) {
+                None => {
+                    let ctx = pool_context(
+                        &new,
+                        app,
+                        &self.paths,
+                        &self.events,
+                        &self.reaper,
+                        &self.guard,
+                        self.generation,
+                    )?;
+                    pools.insert(app.name.clone(), start_pool(app.clone(), sockets, ctx));
+                    added.push(app.name.clone());
+                }
+                Some(old) if old != app => {
+                    let listen_changed = old.listen != app.listen;
+                    if let Some(h) = pools.get(&app.name) {
+                        h.send(crate::pool::PoolCommand::Reconfigure {
+                            app: Box::new(app.clone()),
+                            sockets: listen_changed.then_some(sockets),
+                            config_generation: self.generation,
+                        });
+                    }
+                    changed.push(app.name.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        for old in &self.config.apps {
+            if new.app(&old.name).is_none() {
+                if let Some(h) = pools.remove(&old.name) {
+                    tokio::spawn(async move { h.shutdown().await });
+                }
+                removed.push(old.name.clone());
+            }
+        }
+        drop(pools);
+        let mut notes = Vec::new();
+        if new.supervisor != self.config.supervisor || new.store != self.config.store {
+            notes.push(
+                "[supervisor] and [store] changes take effect at the next start of the supervisor"
+                    .to_string(),
+            );
+        }
+        self.config = new;
+        self.sockets = new_sockets;
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let mut summary = format!(
+            "recycled {}; started {}; stopped {}",
+            list(&changed),
+            list(&added),
+            list(&removed)
+        );
+        for n in notes {
+            summary.push_str("; ");
+            summary.push_str(&n);
+        }
+        Ok(Some(summary))
+    }
+}
+
+/// Watches the config file's directory (an editor's atomic save replaces the
+/// file's inode) and signals when the file's *content* changed, 200 ms after the
+/// last event.
+fn watch_config_file(
+    path: &Path,
+    tx: mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = path.parent()?.to_path_buf();
+    let name = path.file_name()?.to_owned();
+    let (etx, mut erx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()))
+            {
+                let _ = etx.send(());
+            }
+        }
+    })
+    .ok()?;
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .ok()?;
+    let file = path.to_path_buf();
+    tokio::spawn(async move {
+        let mut last = std::fs::read(&file).ok();
+        while erx.recv().await.is_some() {
+            // Debounce: an editor's save is several events.
+            loop {
+                match tokio::time::timeout(std::time::Duration::from_millis(200), erx.recv()).await
+                {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let now = std::fs::read(&file).ok();
+            if now != last {
+                last = now;
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Some(watcher)
 }
 
 /// sd_notify to whoever started the supervisor (systemd `Type=notify`).

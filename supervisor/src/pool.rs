@@ -19,13 +19,21 @@
 //! With `overlapped = false` the old worker is stopped first, then the new one
 //! started (apps holding exclusive resources).
 //!
+//! # Triggers
+//! Triggers only decide. Per worker: memory (sampled every
+//! `memory_check_interval`), `requests` (from `X_APPVISOR_REQUESTS`), age
+//! (`interval`), the sd_notify watchdog — each recycles just that worker. Per app:
+//! file changes (the watcher), `schedule`, the HTTP probe (it reaches whichever
+//! worker accepts, so it recycles the app), a config change. `idle_timeout` stops
+//! the workers and keeps the sockets; the next connection starts them again.
+//!
 //! # Crashes
 //! An unexpected exit is restarted after a capped exponential backoff that resets
 //! once a worker stays up `stable_uptime`. `rapid_fail_max_crashes` crashes (or
 //! startup failures) within `rapid_fail_interval` stop the app:
 //! `stopped (rapid-fail)`, until `appvisor start APP`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +51,9 @@ use crate::reaper::{signal_name, Exit, ExitStatus, Reaper};
 use crate::reason::RecycleReason;
 use crate::sockets::BoundSocket;
 use crate::spawn::{spawn, SpawnSpec};
+use crate::trigger::memory::{self, MemoryVerdict};
+use crate::trigger::schedule::{self, JitterRng};
+use crate::trigger::watch::{AppWatcher, WatchDecision};
 
 /// Reply to a command: a line for the user, or an error for the user.
 pub type Reply = Result<String, String>;
@@ -50,9 +61,18 @@ pub type Reply = Result<String, String>;
 /// What the pool can be asked to do.
 #[derive(Debug)]
 pub enum PoolCommand {
+    /// Recycle every worker (`slot: None`) or one.
     Recycle {
         reason: RecycleReason,
+        slot: Option<u32>,
         done: Option<oneshot::Sender<Reply>>,
+    },
+    /// New settings from a reloaded `appvisor.toml` (and new sockets if `listen`
+    /// changed): the app is recycled with reason `config_change`.
+    Reconfigure {
+        app: Box<AppConfig>,
+        sockets: Option<Vec<BoundSocket>>,
+        config_generation: u64,
     },
     Start {
         done: oneshot::Sender<Reply>,
@@ -89,30 +109,39 @@ impl PoolHandle {
         rx.await.ok()
     }
 
+    fn gone(&self) -> Reply {
+        Err(format!("app {:?} is shutting down", self.name))
+    }
+
     pub async fn recycle(&self, reason: RecycleReason) -> Reply {
         self.ask(|done| PoolCommand::Recycle {
             reason,
+            slot: None,
             done: Some(done),
         })
         .await
-        .unwrap_or_else(|| Err(format!("app {:?} is shutting down", self.name)))
+        .unwrap_or_else(|| self.gone())
     }
 
     /// Queues a recycle without waiting for it (triggers use this).
     pub fn request_recycle(&self, reason: RecycleReason) {
-        self.send(PoolCommand::Recycle { reason, done: None });
+        self.send(PoolCommand::Recycle {
+            reason,
+            slot: None,
+            done: None,
+        });
     }
 
     pub async fn start(&self) -> Reply {
         self.ask(|done| PoolCommand::Start { done })
             .await
-            .unwrap_or_else(|| Err(format!("app {:?} is shutting down", self.name)))
+            .unwrap_or_else(|| self.gone())
     }
 
     pub async fn stop(&self) -> Reply {
         self.ask(|done| PoolCommand::Stop { done })
             .await
-            .unwrap_or_else(|| Err(format!("app {:?} is shutting down", self.name)))
+            .unwrap_or_else(|| self.gone())
     }
 
     pub async fn status(&self) -> Option<AppStatus> {
@@ -128,13 +157,20 @@ impl PoolHandle {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppStatus {
     pub name: String,
-    /// `running`, `starting`, `stopping`, `stopped`, `stopped (rapid-fail)`.
+    /// `running`, `starting`, `degraded`, `idle`, `stopping`, `stopped`,
+    /// `stopped (rapid-fail)`.
     pub state: String,
     pub listen: Vec<String>,
     pub workers: Vec<WorkerStatus>,
     pub recycles: u64,
     pub crashes: u64,
     pub last_recycle: Option<LastRecycle>,
+    /// The config generation whose settings this app runs.
+    pub config_generation: u64,
+    /// "inotify", "poll" or "off", and how many files are watched.
+    pub watch: Option<String>,
+    /// The next `schedule` recycle (local time).
+    pub next_schedule: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +203,7 @@ pub struct PoolContext {
     pub log: AppLog,
     /// Extra environment for workers (the store URL, session settings).
     pub extra_env: Vec<(String, String)>,
+    pub config_generation: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +224,7 @@ struct Worker {
     role: Role,
     started: Instant,
     ready_at: Option<Instant>,
-    /// Candidate/initial start: must be ready by then.
+    /// Must be ready by then.
     startup_deadline: Option<Instant>,
     /// `ready = "delay:…"`: ready at this instant.
     ready_after: Option<Instant>,
@@ -196,6 +233,14 @@ struct Worker {
     killed: bool,
     status: Option<String>,
     requests: u64,
+    /// This worker's `requests` limit, jitter included.
+    request_limit: Option<u64>,
+    /// This worker's `interval` deadline, jitter included.
+    age_deadline: Option<Instant>,
+    /// `WATCHDOG=1` expected before this instant.
+    watchdog_deadline: Option<Instant>,
+    /// A trigger already asked for this worker's replacement.
+    recycle_requested: bool,
     tail: Arc<Mutex<VecDeque<String>>>,
     _notify: NotifySocket,
 }
@@ -203,6 +248,11 @@ struct Worker {
 impl Worker {
     fn is_ready(&self) -> bool {
         self.ready_at.is_some()
+    }
+
+    /// Serving and not yet marked for replacement: a trigger may fire for it.
+    fn triggerable(&self) -> bool {
+        self.role == Role::Current && self.is_ready() && !self.recycle_requested
     }
 }
 
@@ -219,7 +269,8 @@ struct Slot {
 struct RecycleJob {
     reason: RecycleReason,
     generation: u64,
-    next_slot: u32,
+    /// Slots still to recycle, in order.
+    slots: VecDeque<u32>,
     /// Non-overlapped: the slot's old worker was told to stop; start the candidate
     /// when it is gone.
     waiting_for_stop: Option<i32>,
@@ -228,10 +279,23 @@ struct RecycleJob {
     waiters: Vec<oneshot::Sender<Reply>>,
 }
 
+/// Recycle requests that arrived while a job ran: done once, after it.
+#[derive(Debug)]
+struct Pending {
+    reason: RecycleReason,
+    slots: BTreeSet<u32>,
+    waiters: Vec<oneshot::Sender<Reply>>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AppState {
     Running,
-    Stopping { rapid_fail: bool },
+    /// Stopped by `idle_timeout`; the next connection starts it.
+    Idle,
+    Stopping {
+        rapid_fail: bool,
+        idle: bool,
+    },
     Stopped,
     RapidFailStopped,
 }
@@ -239,6 +303,10 @@ enum AppState {
 enum Internal {
     Exit(Exit),
     ProbeOk(i32),
+    HealthProbe(bool),
+    Watcher(Result<AppWatcher, String>),
+    /// A connection arrived while idle.
+    Wake,
 }
 
 /// Starts the pool's task for `app` on `sockets` and returns its handle. The
@@ -251,7 +319,9 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
     };
     let (itx, irx) = mpsc::unbounded_channel();
     let (ntx, nrx) = mpsc::unbounded_channel();
+    let (wtx, wrx) = mpsc::unbounded_channel();
     let slots = (0..app.processes).map(|_| Slot::default()).collect();
+    let config_generation = ctx.config_generation;
     let pool = Pool {
         app,
         sockets,
@@ -272,8 +342,20 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         shutdown_waiter: None,
         internal_tx: itx,
         notify_tx: ntx,
+        watch_tx: wtx,
+        watcher: None,
+        watcher_epoch: 0,
+        rng: JitterRng::from_entropy(),
+        next_schedule: None,
+        next_memory_check: None,
+        next_probe: None,
+        probe_in_flight: false,
+        probe_failures: 0,
+        last_activity: Instant::now(),
+        config_generation,
+        wake_task: None,
     };
-    tokio::spawn(pool.run(rx, irx, nrx));
+    tokio::spawn(pool.run(rx, irx, nrx, wrx));
     handle
 }
 
@@ -284,8 +366,7 @@ struct Pool {
     slots: Vec<Slot>,
     workers: HashMap<i32, Worker>,
     job: Option<RecycleJob>,
-    /// A recycle asked for while `job` runs: done once, after it.
-    pending: Option<(RecycleReason, Vec<oneshot::Sender<Reply>>)>,
+    pending: Option<Pending>,
     state: AppState,
     generation: u64,
     spawn_seq: u64,
@@ -298,6 +379,20 @@ struct Pool {
     shutdown_waiter: Option<oneshot::Sender<()>>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     notify_tx: mpsc::UnboundedSender<(i32, NotifyMessage)>,
+    watch_tx: mpsc::UnboundedSender<WatchDecision>,
+    watcher: Option<AppWatcher>,
+    /// Bumped on reconfigure, so a watcher started for old settings is dropped.
+    watcher_epoch: u64,
+    rng: JitterRng,
+    next_schedule: Option<(Instant, jiff::Zoned)>,
+    next_memory_check: Option<Instant>,
+    next_probe: Option<Instant>,
+    probe_in_flight: bool,
+    probe_failures: u32,
+    /// Last request or start, for `idle_timeout`.
+    last_activity: Instant,
+    config_generation: u64,
+    wake_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Pool {
@@ -306,12 +401,18 @@ impl Pool {
         mut commands: mpsc::UnboundedReceiver<PoolCommand>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
         mut notify: mpsc::UnboundedReceiver<(i32, NotifyMessage)>,
+        mut watch: mpsc::UnboundedReceiver<WatchDecision>,
     ) {
+        self.start_watcher();
+        self.arm_app_timers();
         self.start_all();
         loop {
             if self.shutdown_waiter.is_some() && self.workers.is_empty() {
                 if let Some(w) = self.shutdown_waiter.take() {
                     let _ = w.send(());
+                }
+                if let Some(t) = self.wake_task.take() {
+                    t.abort();
                 }
                 return;
             }
@@ -330,8 +431,12 @@ impl Pool {
                 Some(msg) = internal.recv() => match msg {
                     Internal::Exit(exit) => self.on_exit(exit),
                     Internal::ProbeOk(pid) => self.on_ready(pid),
+                    Internal::HealthProbe(ok) => self.on_health_probe(ok),
+                    Internal::Watcher(w) => self.on_watcher(w),
+                    Internal::Wake => self.on_wake(),
                 },
                 Some((pid, m)) = notify.recv() => self.on_notify(pid, m),
+                Some(d) = watch.recv() => self.on_watch(d),
                 _ = sleep_until_opt(deadline) => self.on_deadlines(),
             }
         }
@@ -345,11 +450,23 @@ impl Pool {
         self.ctx.events.emit(e);
     }
 
+    fn running(&self) -> bool {
+        self.state == AppState::Running && self.shutdown_waiter.is_none()
+    }
+
     // ---- commands -------------------------------------------------------------
 
     fn on_command(&mut self, cmd: PoolCommand) {
         match cmd {
-            PoolCommand::Recycle { reason, done } => self.request_recycle(reason, done),
+            PoolCommand::Recycle { reason, slot, done } => {
+                let slots = slot.map(|s| vec![s]);
+                self.request_recycle(reason, slots, done);
+            }
+            PoolCommand::Reconfigure {
+                app,
+                sockets,
+                config_generation,
+            } => self.reconfigure(*app, sockets, config_generation),
             PoolCommand::Start { done } => match self.state {
                 AppState::Running => {
                     let _ = done.send(Ok(format!("{}: already running", self.app.name)));
@@ -360,7 +477,7 @@ impl Pool {
                         self.app.name
                     )));
                 }
-                AppState::Stopped | AppState::RapidFailStopped => {
+                AppState::Idle | AppState::Stopped | AppState::RapidFailStopped => {
                     self.crashes.clear();
                     self.state = AppState::Running;
                     self.start_waiters.push(done);
@@ -371,9 +488,13 @@ impl Pool {
                 AppState::Stopped | AppState::RapidFailStopped => {
                     let _ = done.send(Ok(format!("{}: already stopped", self.app.name)));
                 }
+                AppState::Idle => {
+                    self.state = AppState::Stopped;
+                    let _ = done.send(Ok(format!("{}: stopped", self.app.name)));
+                }
                 _ => {
                     self.stop_waiters.push(done);
-                    self.stop_all(false);
+                    self.stop_all(false, false);
                 }
             },
             PoolCommand::Status { reply } => {
@@ -381,15 +502,34 @@ impl Pool {
             }
             PoolCommand::Shutdown { done } => {
                 self.shutdown_waiter = Some(done);
-                if !matches!(self.state, AppState::Stopped | AppState::RapidFailStopped) {
-                    self.stop_all(false);
+                self.watcher = None;
+                if !matches!(
+                    self.state,
+                    AppState::Stopped | AppState::RapidFailStopped | AppState::Idle
+                ) {
+                    self.stop_all(false, false);
                 }
             }
         }
     }
 
-    fn request_recycle(&mut self, reason: RecycleReason, done: Option<oneshot::Sender<Reply>>) {
-        if self.state != AppState::Running || self.shutdown_waiter.is_some() {
+    /// `slots: None` = every slot.
+    fn request_recycle(
+        &mut self,
+        reason: RecycleReason,
+        slots: Option<Vec<u32>>,
+        done: Option<oneshot::Sender<Reply>>,
+    ) {
+        if self.state == AppState::Idle && self.shutdown_waiter.is_none() {
+            if let Some(done) = done {
+                let _ = done.send(Ok(format!(
+                    "{}: idle; the next connection starts a fresh generation",
+                    self.app.name
+                )));
+            }
+            return;
+        }
+        if !self.running() {
             if let Some(done) = done {
                 let _ = done.send(Err(format!(
                     "{}: not running ({}); `appvisor start {}` first",
@@ -400,25 +540,47 @@ impl Pool {
             }
             return;
         }
+        let slots: Vec<u32> = slots.unwrap_or_else(|| (0..self.slots.len() as u32).collect());
         if self.job.is_some() {
             // Coalesce: one follow-up recycle, whatever number of requests arrive.
-            let (_, waiters) = self
-                .pending
-                .get_or_insert_with(|| (reason.clone(), Vec::new()));
+            let p = self.pending.get_or_insert_with(|| Pending {
+                reason: reason.clone(),
+                slots: BTreeSet::new(),
+                waiters: Vec::new(),
+            });
+            p.slots.extend(slots);
             if let Some(done) = done {
-                waiters.push(done);
+                p.waiters.push(done);
             }
             return;
         }
-        self.begin_job(reason, done.into_iter().collect());
+        self.begin_job(reason, slots, done.into_iter().collect());
     }
 
-    fn begin_job(&mut self, reason: RecycleReason, waiters: Vec<oneshot::Sender<Reply>>) {
+    fn begin_job(
+        &mut self,
+        reason: RecycleReason,
+        slots: Vec<u32>,
+        waiters: Vec<oneshot::Sender<Reply>>,
+    ) {
+        if reason != RecycleReason::WatchOverflow
+            && !matches!(
+                reason,
+                RecycleReason::FileChange { .. } | RecycleReason::SoftChangeLimit { .. }
+            )
+        {
+            if let Some(w) = &self.watcher {
+                w.recycled();
+            }
+        }
         self.generation += 1;
         self.job = Some(RecycleJob {
             reason,
             generation: self.generation,
-            next_slot: 0,
+            slots: slots
+                .into_iter()
+                .filter(|s| (*s as usize) < self.slots.len())
+                .collect(),
             waiting_for_stop: None,
             started: Instant::now(),
             swaps: Vec::new(),
@@ -433,14 +595,14 @@ impl Pool {
         if job.waiting_for_stop.is_some() {
             return;
         }
-        let slot = job.next_slot as usize;
-        if slot >= self.slots.len() {
+        if self.slots.iter().any(|s| s.candidate.is_some()) {
+            return;
+        }
+        let Some(slot) = job.slots.pop_front() else {
             self.finish_job(Ok(()));
             return;
-        }
-        if self.slots[slot].candidate.is_some() {
-            return;
-        }
+        };
+        let slot = slot as usize;
         let generation = job.generation;
         if let Some(old) = self.slots[slot].current {
             if !self.app.recycle.overlapped {
@@ -452,8 +614,9 @@ impl Pool {
         self.slots[slot].restart_at = None;
         if let Err(msg) = self.spawn_worker(slot as u32, generation, Role::Candidate) {
             self.emit(self.event("startup_failed").detail(msg.clone()));
-            self.count_crash();
-            self.finish_job(Err(msg));
+            if !self.count_crash() {
+                self.finish_job(Err(msg));
+            }
         }
     }
 
@@ -487,11 +650,11 @@ impl Pool {
         for w in job.waiters {
             let _ = w.send(reply.clone());
         }
-        if let Some((reason, waiters)) = self.pending.take() {
-            if self.state == AppState::Running && self.shutdown_waiter.is_none() {
-                self.begin_job(reason, waiters);
+        if let Some(p) = self.pending.take() {
+            if self.running() {
+                self.begin_job(p.reason, p.slots.into_iter().collect(), p.waiters);
             } else {
-                for w in waiters {
+                for w in p.waiters {
                     let _ = w.send(Err(format!("{}: not running", self.app.name)));
                 }
             }
@@ -499,39 +662,40 @@ impl Pool {
     }
 
     fn abort_job(&mut self, why: &str) {
+        let mut waiters = Vec::new();
         if let Some(job) = self.job.take() {
-            for w in job.waiters {
-                let _ = w.send(Err(format!("{}: recycle aborted: {why}", self.app.name)));
-            }
+            waiters.extend(job.waiters);
         }
-        if let Some((_, waiters)) = self.pending.take() {
-            for w in waiters {
-                let _ = w.send(Err(format!("{}: recycle aborted: {why}", self.app.name)));
-            }
+        if let Some(p) = self.pending.take() {
+            waiters.extend(p.waiters);
+        }
+        for w in waiters {
+            let _ = w.send(Err(format!("{}: recycle aborted: {why}", self.app.name)));
         }
     }
 
     fn start_all(&mut self) {
         self.generation += 1;
+        self.last_activity = Instant::now();
         let generation = self.generation;
         for slot in 0..self.slots.len() {
             if self.slots[slot].current.is_none() && self.slots[slot].candidate.is_none() {
                 if let Err(msg) = self.spawn_worker(slot as u32, generation, Role::Current) {
                     self.emit(self.event("startup_failed").detail(msg));
-                    self.on_crash_of_slot(slot as u32, None);
+                    self.on_crash_of_slot(slot as u32);
                 }
             }
         }
     }
 
     /// Stops every worker (graceful, then SIGKILL after `shutdown_timeout`).
-    fn stop_all(&mut self, rapid_fail: bool) {
+    fn stop_all(&mut self, rapid_fail: bool, idle: bool) {
         self.abort_job(if rapid_fail {
             "rapid-fail protection stopped the app"
         } else {
             "the app is stopping"
         });
-        self.state = AppState::Stopping { rapid_fail };
+        self.state = AppState::Stopping { rapid_fail, idle };
         for slot in &mut self.slots {
             slot.restart_at = None;
         }
@@ -554,14 +718,18 @@ impl Pool {
     }
 
     fn check_stopped(&mut self) {
-        if let AppState::Stopping { rapid_fail } = self.state {
+        if let AppState::Stopping { rapid_fail, idle } = self.state {
             if self.workers.is_empty() {
                 self.state = if rapid_fail {
                     AppState::RapidFailStopped
+                } else if idle && self.shutdown_waiter.is_none() {
+                    AppState::Idle
                 } else {
                     AppState::Stopped
                 };
-                if !rapid_fail {
+                if self.state == AppState::Idle {
+                    self.arm_wake();
+                } else if !rapid_fail {
                     self.emit(self.event("stopped"));
                 }
                 for w in self.stop_waiters.drain(..) {
@@ -569,6 +737,48 @@ impl Pool {
                 }
             }
         }
+    }
+
+    // ---- config ---------------------------------------------------------------
+
+    fn reconfigure(
+        &mut self,
+        app: AppConfig,
+        sockets: Option<Vec<BoundSocket>>,
+        config_generation: u64,
+    ) {
+        let old_processes = self.slots.len();
+        self.app = app;
+        self.config_generation = config_generation;
+        if let Some(s) = sockets {
+            // Workers of the old generation keep their own copies of the old
+            // sockets until they exit; new workers get the new ones.
+            self.sockets = s;
+        }
+        let new_processes = self.app.processes as usize;
+        if new_processes < old_processes {
+            let extra: Vec<i32> = self.slots[new_processes..]
+                .iter()
+                .flat_map(|s| [s.current, s.candidate])
+                .flatten()
+                .collect();
+            for pid in extra {
+                self.retire(pid);
+            }
+            self.slots.truncate(new_processes);
+            if let Some(job) = self.job.as_mut() {
+                job.slots.retain(|s| (*s as usize) < new_processes);
+            }
+        } else {
+            self.slots.resize_with(new_processes, Slot::default);
+        }
+        self.start_watcher();
+        self.arm_app_timers();
+        self.request_recycle(
+            RecycleReason::ConfigChange { config_generation },
+            None,
+            None,
+        );
     }
 
     // ---- workers --------------------------------------------------------------
@@ -598,6 +808,14 @@ impl Pool {
             .collect();
         env.extend(self.app.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(self.ctx.extra_env.iter().cloned());
+        env.push((
+            "APPVISOR_SESSION_MODE".into(),
+            self.app.sessions.mode.as_str().into(),
+        ));
+        env.push((
+            "APPVISOR_SESSION_TIMEOUT_MS".into(),
+            self.app.sessions.timeout.as_millis().to_string(),
+        ));
         if !self.sockets.is_empty() {
             env.push(("LISTEN_FDS".into(), self.sockets.len().to_string()));
             let names: Vec<&str> = self
@@ -644,11 +862,23 @@ impl Pool {
         let ready_after = match &self.app.ready {
             ReadyCheck::Delay(d) => Some(now + *d),
             ReadyCheck::Http { path } => {
-                self.spawn_probe(pid, path.clone());
+                self.spawn_ready_probe(pid, path.clone());
                 None
             }
             ReadyCheck::Notify => None,
         };
+        let rc = &self.app.recycle;
+        let request_limit = rc
+            .requests
+            .map(|l| schedule::requests_limit(l, rc.requests_jitter, &mut self.rng));
+        let age_deadline = rc.interval.map(|i| {
+            Instant::from_std(schedule::interval_deadline(
+                now.into_std(),
+                i,
+                rc.interval_jitter,
+                &mut self.rng,
+            ))
+        });
         let worker = Worker {
             pid,
             slot,
@@ -663,6 +893,10 @@ impl Pool {
             killed: false,
             status: None,
             requests: 0,
+            request_limit,
+            age_deadline,
+            watchdog_deadline: None,
+            recycle_requested: false,
             tail,
             _notify: notify,
         };
@@ -681,7 +915,7 @@ impl Pool {
     }
 
     /// `ready = "http:/path"`: GET the path on the first listen address until 2xx.
-    fn spawn_probe(&self, pid: i32, path: String) {
+    fn spawn_ready_probe(&self, pid: i32, path: String) {
         let Some(address) = self.sockets.first().map(|s| s.listen.address.clone()) else {
             return;
         };
@@ -717,12 +951,13 @@ impl Pool {
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
         };
-        let slot = &mut self.slots[w.slot as usize];
-        if slot.current == Some(pid) {
-            slot.current = None;
-        }
-        if slot.candidate == Some(pid) {
-            slot.candidate = None;
+        if let Some(slot) = self.slots.get_mut(w.slot as usize) {
+            if slot.current == Some(pid) {
+                slot.current = None;
+            }
+            if slot.candidate == Some(pid) {
+                slot.candidate = None;
+            }
         }
         w.role = Role::Retiring;
         let now = Instant::now();
@@ -730,10 +965,13 @@ impl Pool {
         w.kill_at = Some(now + timeout);
         w.startup_deadline = None;
         w.ready_after = None;
+        w.watchdog_deadline = None;
+        w.age_deadline = None;
         self.signal(pid, sig);
     }
 
     fn on_ready(&mut self, pid: i32) {
+        let watchdog = self.app.health.watchdog;
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
         };
@@ -744,6 +982,7 @@ impl Pool {
         w.ready_at = Some(now);
         w.startup_deadline = None;
         w.ready_after = None;
+        w.watchdog_deadline = watchdog.map(|d| now + d);
         let startup_ms = (now - w.started).as_millis() as u64;
         let (slot, generation, role) = (w.slot, w.generation, w.role);
         match role {
@@ -766,7 +1005,6 @@ impl Pool {
                 }
                 let Some(job) = self.job.as_mut() else { return };
                 job.swaps.push((old, pid));
-                job.next_slot = slot + 1;
                 let reason = job.reason.clone();
                 let mut e = self.event("recycle").because(&reason);
                 e.worker = Some(slot);
@@ -824,14 +1062,27 @@ impl Pool {
 
     fn on_notify(&mut self, pid: i32, m: NotifyMessage) {
         let ready_by_notify = self.app.ready == ReadyCheck::Notify;
+        let watchdog = self.app.health.watchdog;
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
         };
         if let Some(s) = m.status {
             w.status = Some(s);
         }
+        let mut limit_hit = None;
         if let Some(n) = m.requests {
+            if n != w.requests {
+                self.last_activity = Instant::now();
+            }
             w.requests = n;
+            if let Some(limit) = w.request_limit {
+                if w.triggerable() {
+                    limit_hit = schedule::requests_reached(n, limit);
+                }
+            }
+        }
+        if m.watchdog && w.role != Role::Retiring && w.is_ready() {
+            w.watchdog_deadline = watchdog.map(|d| Instant::now() + d);
         }
         if m.stopping && w.role != Role::Retiring {
             w.status = Some("stopping".into());
@@ -839,6 +1090,22 @@ impl Pool {
         if m.ready && ready_by_notify {
             self.on_ready(pid);
         }
+        if let Some(reason) = limit_hit {
+            self.recycle_worker(pid, reason);
+        }
+    }
+
+    /// A per-worker trigger fired: replace just this worker.
+    fn recycle_worker(&mut self, pid: i32, reason: RecycleReason) {
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        if !w.triggerable() {
+            return;
+        }
+        w.recycle_requested = true;
+        let slot = w.slot;
+        self.request_recycle(reason, Some(vec![slot]), None);
     }
 
     fn on_exit(&mut self, exit: Exit) {
@@ -876,11 +1143,9 @@ impl Pool {
                     job.waiting_for_stop = None;
                     let generation = job.generation;
                     let slot = w.slot;
-                    match self.spawn_worker(slot, generation, Role::Candidate) {
-                        Ok(_) => {}
-                        Err(msg) => {
-                            self.emit(self.event("startup_failed").detail(msg.clone()));
-                            self.count_crash();
+                    if let Err(msg) = self.spawn_worker(slot, generation, Role::Candidate) {
+                        self.emit(self.event("startup_failed").detail(msg.clone()));
+                        if !self.count_crash() {
                             self.finish_job(Err(msg));
                             self.schedule_restart(slot);
                         }
@@ -889,21 +1154,23 @@ impl Pool {
                 self.check_stopped();
             }
             Role::Candidate => {
-                e.kind = "startup_failed".into();
-                e.detail = Some(format!(
+                let why = format!(
                     "the new worker exited before it was ready ({})",
                     exit.status
-                ));
+                );
+                e.kind = "startup_failed".into();
+                e.detail = Some(why.clone());
                 e.stderr_tail = Some(tail);
                 self.emit(e);
-                self.slots[w.slot as usize].candidate = None;
-                let stopped = self.count_crash();
-                if !stopped {
-                    self.finish_job(Err(format!(
-                        "the new worker exited before it was ready ({})",
-                        exit.status
-                    )));
-                    if !self.app.recycle.overlapped && self.slots[w.slot as usize].current.is_none()
+                if let Some(s) = self.slots.get_mut(w.slot as usize) {
+                    s.candidate = None;
+                }
+                if !self.count_crash() {
+                    self.finish_job(Err(why));
+                    if self
+                        .slots
+                        .get(w.slot as usize)
+                        .is_some_and(|s| s.current.is_none())
                     {
                         self.schedule_restart(w.slot);
                     }
@@ -919,12 +1186,14 @@ impl Pool {
                 e.detail = Some(format!("exited unexpectedly ({})", exit.status));
                 e.stderr_tail = Some(tail);
                 self.emit(e);
-                let slot = &mut self.slots[w.slot as usize];
-                slot.current = None;
-                if Duration::from_millis(uptime_ms) >= self.app.failure.stable_uptime {
-                    slot.backoff = Duration::ZERO;
+                let stable = Duration::from_millis(uptime_ms) >= self.app.failure.stable_uptime;
+                if let Some(slot) = self.slots.get_mut(w.slot as usize) {
+                    slot.current = None;
+                    if stable {
+                        slot.backoff = Duration::ZERO;
+                    }
                 }
-                self.on_crash_of_slot(w.slot, Some(uptime_ms));
+                self.on_crash_of_slot(w.slot);
             }
         }
     }
@@ -943,7 +1212,7 @@ impl Pool {
             self.crashes.pop_front();
         }
         if self.crashes.len() as u32 >= self.app.failure.rapid_fail_max_crashes
-            && matches!(self.state, AppState::Running)
+            && self.state == AppState::Running
         {
             let mut e = self.event("rapid_fail_stopped");
             e.detail = Some(format!(
@@ -953,20 +1222,21 @@ impl Pool {
                 self.app.name
             ));
             self.emit(e);
-            self.stop_all(true);
+            self.stop_all(true, false);
             return true;
         }
         false
     }
 
-    fn on_crash_of_slot(&mut self, slot: u32, _uptime_ms: Option<u64>) {
-        if self.count_crash() {
+    fn on_crash_of_slot(&mut self, slot: u32) {
+        if self.count_crash() || !self.running() {
             return;
         }
-        if self.state != AppState::Running || self.shutdown_waiter.is_some() {
-            return;
-        }
-        if self.slots[slot as usize].candidate.is_some() {
+        if self
+            .slots
+            .get(slot as usize)
+            .is_none_or(|s| s.candidate.is_some())
+        {
             // A recycle is already bringing a new worker into this slot.
             return;
         }
@@ -975,7 +1245,9 @@ impl Pool {
 
     fn schedule_restart(&mut self, slot: u32) {
         let f = &self.app.failure;
-        let s = &mut self.slots[slot as usize];
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return;
+        };
         s.backoff = if s.backoff.is_zero() {
             f.backoff_initial
         } else {
@@ -984,15 +1256,251 @@ impl Pool {
         s.restart_at = Some(Instant::now() + s.backoff);
     }
 
+    // ---- triggers -------------------------------------------------------------
+
+    /// (Re)starts the file watcher for the current settings, off the pool's task.
+    fn start_watcher(&mut self) {
+        self.watcher = None;
+        self.watcher_epoch += 1;
+        if !self.app.watch.enabled {
+            return;
+        }
+        let (name, cwd, cfg) = (
+            self.app.name.clone(),
+            self.app.cwd.clone(),
+            self.app.watch.clone(),
+        );
+        let (wtx, itx) = (self.watch_tx.clone(), self.internal_tx.clone());
+        tokio::spawn(async move {
+            let w = AppWatcher::start(&name, &cwd, &cfg, wtx)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = itx.send(Internal::Watcher(w));
+        });
+    }
+
+    fn on_watcher(&mut self, w: Result<AppWatcher, String>) {
+        match w {
+            Ok(w) if self.shutdown_waiter.is_none() => {
+                let stats = w.stats();
+                let mut e = self.event("watching");
+                e.detail = Some(format!(
+                    "{} files in {} directories ({}), set up in {} ms",
+                    stats.files,
+                    stats.directories,
+                    stats.backend,
+                    stats.setup.as_millis()
+                ));
+                self.emit(e);
+                self.watcher = Some(w);
+            }
+            Ok(_) => {}
+            Err(msg) => self.emit(self.event("watch_failed").detail(msg)),
+        }
+    }
+
+    fn on_watch(&mut self, d: WatchDecision) {
+        match d {
+            WatchDecision::Recycle(reason) => self.request_recycle(reason, None, None),
+            WatchDecision::Soft { paths, count } => {
+                let sig = self.app.watch.soft_signal;
+                let pids: Vec<i32> = self
+                    .workers
+                    .values()
+                    .filter(|w| w.role == Role::Current)
+                    .map(|w| w.pid)
+                    .collect();
+                for pid in &pids {
+                    self.signal(*pid, sig.number);
+                }
+                let mut e = self.event("soft_change");
+                e.detail = Some(format!(
+                    "{} to {} worker(s): {}",
+                    sig.name,
+                    pids.len(),
+                    list_paths(&paths, count)
+                ));
+                self.emit(e);
+            }
+            WatchDecision::Ignored { paths, count } => {
+                let mut e = self.event("ignored_change");
+                e.detail = Some(format!("content unchanged: {}", list_paths(&paths, count)));
+                self.emit(e);
+            }
+            WatchDecision::Warning { detail } => {
+                self.emit(self.event("watch_warning").detail(detail))
+            }
+        }
+    }
+
+    /// Schedules, memory checks and the HTTP probe for the current settings.
+    fn arm_app_timers(&mut self) {
+        let now = Instant::now();
+        self.next_schedule = None;
+        if !self.app.recycle.schedule.is_empty() {
+            let wall = jiff::Zoned::now();
+            if let Some(at) = schedule::next_schedule_fire(&wall, &self.app.recycle.schedule) {
+                self.next_schedule = Some((now + schedule::duration_until(&wall, &at), at));
+            }
+        }
+        let rc = &self.app.recycle;
+        let memory = rc.private_memory.is_some()
+            || rc.virtual_memory.is_some()
+            || rc.rss.is_some()
+            || rc.memory_hard_limit.is_some();
+        self.next_memory_check = memory.then(|| now + rc.memory_check_interval);
+        self.next_probe = self
+            .app
+            .health
+            .http_probe
+            .as_ref()
+            .map(|p| now + p.interval);
+    }
+
+    fn check_memory(&mut self) {
+        let pids: Vec<i32> = self
+            .workers
+            .values()
+            .filter(|w| w.triggerable())
+            .map(|w| w.pid)
+            .collect();
+        for pid in pids {
+            let Ok(sample) = memory::sample_tree(pid as u32) else {
+                continue;
+            };
+            match memory::check(&sample, &self.app.recycle) {
+                MemoryVerdict::Ok => {}
+                MemoryVerdict::Recycle(reason) => self.recycle_worker(pid, reason),
+                MemoryVerdict::HardKill { bytes, limit } => self.hard_kill(pid, bytes, limit),
+            }
+        }
+    }
+
+    /// `memory_hard_limit`: no drain. The slot starts a fresh worker at once.
+    fn hard_kill(&mut self, pid: i32, bytes: u64, limit: u64) {
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let reason = RecycleReason::Memory {
+            kind: "memory_hard_limit".into(),
+            bytes,
+            limit,
+        };
+        w.role = Role::Retiring;
+        w.killed = true;
+        w.kill_at = None;
+        let slot = w.slot;
+        let generation = w.generation;
+        let mut e = self.event("killed").because(&reason);
+        e.worker = Some(slot);
+        e.generation = Some(generation);
+        e.pid = Some(pid);
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            if s.current == Some(pid) {
+                s.current = None;
+                s.restart_at = Some(Instant::now());
+            }
+        }
+        self.emit(e);
+        self.kill_group(pid);
+    }
+
+    fn start_health_probe(&mut self) {
+        let Some(probe) = self.app.health.http_probe.clone() else {
+            return;
+        };
+        let Some(address) = self.sockets.first().map(|s| s.listen.address.clone()) else {
+            return;
+        };
+        self.probe_in_flight = true;
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let ok = crate::probe::http_ok(&address, &probe.path, probe.timeout).await;
+            let _ = tx.send(Internal::HealthProbe(ok));
+        });
+    }
+
+    fn on_health_probe(&mut self, ok: bool) {
+        self.probe_in_flight = false;
+        let Some(probe) = self.app.health.http_probe.clone() else {
+            return;
+        };
+        if ok {
+            self.probe_failures = 0;
+            return;
+        }
+        self.probe_failures += 1;
+        if self.probe_failures >= probe.failures && self.job.is_none() && self.running() {
+            self.probe_failures = 0;
+            let reason = RecycleReason::Unhealthy {
+                detail: format!(
+                    "HTTP probe GET {} failed {} times in a row (timeout {})",
+                    probe.path,
+                    probe.failures,
+                    humanize(probe.timeout)
+                ),
+            };
+            self.request_recycle(reason, None, None);
+        }
+    }
+
+    /// Idle: wait for a connection on any listening socket, then start again.
+    fn arm_wake(&mut self) {
+        let fds: Vec<i32> = self.sockets.iter().map(|s| s.raw_fd()).collect();
+        let mut e = self.event("idle_stop");
+        e.detail = Some(format!(
+            "no requests for {}; workers stopped, sockets kept: the next connection starts them",
+            humanize(self.app.recycle.idle_timeout.unwrap_or_default())
+        ));
+        self.emit(e);
+        let tx = self.internal_tx.clone();
+        self.wake_task = Some(tokio::spawn(async move {
+            let _ = crate::sockets::wait_for_connection(&fds).await;
+            let _ = tx.send(Internal::Wake);
+        }));
+    }
+
+    fn on_wake(&mut self) {
+        self.wake_task = None;
+        if self.state != AppState::Idle || self.shutdown_waiter.is_some() {
+            return;
+        }
+        self.state = AppState::Running;
+        self.emit(
+            self.event("on_demand_start")
+                .detail("a connection arrived while idle"),
+        );
+        self.start_all();
+    }
+
     // ---- time -----------------------------------------------------------------
 
     fn next_deadline(&self) -> Option<Instant> {
-        let workers = self
-            .workers
-            .values()
-            .flat_map(|w| [w.startup_deadline, w.ready_after, w.kill_at]);
+        let workers = self.workers.values().flat_map(|w| {
+            let triggers = w.triggerable();
+            [
+                w.startup_deadline,
+                w.ready_after,
+                w.kill_at,
+                w.age_deadline.filter(|_| triggers),
+                w.watchdog_deadline.filter(|_| triggers),
+            ]
+        });
         let slots = self.slots.iter().map(|s| s.restart_at);
-        workers.chain(slots).flatten().min()
+        let running = self.running();
+        let idle = self
+            .app
+            .recycle
+            .idle_timeout
+            .filter(|_| running && self.job.is_none())
+            .map(|t| self.last_activity + t);
+        let app = [
+            self.next_schedule.as_ref().map(|(t, _)| *t),
+            self.next_memory_check.filter(|_| running),
+            self.next_probe.filter(|_| running && !self.probe_in_flight),
+            idle,
+        ];
+        workers.chain(slots).chain(app).flatten().min()
     }
 
     fn on_deadlines(&mut self) {
@@ -1000,6 +1508,8 @@ impl Pool {
         let mut ready = Vec::new();
         let mut late = Vec::new();
         let mut kill = Vec::new();
+        let mut aged = Vec::new();
+        let mut hung = Vec::new();
         for w in self.workers.values() {
             if w.ready_after.is_some_and(|t| t <= now) {
                 ready.push(w.pid);
@@ -1009,6 +1519,18 @@ impl Pool {
             if w.kill_at.is_some_and(|t| t <= now) {
                 kill.push(w.pid);
             }
+            if w.triggerable() {
+                if let (Some(t), Some(limit)) = (w.age_deadline, self.app.recycle.interval) {
+                    if t <= now {
+                        aged.push((w.pid, now - w.started, limit.max(t - w.started)));
+                    }
+                }
+                if let (Some(t), Some(d)) = (w.watchdog_deadline, self.app.health.watchdog) {
+                    if t <= now {
+                        hung.push((w.pid, d));
+                    }
+                }
+            }
         }
         for pid in ready {
             self.on_ready(pid);
@@ -1017,23 +1539,18 @@ impl Pool {
             self.on_startup_timeout(pid);
         }
         for pid in kill {
-            let Some(w) = self.workers.get_mut(&pid) else {
-                continue;
+            self.kill_after_timeout(pid, now);
+        }
+        for (pid, age, limit) in aged {
+            if let Some(reason) = schedule::age_reached(age, limit) {
+                self.recycle_worker(pid, reason);
+            }
+        }
+        for (pid, d) in hung {
+            let reason = RecycleReason::Unhealthy {
+                detail: format!("no WATCHDOG=1 for {} (watchdog)", humanize(d)),
             };
-            w.kill_at = None;
-            w.killed = true;
-            let mut e = Event::new(&self.app.name, "killed");
-            e.worker = Some(w.slot);
-            e.generation = Some(w.generation);
-            e.pid = Some(pid);
-            e.drain_ms = w.retire_started.map(|t| (now - t).as_millis() as u64);
-            e.detail = Some(format!(
-                "still running {} after {}; SIGKILL to its process group",
-                humanize(self.app.recycle.shutdown_timeout),
-                self.app.recycle.stop_signal.name
-            ));
-            self.emit(e);
-            self.kill_group(pid);
+            self.recycle_worker(pid, reason);
         }
         let restart: Vec<u32> = self
             .slots
@@ -1044,19 +1561,81 @@ impl Pool {
             .collect();
         for slot in restart {
             self.slots[slot as usize].restart_at = None;
-            if self.state != AppState::Running || self.slots[slot as usize].current.is_some() {
+            if !self.running() || self.slots[slot as usize].current.is_some() {
                 continue;
             }
             self.generation += 1;
             let generation = self.generation;
-            match self.spawn_worker(slot, generation, Role::Current) {
-                Ok(_) => {}
-                Err(msg) => {
-                    self.emit(self.event("startup_failed").detail(msg));
-                    self.on_crash_of_slot(slot, None);
-                }
+            if let Err(msg) = self.spawn_worker(slot, generation, Role::Current) {
+                self.emit(self.event("startup_failed").detail(msg));
+                self.on_crash_of_slot(slot);
             }
         }
+        if let Some((t, at)) = self.next_schedule.clone() {
+            if t <= now {
+                self.on_schedule(at);
+            }
+        }
+        if self.next_memory_check.is_some_and(|t| t <= now) {
+            self.next_memory_check = Some(now + self.app.recycle.memory_check_interval);
+            self.check_memory();
+        }
+        if self.next_probe.is_some_and(|t| t <= now) && !self.probe_in_flight {
+            self.next_probe = self
+                .app
+                .health
+                .http_probe
+                .as_ref()
+                .map(|p| now + p.interval);
+            if self.running() && self.job.is_none() {
+                self.start_health_probe();
+            }
+        }
+        if let Some(idle) = self.app.recycle.idle_timeout {
+            if self.running() && self.job.is_none() && self.last_activity + idle <= now {
+                self.stop_all(false, true);
+            }
+        }
+    }
+
+    fn on_schedule(&mut self, at: jiff::Zoned) {
+        let wall = jiff::Zoned::now();
+        if wall.timestamp() < at.timestamp() {
+            // The wall clock moved back while we slept: wait the rest.
+            self.next_schedule = Some((Instant::now() + schedule::duration_until(&wall, &at), at));
+            return;
+        }
+        self.next_schedule =
+            schedule::next_schedule_fire(&wall, &self.app.recycle.schedule).map(|next| {
+                (
+                    Instant::now() + schedule::duration_until(&wall, &next),
+                    next,
+                )
+            });
+        let reason = RecycleReason::Schedule {
+            at: at.strftime("%H:%M").to_string(),
+        };
+        self.request_recycle(reason, None, None);
+    }
+
+    fn kill_after_timeout(&mut self, pid: i32, now: Instant) {
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        w.kill_at = None;
+        w.killed = true;
+        let mut e = Event::new(&self.app.name, "killed");
+        e.worker = Some(w.slot);
+        e.generation = Some(w.generation);
+        e.pid = Some(pid);
+        e.drain_ms = w.retire_started.map(|t| (now - t).as_millis() as u64);
+        e.detail = Some(format!(
+            "still running {} after {}; SIGKILL to its process group",
+            humanize(self.app.recycle.shutdown_timeout),
+            self.app.recycle.stop_signal.name
+        ));
+        self.emit(e);
+        self.kill_group(pid);
     }
 
     fn on_startup_timeout(&mut self, pid: i32) {
@@ -1079,18 +1658,19 @@ impl Pool {
         w.role = Role::Retiring;
         w.killed = true;
         let slot = w.slot;
-        let s = &mut self.slots[slot as usize];
-        let was_candidate = s.candidate == Some(pid);
-        if was_candidate {
-            s.candidate = None;
-        }
-        if s.current == Some(pid) {
-            s.current = None;
+        let mut was_candidate = false;
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            was_candidate = s.candidate == Some(pid);
+            if was_candidate {
+                s.candidate = None;
+            }
+            if s.current == Some(pid) {
+                s.current = None;
+            }
         }
         self.emit(e);
         self.kill_group(pid);
-        let stopped = self.count_crash();
-        if stopped {
+        if self.count_crash() {
             return;
         }
         if was_candidate {
@@ -1099,8 +1679,10 @@ impl Pool {
                 humanize(timeout)
             )));
         }
-        if self.slots[slot as usize].current.is_none()
-            && self.slots[slot as usize].candidate.is_none()
+        if self
+            .slots
+            .get(slot as usize)
+            .is_some_and(|s| s.current.is_none() && s.candidate.is_none())
         {
             self.schedule_restart(slot);
         }
@@ -1123,6 +1705,7 @@ impl Pool {
                     "running"
                 }
             }
+            AppState::Idle => "idle",
             AppState::Stopping { .. } => "stopping",
             AppState::Stopped => "stopped",
             AppState::RapidFailStopped => "stopped (rapid-fail)",
@@ -1166,8 +1749,25 @@ impl Pool {
             recycles: self.recycles,
             crashes: self.total_crashes,
             last_recycle: self.last_recycle.clone(),
+            config_generation: self.config_generation,
+            watch: self.watcher.as_ref().map(|w| {
+                let s = w.stats();
+                format!("{} ({} files)", s.backend, s.files)
+            }),
+            next_schedule: self
+                .next_schedule
+                .as_ref()
+                .map(|(_, at)| at.strftime("%Y-%m-%d %H:%M").to_string()),
         }
     }
+}
+
+fn list_paths(paths: &[String], count: usize) -> String {
+    let mut s = paths.join(", ");
+    if count > paths.len() {
+        s.push_str(&format!(" (+{} more)", count - paths.len()));
+    }
+    s
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -33,11 +33,12 @@ pub enum SocketError {
     },
 }
 
-/// One bound, listening socket of an app.
-#[derive(Debug)]
+/// One bound, listening socket of an app. Clones share the socket: a config
+/// reload that keeps an address keeps its socket (and its backlog).
+#[derive(Debug, Clone)]
 pub struct BoundSocket {
     pub listen: Listen,
-    fd: OwnedFd,
+    fd: std::sync::Arc<OwnedFd>,
 }
 
 impl BoundSocket {
@@ -49,6 +50,26 @@ impl BoundSocket {
 /// Binds every `listen` entry of `app`.
 pub fn bind_all(app: &str, listens: &[Listen]) -> Result<Vec<BoundSocket>, SocketError> {
     listens.iter().map(|l| bind(app, l)).collect()
+}
+
+/// Like [`bind_all`], but an address already bound in `held` is reused as is.
+pub fn rebind_all(
+    app: &str,
+    listens: &[Listen],
+    held: &[BoundSocket],
+) -> Result<Vec<BoundSocket>, SocketError> {
+    listens
+        .iter()
+        .map(
+            |l| match held.iter().find(|h| h.listen.address == l.address) {
+                Some(h) => Ok(BoundSocket {
+                    listen: l.clone(),
+                    fd: h.fd.clone(),
+                }),
+                None => bind(app, l),
+            },
+        )
+        .collect()
 }
 
 /// Binds one listen entry (close-on-exec, non-blocking is left to the workers).
@@ -91,7 +112,7 @@ pub fn bind(app: &str, listen: &Listen) -> Result<BoundSocket, SocketError> {
     let fd = raise_fd(OwnedFd::from(socket)).map_err(err)?;
     Ok(BoundSocket {
         listen: listen.clone(),
-        fd,
+        fd: std::sync::Arc::new(fd),
     })
 }
 
@@ -119,4 +140,48 @@ pub fn raise_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
     }
     // SAFETY: `new` is a fresh fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Waits until any of `fds` (listening sockets) has a connection waiting, without
+/// accepting it: the worker started next takes it from the backlog. The fds are
+/// registered as they are — never switched to non-blocking, since that flag is
+/// shared with every worker that inherits them.
+pub async fn wait_for_connection(fds: &[RawFd]) -> io::Result<()> {
+    use tokio::io::unix::AsyncFd;
+    use tokio::io::Interest;
+    if fds.is_empty() {
+        return std::future::pending().await;
+    }
+    let mut waits = Vec::new();
+    for &fd in fds {
+        // SAFETY: dup of a listening socket we own; the copy is owned by `dup`.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, FD_FLOOR) };
+        if dup < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `dup` is a fresh fd nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        // SAFETY: `owned` is an open fd that the AsyncFd owns until dropped.
+        let registered = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) };
+        waits.push(registered.map_err(io::Error::from)?);
+    }
+    let futures = waits.iter().map(|a| Box::pin(a.readable()));
+    let (result, _, _) = futures_select_all(futures.collect()).await;
+    result.map(|_| ())
+}
+
+/// The first of several futures to finish (a tiny `select_all`).
+async fn futures_select_all<F: std::future::Future + Unpin>(
+    mut futures: Vec<F>,
+) -> (F::Output, usize, Vec<F>) {
+    std::future::poll_fn(move |cx| {
+        for i in 0..futures.len() {
+            if let std::task::Poll::Ready(out) = std::pin::Pin::new(&mut futures[i]).poll(cx) {
+                let rest = std::mem::take(&mut futures);
+                return std::task::Poll::Ready((out, i, rest));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }

@@ -296,3 +296,31 @@ fn python_worker_without_the_sdk_serves_and_drains() {
     assert!(status.success(), "exit {status}\n{}", worker.logs());
     worker.wait_for_stdout("py_http: drained");
 }
+
+#[test]
+fn python_worker_serves_a_unix_socket() {
+    let dir = TempDir::new("python-unix");
+    let passed = Passed::unix(&dir);
+    let target = passed.target();
+    let mut notify = NotifySocket::bind_abstract("python-unix");
+    let script = python_worker_path();
+    let mut worker = WorkerProcess::spawn(
+        &dir,
+        "python3".as_ref(),
+        &[script.to_str().expect("utf-8 path")],
+        Fd3::Listener(&passed),
+        &notify,
+        &[],
+    );
+    notify.wait_for("READY=1", |m| m == "READY=1");
+    let response = get(&target, "/healthz");
+    assert_eq!(
+        (response.status, response.body.as_str()),
+        (200, "ok\n"),
+        "{}",
+        worker.logs()
+    );
+    worker.signal(libc::SIGTERM);
+    let status = worker.wait_exit();
+    assert!(status.success(), "exit {status}\n{}", worker.logs());
+}

@@ -103,7 +103,7 @@ pub struct ControlState {
     pub config_path: PathBuf,
     pub config_generation: Arc<Mutex<u64>>,
     pub started: tokio::time::Instant,
-    pub store: Arc<Mutex<Option<String>>>,
+    pub store: Arc<Mutex<crate::backend::Backend>>,
     /// Asks the daemon to reload (`true`) or shut down (`false`).
     pub daemon: mpsc::UnboundedSender<DaemonRequest>,
 }
@@ -224,7 +224,7 @@ async fn dispatch(req: Request, state: &ControlState) -> Response {
                     config_generation: *state.config_generation.lock().unwrap(),
                     uptime_ms: state.started.elapsed().as_millis() as u64,
                     rss: crate::probe::rss_bytes(std::process::id() as i32),
-                    store: state.store.lock().unwrap().clone(),
+                    store: Some(state.store.lock().unwrap().describe()),
                     apps,
                 }),
                 ..Default::default()

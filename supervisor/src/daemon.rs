@@ -27,6 +27,7 @@ use appvisor_config::Config;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::backend::Backend;
 use crate::control::{self, ControlState, DaemonRequest};
 use crate::events::{Event, EventLog};
 use crate::guard::Guard;
@@ -93,26 +94,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the event log {}", paths.events().display()))?;
     let reaper = Reaper::start().context("cannot install the SIGCHLD handler")?;
     let guard = Guard::start().context("cannot start the guard process (`appvisor __guard`)")?;
+    let backend = Arc::new(Mutex::new(
+        Backend::start(&config)
+            .await
+            .context("cannot start the session store")?,
+    ));
 
     let pools: Arc<Mutex<BTreeMap<String, PoolHandle>>> = Arc::default();
     for app in &config.apps {
-        let log = AppLog::open(
-            &paths.logs(),
-            &app.name,
-            config.supervisor.log_max_size,
-            config.supervisor.log_keep,
-            true,
-        )
-        .with_context(|| format!("cannot open the log of app {:?}", app.name))?;
-        let ctx = PoolContext {
-            run_dir: paths.run(),
-            events: events.clone(),
-            reaper: reaper.clone(),
-            guard: guard.clone(),
-            log,
-            extra_env: Vec::new(),
-            config_generation: 1,
-        };
+        let env = backend.lock().unwrap().env_for(&app.name);
+        let ctx = pool_context(&config, app, &paths, &events, &reaper, &guard, 1, env)?;
         let handle = start_pool(
             app.clone(),
             sockets.remove(&app.name).unwrap_or_default(),
@@ -131,7 +122,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config_path: config.path.clone(),
         config_generation: state_generation.clone(),
         started: tokio::time::Instant::now(),
-        store: Arc::default(),
+        store: backend.clone(),
         daemon: dtx,
     };
     let control_task = tokio::spawn(control::serve(listener, state));
@@ -153,6 +144,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         guard: guard.clone(),
         paths: paths.clone(),
         generation_shared: state_generation,
+        backend: backend.clone(),
     };
     let (ctx_tx, mut config_changed) = mpsc::unbounded_channel();
     let _config_watch = watch_config_file(&live.config.path, ctx_tx);
@@ -187,7 +179,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         stops.spawn(async move { h.shutdown().await });
     }
     while stops.join_next().await.is_some() {}
+    // Only now: draining workers have handed their sessions to the store.
     control_task.abort();
+    let store = backend.lock().unwrap().begin_shutdown();
+    if let Some(store) = store {
+        store.closed().await;
+    }
     let _ = std::fs::remove_file(&control_path);
     guard.finish();
     eprintln!("appvisor: stopped");
@@ -202,6 +199,7 @@ fn pool_context(
     reaper: &Reaper,
     guard: &Guard,
     config_generation: u64,
+    extra_env: Vec<(String, String)>,
 ) -> anyhow::Result<PoolContext> {
     let log = AppLog::open(
         &paths.logs(),
@@ -217,7 +215,7 @@ fn pool_context(
         reaper: reaper.clone(),
         guard: guard.clone(),
         log,
-        extra_env: Vec::new(),
+        extra_env,
         config_generation,
     })
 }
@@ -233,6 +231,7 @@ struct Live {
     guard: Guard,
     paths: StatePaths,
     generation_shared: Arc<Mutex<u64>>,
+    backend: Arc<Mutex<Backend>>,
 }
 
 impl Live {
@@ -278,6 +277,7 @@ impl Live {
             let s = crate::sockets::rebind_all(&app.name, &app.listen, held)?;
             new_sockets.insert(app.name.clone(), s);
         }
+        self.backend.lock().unwrap().set_apps(&new)?;
         self.generation += 1;
         *self.generation_shared.lock().unwrap() = self.generation;
         let (mut changed, mut added, mut removed) = (Vec::new(), Vec::new(), Vec::new());
@@ -286,6 +286,7 @@ impl Live {
             let sockets = new_sockets.get(&app.name).cloned().unwrap_or_default();
             match self.config.app(&app.name) {
                 None => {
+                    let env = self.backend.lock().unwrap().env_for(&app.name);
                     let ctx = pool_context(
                         &new,
                         app,
@@ -294,6 +295,7 @@ impl Live {
                         &self.reaper,
                         &self.guard,
                         self.generation,
+                        env,
                     )?;
                     pools.insert(app.name.clone(), start_pool(app.clone(), sockets, ctx));
                     added.push(app.name.clone());

@@ -12,6 +12,9 @@
 //!   HTTP readiness and memory figures.
 //! - [`events`] — `events.jsonl`; [`control`] — the control socket.
 //! - [`reason`] — why a recycle happened.
+//! - [`trigger`] — what decides a recycle: file watch, memory, clock, requests.
+//! - [`store`] — the embedded Redis-protocol session store; [`backend`] — which
+//!   store workers use (embedded or a remote Redis) and its URL.
 //!
 //! # Theory of operation
 //! The supervisor runs on one thread (a current-thread tokio runtime): that thread
@@ -19,6 +22,7 @@
 //! fires exactly when the supervisor dies. Each app is a [`pool`] actor; triggers
 //! and the control socket only send it commands. See `docs/ARCHITECTURE.md`.
 
+pub mod backend;
 pub mod cli;
 pub mod control;
 pub mod daemon;
@@ -32,3 +36,5 @@ pub mod reaper;
 pub mod reason;
 pub mod sockets;
 pub mod spawn;
+pub mod store;
+pub mod trigger;

@@ -166,10 +166,13 @@ pub struct AppStatus {
     pub crashes: u64,
     pub last_recycle: Option<LastRecycle>,
     /// The config generation whose settings this app runs.
+    #[serde(default)]
     pub config_generation: u64,
     /// "inotify", "poll" or "off", and how many files are watched.
+    #[serde(default)]
     pub watch: Option<String>,
     /// The next `schedule` recycle (local time).
+    #[serde(default)]
     pub next_schedule: Option<String>,
 }
 

@@ -54,7 +54,7 @@
 //! *Modes.* `store` writes through at every successful request, so sessions
 //! survive crashes too. `handoff` keeps sessions in memory, marks commits
 //! dirty, and [`Sessions::drain`] flushes every dirty one in pipelined
-//! transactions of a thousand; the next generation misses in its empty
+//! transactions of a hundred; the next generation misses in its empty
 //! memory, falls back to the store, and carries on. If two generations
 //! overlap, the flush merges exactly like a request commit, so neither side's
 //! changes are lost. `inproc` is memory only: a recycle forgets everything.
@@ -357,10 +357,11 @@ impl Sessions {
             return Ok(FlushReport::default());
         };
         let items = memory.take_dirty();
+        let results = store.flush(items).await;
         let mut report = FlushReport::default();
         let mut failed = 0;
         let mut first_error = None;
-        for (item, result) in store.flush(items).await {
+        for (item, result) in results {
             match result {
                 Ok(flushed) => {
                     report.flushed += 1;

@@ -6,7 +6,8 @@
 //! that inherited the variable cannot declare a generation ready.
 //!
 //! Understood keys: `READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=…`, and
-//! appvisor's own `X_APPVISOR_REQUESTS=<cumulative count>`. Others are ignored.
+//! appvisor's own `X_APPVISOR_REQUESTS=<cumulative count>` and
+//! `X_APPVISOR_SESSIONS=<sessions handed off while draining>`. Others are ignored.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -24,6 +25,8 @@ pub struct NotifyMessage {
     pub watchdog: bool,
     pub status: Option<String>,
     pub requests: Option<u64>,
+    /// `X_APPVISOR_SESSIONS=<n>`: sessions handed to the store while draining.
+    pub sessions: Option<u64>,
 }
 
 impl NotifyMessage {
@@ -39,6 +42,7 @@ impl NotifyMessage {
                 "WATCHDOG" => m.watchdog = v == "1",
                 "STATUS" => m.status = Some(v.to_string()),
                 "X_APPVISOR_REQUESTS" => m.requests = v.trim().parse().ok(),
+                "X_APPVISOR_SESSIONS" => m.sessions = v.trim().parse().ok(),
                 _ => {}
             }
         }

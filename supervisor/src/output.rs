@@ -192,3 +192,36 @@ async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_rotates_by_size_and_keeps_n_files() {
+        let dir = std::env::temp_dir().join(format!("appvisor-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = LogFile {
+            path: dir.join("web.log"),
+            file: None,
+            size: 0,
+            max_size: 4096,
+            keep: 2,
+        };
+        let line = [b'x'; 1023];
+        for _ in 0..20 {
+            f.write_line(&line);
+            f.write_line(b"\n");
+        }
+        assert!(dir.join("web.log").exists());
+        assert!(dir.join("web.log.1").exists());
+        assert!(dir.join("web.log.2").exists());
+        assert!(
+            !dir.join("web.log.3").exists(),
+            "only log_keep rotated files are kept"
+        );
+        assert!(std::fs::metadata(dir.join("web.log.1")).unwrap().len() >= 4096);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -244,6 +244,8 @@ struct Worker {
     watchdog_deadline: Option<Instant>,
     /// A trigger already asked for this worker's replacement.
     recycle_requested: bool,
+    /// Sessions it handed to the store while draining (`X_APPVISOR_SESSIONS`).
+    sessions: Option<u64>,
     tail: Arc<Mutex<VecDeque<String>>>,
     _notify: NotifySocket,
 }
@@ -900,6 +902,7 @@ impl Pool {
             age_deadline,
             watchdog_deadline: None,
             recycle_requested: false,
+            sessions: None,
             tail,
             _notify: notify,
         };
@@ -1072,6 +1075,9 @@ impl Pool {
         if let Some(s) = m.status {
             w.status = Some(s);
         }
+        if m.sessions.is_some() {
+            w.sessions = m.sessions;
+        }
         let mut limit_hit = None;
         if let Some(n) = m.requests {
             if n != w.requests {
@@ -1136,6 +1142,7 @@ impl Pool {
             Role::Retiring => {
                 if !w.killed {
                     e.kind = "retired".into();
+                    e.sessions = w.sessions;
                     e.drain_ms = w.retire_started.map(|t| (now - t).as_millis() as u64);
                     e.detail = Some(format!("exited after drain ({})", exit.status));
                     self.emit(e);

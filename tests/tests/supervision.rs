@@ -350,3 +350,55 @@ fn stop_and_start_an_app_by_hand() {
     let events = sv.ok(&["events", "--app", "web"]);
     assert!(events.contains("stopped"), "{events}");
 }
+
+#[test]
+fn events_follow_prints_each_restart_as_it_happens() {
+    use std::io::BufRead;
+    let sb = Sandbox::new("follow");
+    let port = free_port();
+    sb.config(&demo_app("web", port, 1, "[app.watch]\nenabled = false\n"));
+    let sv = sb.start();
+    sv.wait_running("web", 1);
+    let mut follow = std::process::Command::new(appvisor_bin())
+        .args(["events", "--follow", "-n", "0"])
+        .current_dir(&sb.dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Recycle until the follower has printed the recycle line (it subscribes
+    // asynchronously, so the first one may precede its subscription).
+    let line = wait_until(
+        Duration::from_secs(30),
+        "a recycle line from events --follow",
+        || {
+            sv.ok(&["recycle", "web"]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while let Ok(l) =
+                rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            {
+                if l.contains(" recycle ") {
+                    return Some(l);
+                }
+            }
+            None
+        },
+    );
+    assert!(
+        line.contains("web recycle") && line.contains("manual recycle"),
+        "{line}"
+    );
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+}

@@ -346,3 +346,39 @@ fn editing_appvisor_toml_recycles_only_the_changed_app_and_rejects_a_bad_edit() 
     assert_eq!(http_get(pb, "/env/VERSION").unwrap().1.trim(), "2");
     assert_eq!(sv.status()["config_generation"], 2);
 }
+
+#[test]
+fn soft_changes_signal_the_workers_and_the_limit_recycles() {
+    let sb = Sandbox::new("soft");
+    let port = free_port();
+    sb.write("templates/page.html", "v0");
+    sb.config(&app(
+        "web",
+        port,
+        "[app.watch]\ndebounce = \"100ms\"\nsoft = [\"templates/**\"]\nsoft_changes_before_recycle = 2\n",
+    ));
+    let sv = sb.start();
+    let pid = sv.wait_running("web", 1)[0];
+    wait_watching(&sv);
+    for i in 1..=2 {
+        sb.write("templates/page.html", &format!("v{i}"));
+        wait_until(LONG, "a soft change", || {
+            (sv.events_of("soft_change").len() >= i).then_some(())
+        });
+        // The worker got SIGHUP and reloaded in place: same pid, one more reload.
+        wait_until(LONG, "the worker's soft reload", || {
+            let (_, body) = http_get(port, "/reloads").ok()?;
+            (body.trim() == i.to_string()).then_some(())
+        });
+        assert_eq!(sv.ready_pids("web"), vec![pid]);
+    }
+    assert!(sv.events_of("soft_change")[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("templates/page.html"));
+    assert!(recycles(&sv, "web").is_empty());
+    // Past soft_changes_before_recycle, the next soft change recycles.
+    sb.write("templates/page.html", "v3");
+    let r = wait_recycles(&sv, "web", 1);
+    assert_eq!(r[0]["reason"], "soft_change_limit");
+}

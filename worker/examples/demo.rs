@@ -13,6 +13,7 @@
 //!   watchdog pings while still serving
 //! - `GET /env/NAME` — the value of environment variable NAME
 //! - `GET /exit?code=N` — exits at once with code N (crash tests)
+//! - `GET /reloads` — how many soft reloads (SIGHUP) this worker has done
 //!
 //! Behaviour switches, all environment variables:
 //! - `DEMO_STARTUP_MS=N` — wait N ms before accepting and sending READY=1
@@ -59,6 +60,9 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Soft reloads (SIGHUP) done by this worker.
+static SOFT_RELOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
@@ -100,6 +104,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             Shutdown::on_stop_signals()?
         };
+        // SIGHUP is appvisor's default `soft_signal`: reload templates and the like
+        // without a restart. The demo only counts them.
+        let mut hups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hups.recv().await.is_some() {
+                let n = SOFT_RELOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                println!("demo: soft reload #{n} (SIGHUP)");
+            }
+        });
         if let Some(ms) = env_number("DEMO_CRASH_AFTER_MS") {
             let code = env_number("DEMO_CRASH_CODE").unwrap_or(1) as i32;
             tokio::spawn(async move {
@@ -187,6 +200,13 @@ async fn respond(
             ),
         ),
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
+        "/reloads" => text(
+            StatusCode::OK,
+            format!(
+                "{}\n",
+                SOFT_RELOADS.load(std::sync::atomic::Ordering::Relaxed)
+            ),
+        ),
         "/slow" => {
             let ms = query("ms").unwrap_or(1000);
             tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -1,0 +1,120 @@
+//! A per-session counter that survives recycles: the sessions half of the
+//! demo app.
+//!
+//! ```text
+//! cargo run -p appvisor-worker --example sessions_demo
+//! curl -c jar -b jar localhost:3000/counter   # 1, 2, 3, … per cookie jar
+//! ```
+//!
+//! Endpoints:
+//! - `GET /counter` — adds one to this session's counter and answers
+//!   `counter=N mode=M pid=P` (a new visitor gets a cookie)
+//! - `GET /logout` — abandons the session (data deleted, cookie expired)
+//! - `GET /healthz` — `ok`
+//!
+//! The session mode, timeout and store come from appvisor's environment
+//! (`APPVISOR_SESSION_MODE`, `APPVISOR_SESSION_TIMEOUT_MS`,
+//! `APPVISOR_STORE_URL`); run by hand with no store it uses `inproc`. Under
+//! appvisor in `handoff` or `store` mode the counter keeps counting across
+//! recycles; in `inproc` mode every recycle starts it over. On SIGTERM it
+//! drains requests, then hands dirty sessions to the store and says how many.
+//!
+//! `SESSIONS_DEMO_ADDR=host:port` sets where to listen when no socket is
+//! inherited (default `127.0.0.1:3000`). Lifecycle lines go to stdout,
+//! prefixed `sessions-demo:`.
+
+use std::convert::Infallible;
+
+use appvisor_worker::sessions::{self, SessionHandle, SessionMode, Sessions};
+use appvisor_worker::{http, Listener, Shutdown, Worker};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("sessions-demo: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    // Before any runtime thread exists: this edits the environment.
+    let mut worker = Worker::from_env()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut listeners = worker.take_listeners()?;
+        if listeners.is_empty() {
+            let addr =
+                std::env::var("SESSIONS_DEMO_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
+            listeners.push(Listener::bind_tcp(&addr).await?);
+        }
+        let sessions = Sessions::from_env().await?;
+        let shutdown = Shutdown::on_stop_signals()?;
+        for l in &listeners {
+            println!(
+                "sessions-demo: listening on {l} pid {} sessions {} timeout {:?}",
+                std::process::id(),
+                sessions.mode(),
+                sessions.timeout()
+            );
+        }
+
+        // The one line that gives the app sessions.
+        let mode = sessions.mode();
+        let service = sessions::layer(sessions.clone())
+            .around(service_fn(move |request| respond(mode, request)));
+
+        worker.ready()?;
+        println!("sessions-demo: ready");
+        let report = http::Server::for_worker(&worker)
+            .serve(listeners, service, shutdown)
+            .await?;
+        println!(
+            "sessions-demo: drained {} requests in {:?}",
+            report.requests, report.drain
+        );
+        // Requests are done: hand the dirty sessions to the next generation.
+        let handoff = sessions.drain().await?;
+        println!(
+            "sessions-demo: handed off {} sessions ({} merged) in {:?}",
+            handoff.flushed, handoff.merged, handoff.elapsed
+        );
+        Ok(())
+    })
+}
+
+async fn respond(
+    mode: SessionMode,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let session = request
+        .extensions()
+        .get::<SessionHandle>()
+        .expect("the session layer adds a SessionHandle to every request")
+        .clone();
+    let reply = |status: StatusCode, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        Ok(response)
+    };
+    match request.uri().path() {
+        "/counter" => match session.incr("counter", 1) {
+            Ok(n) => reply(
+                StatusCode::OK,
+                format!("counter={n} mode={mode} pid={}\n", std::process::id()),
+            ),
+            // A 5xx: the layer does not commit this request.
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        "/logout" => {
+            session.abandon();
+            reply(StatusCode::OK, "bye\n".into())
+        }
+        "/healthz" => reply(StatusCode::OK, "ok\n".into()),
+        _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}

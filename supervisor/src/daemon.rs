@@ -366,6 +366,11 @@ fn watch_config_file(
     let (etx, mut erx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
+            // Opens and reads (ours included: reading the file after an event
+            // would otherwise wake us again) are not changes.
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
             if ev
                 .paths
                 .iter()

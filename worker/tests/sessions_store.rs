@@ -755,3 +755,47 @@ fn layered_service_fits_the_sdk_server(sessions: Sessions) {
     });
     assert_server_service(&sessions::layer(sessions).around(inner));
 }
+
+// ---------------------------------------------------------------- axum
+
+/// The promise: an axum app gets survivable sessions in one line
+/// (`.layer(sessions::layer(sessions))`), and its counter carries on across
+/// a handoff recycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_app_gets_survivable_sessions_in_one_line() {
+    use axum::routing::get as route_get;
+    use axum::{Extension, Router};
+
+    async fn counter(Extension(session): Extension<SessionHandle>) -> String {
+        session.incr("n", 1).unwrap().to_string()
+    }
+    async fn fail(Extension(session): Extension<SessionHandle>) -> StatusCode {
+        session.incr("n", 1000).unwrap();
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+    async fn axum_app(sessions: Sessions) -> SocketAddr {
+        let app = Router::new()
+            .route("/incr", route_get(counter))
+            .route("/fail", route_get(fail))
+            .layer(sessions::layer(sessions));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    let store = TestStore::start().await;
+    let gen1 = store.sessions(SessionMode::Handoff, MINUTE).await;
+    let addr = axum_app(gen1.clone()).await;
+    let r = get(addr, "/incr", None).await.unwrap();
+    assert_eq!(r.body, "1");
+    let cookie = cookie_of(&r);
+    assert_eq!(get(addr, "/incr", Some(&cookie)).await.unwrap().body, "2");
+    let r = get(addr, "/fail", Some(&cookie)).await.unwrap();
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(gen1.drain().await.unwrap().flushed, 1);
+
+    let gen2 = store.sessions(SessionMode::Handoff, MINUTE).await;
+    let addr = axum_app(gen2).await;
+    assert_eq!(get(addr, "/incr", Some(&cookie)).await.unwrap().body, "3");
+}

@@ -1,4 +1,4 @@
-//! The command line: `appvisor run | check | status | recycle | start | stop | events`.
+//! The command line: `appvisor run | check | status | top | recycle | start | stop | events | reload | shutdown`.
 //!
 //! Every command finds the supervisor through the config file (`-c FILE`, default
 //! `./appvisor.toml`): the state dir it names holds the control socket. So
@@ -67,6 +67,12 @@ pub enum Command {
         /// How many past events to show.
         #[arg(short = 'n', long, default_value_t = 30)]
         lines: usize,
+    },
+    /// Status, refreshed every second until Ctrl-C (like `top`).
+    Top {
+        /// Refresh interval in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
     },
     /// Re-read the config file (as SIGHUP does).
     Reload,
@@ -181,6 +187,19 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
             Request::Stop { app },
         )?),
         Command::Reload => finish(call(&config_path(&cli.config, &None), Request::Reload)?),
+        Command::Top { interval_ms } => {
+            let path = config_path(&cli.config, &None);
+            let mut client = connect(&path)?;
+            loop {
+                let r = client.call(&Request::Status { app: None })?;
+                let status = r.status.context("the supervisor sent no status")?;
+                // Clear the screen and home the cursor, then draw.
+                print!("\x1b[H\x1b[2J");
+                print_status(&status);
+                std::io::stdout().flush()?;
+                std::thread::sleep(std::time::Duration::from_millis(interval_ms.max(100)));
+            }
+        }
         Command::Shutdown => finish(call(&config_path(&cli.config, &None), Request::Shutdown)?),
         Command::Events {
             app,

@@ -1,0 +1,465 @@
+//! The append-only log: every change to the data, as a RESP command with
+//! absolute expiry times, written by a dedicated thread.
+//!
+//! # Theory of operation
+//!
+//! Connections never touch the file. At the end of each batch of requests (while
+//! still holding the keyspace lock, so the log's order is the order changes were
+//! applied) a connection hands its records to [`LogWriter::submit`], which appends
+//! them to a queue and wakes the writer thread if the queue was empty. The thread
+//! writes whatever is queued in one `write`, so under load many batches share one
+//! system call, then:
+//!
+//! - `persist = "everysec"`: `fdatasync` at most once a second. The data is in the
+//!   kernel as soon as it is written, so a `kill -9` of the supervisor loses only
+//!   records still in the queue (microseconds' worth); a power cut loses ≤ 1 s.
+//! - `persist = "always"`: `fdatasync` after every write, then publish the number
+//!   of bytes now durable. A connection whose batch changed data waits for that
+//!   number to pass its own before it sends the replies (group commit: one fsync
+//!   covers every connection that submitted meanwhile).
+//!
+//! *Rewrite* (compaction). When the log is larger than the floor and twice the live
+//! data, the purge task snapshots the keyspace by reference count (values are
+//! `Arc`s) and queues it. The thread writes the snapshot to a temporary file in
+//! 1 MiB chunks; between chunks it keeps appending new records to the old log *and*
+//! remembers them, so a crash mid-rewrite loses nothing. It then appends the
+//! remembered records to the new file, syncs it, and renames it over the old one.
+//!
+//! *Record format*: `SET app key value [PXAT ms]`, `DEL app key`,
+//! `PEXPIREAT app key ms`, `PERSIST app key`, `FLUSHDB app`.
+
+mod replay;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use appvisor_config::Persist;
+use tokio::sync::watch;
+
+use super::keyspace::Entry;
+use super::resp::encode_command;
+use super::StoreError;
+
+pub(crate) use replay::replay;
+pub use replay::{LoadReport, Truncation};
+
+/// How often `everysec` syncs, and how long a failed write waits before a retry.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Snapshot bytes written between two looks at the queue during a rewrite.
+const REWRITE_CHUNK: usize = 1 << 20;
+
+/// What the rest of the store may read about the log.
+#[derive(Debug, Default)]
+pub(crate) struct LogStatus {
+    /// Bytes in the current log file.
+    pub size: AtomicU64,
+    /// Its size right after the last load or rewrite.
+    pub base_size: AtomicU64,
+    /// The last write or sync failed: writes are refused until one succeeds.
+    pub failed: AtomicBool,
+    pub rewriting: AtomicBool,
+    /// BGREWRITEAOF asked for a rewrite; the purge task starts it.
+    pub rewrite_requested: AtomicBool,
+}
+
+/// A keyspace snapshot: every live entry and its app.
+pub(crate) type Snapshot = Vec<(Arc<str>, Entry)>;
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<u8>,
+    /// Bytes ever submitted: a record's sequence number is this after its submit.
+    accepted: u64,
+    /// A snapshot to rewrite from, and where in `pending` it was taken: bytes
+    /// before belong to the old log only, bytes after to both.
+    rewrite: Option<(Snapshot, usize)>,
+    stop: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    status: Arc<LogStatus>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic in the writer thread poisons the lock; the data is still a
+        // consistent byte queue, so keep using it.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The handle connections and the purge task use to feed the writer thread.
+pub(crate) struct LogWriter {
+    shared: Arc<Shared>,
+    durable: watch::Receiver<u64>,
+    pub mode: Persist,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl LogWriter {
+    /// Starts the writer thread appending to `path` (already replayed and, if its
+    /// tail was torn, truncated).
+    pub fn start(
+        path: &Path,
+        mode: Persist,
+        status: Arc<LogStatus>,
+    ) -> Result<LogWriter, StoreError> {
+        let file = open_append(path)?;
+        let size = file
+            .metadata()
+            .map_err(|source| StoreError::Log {
+                path: path.to_owned(),
+                source,
+            })?
+            .len();
+        status.size.store(size, Ordering::Relaxed);
+        status.base_size.store(size, Ordering::Relaxed);
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            wake: Condvar::new(),
+            status,
+        });
+        let (durable_tx, durable) = watch::channel(0);
+        let mut thread = WriterThread {
+            shared: shared.clone(),
+            path: path.to_owned(),
+            file,
+            mode,
+            durable: durable_tx,
+            unsynced: false,
+            last_sync: Instant::now(),
+            warned: false,
+        };
+        let handle = std::thread::Builder::new()
+            .name("appvisor-store-log".into())
+            .spawn(move || thread.run())
+            .map_err(|source| StoreError::Log {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(LogWriter {
+            shared,
+            durable,
+            mode,
+            thread: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Queues `records` (leaving it empty) and returns their sequence number.
+    pub fn submit(&self, records: &mut Vec<u8>) -> u64 {
+        let mut q = self.shared.lock();
+        let was_empty = q.pending.is_empty();
+        q.accepted += records.len() as u64;
+        if was_empty {
+            std::mem::swap(&mut q.pending, records);
+        } else {
+            q.pending.extend_from_slice(records);
+            records.clear();
+        }
+        let seq = q.accepted;
+        drop(q);
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
+        seq
+    }
+
+    /// Resolves once every record up to `seq` is on disk (`always` mode).
+    pub async fn durable(&self, seq: u64) {
+        let mut rx = self.durable.clone();
+        // An error means the thread is gone (shutdown); nothing more will come.
+        let _ = rx.wait_for(|&done| done >= seq).await;
+    }
+
+    /// Queues a rewrite from `snapshot`. Call with the keyspace locked, right
+    /// after taking the snapshot, so no record falls between the two.
+    pub fn rewrite(&self, snapshot: Snapshot) {
+        let mut q = self.shared.lock();
+        if q.rewrite.is_some() {
+            return;
+        }
+        self.shared.status.rewriting.store(true, Ordering::Relaxed);
+        let at = q.pending.len();
+        q.rewrite = Some((snapshot, at));
+        drop(q);
+        self.shared.wake.notify_one();
+    }
+
+    /// Writes and syncs everything queued, then stops the thread.
+    pub async fn close(&self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_one();
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| StoreError::Log {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+struct WriterThread {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    file: File,
+    mode: Persist,
+    durable: watch::Sender<u64>,
+    unsynced: bool,
+    last_sync: Instant,
+    /// A failure was reported; report the recovery too.
+    warned: bool,
+}
+
+struct Batch {
+    data: Vec<u8>,
+    seq: u64,
+    rewrite: Option<(Snapshot, usize)>,
+    stop: bool,
+}
+
+impl WriterThread {
+    fn run(&mut self) {
+        let mut spare = Vec::new();
+        loop {
+            let mut batch = self.next_batch(std::mem::take(&mut spare));
+            match batch.rewrite.take() {
+                None => self.append(&batch.data),
+                Some((snapshot, at)) => {
+                    // Records queued before the snapshot go to the old log only.
+                    let at = at.min(batch.data.len());
+                    self.append(&batch.data[..at]);
+                    let tail = batch.data[at..].to_vec();
+                    self.append(&tail);
+                    if let Err(e) = self.rewrite(snapshot, tail) {
+                        eprintln!(
+                            "appvisor: store: rewriting {} failed ({e}); still appending to the old log",
+                            self.path.display()
+                        );
+                    }
+                    self.shared.status.rewriting.store(false, Ordering::Relaxed);
+                }
+            }
+            self.sync_if_due(batch.stop);
+            if !self.unsynced {
+                self.publish_durable(batch.seq);
+            }
+            if batch.stop {
+                return;
+            }
+            batch.data.clear();
+            spare = batch.data;
+        }
+    }
+
+    /// Waits for records, a rewrite, a stop, or the next sync being due.
+    fn next_batch(&self, mut spare: Vec<u8>) -> Batch {
+        let mut q = self.shared.lock();
+        loop {
+            if !q.pending.is_empty() || q.rewrite.is_some() || q.stop {
+                break;
+            }
+            if self.unsynced {
+                let left = SYNC_INTERVAL.saturating_sub(self.last_sync.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                q = self
+                    .shared
+                    .wake
+                    .wait_timeout(q, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            } else {
+                q = self.shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        spare.clear();
+        std::mem::swap(&mut q.pending, &mut spare);
+        Batch {
+            data: spare,
+            seq: q.accepted,
+            rewrite: q.rewrite.take(),
+            stop: q.stop,
+        }
+    }
+
+    /// Appends to the current log, retrying each second while the disk refuses
+    /// (writes are refused meanwhile through `LogStatus::failed`). A partly written
+    /// record is cut off before the retry, so the log never holds a torn record in
+    /// its middle.
+    fn append(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let status = self.shared.status.clone();
+        loop {
+            let before = status.size.load(Ordering::Relaxed);
+            match self.file.write_all(data) {
+                Ok(()) => {
+                    status
+                        .size
+                        .store(before + data.len() as u64, Ordering::Relaxed);
+                    self.unsynced = true;
+                    self.recovered();
+                    return;
+                }
+                Err(e) => {
+                    let _ = self.file.set_len(before);
+                    self.failed(&format!("cannot append to {}: {e}", self.path.display()));
+                    if self.shared.lock().stop {
+                        eprintln!(
+                            "appvisor: store: giving up on {} at shutdown; the last changes are lost",
+                            self.path.display()
+                        );
+                        return;
+                    }
+                    std::thread::sleep(SYNC_INTERVAL);
+                }
+            }
+        }
+    }
+
+    fn sync_if_due(&mut self, stopping: bool) {
+        if !self.unsynced {
+            return;
+        }
+        let due =
+            stopping || self.mode == Persist::Always || self.last_sync.elapsed() >= SYNC_INTERVAL;
+        if !due {
+            return;
+        }
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.unsynced = false;
+                self.last_sync = Instant::now();
+                self.recovered();
+            }
+            Err(e) => {
+                self.last_sync = Instant::now();
+                self.failed(&format!("cannot sync {}: {e}", self.path.display()));
+            }
+        }
+    }
+
+    fn failed(&mut self, what: &str) {
+        if !self.shared.status.failed.swap(true, Ordering::Relaxed) {
+            eprintln!("appvisor: store: {what}; refusing writes until the log can be written");
+        }
+        self.warned = true;
+    }
+
+    fn recovered(&mut self) {
+        if self.warned {
+            self.warned = false;
+            self.shared.status.failed.store(false, Ordering::Relaxed);
+            eprintln!("appvisor: store: {} is writable again", self.path.display());
+        }
+    }
+
+    /// Writes `snapshot` to a temporary file, then the records that arrived
+    /// meanwhile, and renames it over the log.
+    fn rewrite(&mut self, snapshot: Snapshot, mut tail: Vec<u8>) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp_path = self.path.with_extension("rewrite.tmp");
+        let mut tmp = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp_path)?;
+        let mut chunk = Vec::with_capacity(REWRITE_CHUNK + 4096);
+        let mut written = 0u64;
+        let mut digits = itoa::Buffer::new();
+        for (app, entry) in &snapshot {
+            if entry.expires_at == 0 {
+                encode_command(
+                    &mut chunk,
+                    &[b"SET", app.as_bytes(), entry.key(), entry.value()],
+                );
+            } else {
+                let at = digits.format(entry.expires_at);
+                encode_command(
+                    &mut chunk,
+                    &[
+                        b"SET",
+                        app.as_bytes(),
+                        entry.key(),
+                        entry.value(),
+                        b"PXAT",
+                        at.as_bytes(),
+                    ],
+                );
+            }
+            if chunk.len() >= REWRITE_CHUNK {
+                tmp.write_all(&chunk)?;
+                written += chunk.len() as u64;
+                chunk.clear();
+                self.drain_during_rewrite(&mut tail);
+            }
+        }
+        drop(snapshot);
+        tmp.write_all(&chunk)?;
+        written += chunk.len() as u64;
+        self.drain_during_rewrite(&mut tail);
+        tmp.write_all(&tail)?;
+        written += tail.len() as u64;
+        tmp.sync_all()?;
+        std::fs::rename(&tmp_path, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        // Records queued after the last drain are still in the queue: they go to
+        // the new file on the next turn.
+        self.file = open_append(&self.path).map_err(|e| match e {
+            StoreError::Log { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        let status = &self.shared.status;
+        status.size.store(written, Ordering::Relaxed);
+        status.base_size.store(written, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// During a rewrite: moves queued records to the old log (so a crash loses
+    /// nothing) and keeps a copy for the new one.
+    fn drain_during_rewrite(&mut self, tail: &mut Vec<u8>) {
+        let (data, seq) = {
+            let mut q = self.shared.lock();
+            (std::mem::take(&mut q.pending), q.accepted)
+        };
+        self.append(&data);
+        tail.extend_from_slice(&data);
+        self.sync_if_due(false);
+        if !self.unsynced {
+            self.publish_durable(seq);
+        }
+    }
+
+    /// Announces that records up to `seq` are on disk (never moving backwards).
+    fn publish_durable(&self, seq: u64) {
+        self.durable.send_if_modified(|done| {
+            let advanced = seq > *done;
+            if advanced {
+                *done = seq;
+            }
+            advanced
+        });
+    }
+}

@@ -1,0 +1,50 @@
+//! The purge task: removes keys when their time comes (publishing the expiry
+//! notifications that tell other processes a session ended), and starts log
+//! rewrites.
+//!
+//! It sleeps until the earliest deadline in any namespace, at most a second (the
+//! rewrite check runs once a second). A command that gives a key an earlier
+//! deadline wakes it through [`PurgeAlarm`](super::keyspace::PurgeAlarm). Each
+//! round removes at most [`ROUND`] keys with the lock held, then yields, so a
+//! million keys expiring at once never stall the event loop for long.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::server::{now_ms, Inner};
+
+const ROUND: usize = 1000;
+const MAX_SLEEP_MS: u64 = 1000;
+
+pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let alarm = inner.lock().alarm.clone();
+    loop {
+        let now = now_ms();
+        let (wake_at, busy) = {
+            let mut ks = inner.lock();
+            let mut budget = ROUND;
+            for db in &mut ks.dbs {
+                budget = budget.saturating_sub(db.purge(now, budget));
+            }
+            let next = ks.dbs.iter().filter_map(|db| db.next_deadline()).min();
+            let busy = next.is_some_and(|at| at <= now);
+            let wake_at = next.unwrap_or(u64::MAX).min(now + MAX_SLEEP_MS);
+            alarm.at.store(wake_at, Ordering::Relaxed);
+            inner.maybe_rewrite(&mut ks, now);
+            (wake_at, busy)
+        };
+        if busy {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let sleep = Duration::from_millis(wake_at.saturating_sub(now));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = alarm.notify.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -470,6 +470,87 @@ async fn overlapping_generations_merge_at_flush() {
     assert_eq!(s.get::<String>("lang").unwrap().as_deref(), Some("fr"));
 }
 
+/// Two handoff generations serve the same users at once while both keep
+/// flushing (an overlapped recycle with periodic flushes): every increment
+/// made anywhere ends up in the store exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_racing_commits_and_another_generation_lose_nothing() {
+    let store = TestStore::start().await;
+    let old = store.sessions(SessionMode::Handoff, MINUTE).await;
+    let new = store.sessions(SessionMode::Handoff, MINUTE).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let mut s = old.new_session().unwrap();
+        s.set("n", &0).unwrap();
+        old.commit(&mut s).await.unwrap();
+        ids.push(*s.id());
+    }
+    old.flush_dirty().await.unwrap();
+    let ids = Arc::new(ids);
+    const PER_GENERATION: usize = 1500;
+
+    let writers: Vec<_> = [old.clone(), new.clone()]
+        .into_iter()
+        .map(|generation| {
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                for i in 0..PER_GENERATION {
+                    let mut s = generation.load(&ids[i % ids.len()]).await.unwrap();
+                    s.incr("n", 1).unwrap();
+                    generation.commit(&mut s).await.unwrap();
+                    if i % 7 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let flusher = {
+        let (old, new) = (old.clone(), new.clone());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        let task = tokio::spawn(async move {
+            let mut flushes = 0;
+            while !stop.load(Ordering::SeqCst) && flushes < 100_000 {
+                old.flush_dirty().await.unwrap();
+                new.flush_dirty().await.unwrap();
+                flushes += 1;
+            }
+            flushes
+        });
+        (task, done)
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    flusher.1.store(true, Ordering::SeqCst);
+    let flushes = flusher.0.await.unwrap();
+    assert!(flushes > 0);
+    old.drain().await.unwrap();
+    new.drain().await.unwrap();
+
+    let reader = store.sessions(SessionMode::Store, MINUTE).await;
+    let mut total = 0;
+    for id in ids.iter() {
+        total += reader
+            .load(id)
+            .await
+            .unwrap()
+            .get::<i64>("n")
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        total,
+        2 * PER_GENERATION as i64,
+        "after {flushes} racing flushes"
+    );
+    assert!(
+        old.stats().merges + new.stats().merges > 0,
+        "the race was exercised"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inproc_sessions_do_not_survive_a_recycle() {
     let store = TestStore::start().await;

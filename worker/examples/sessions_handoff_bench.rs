@@ -1,8 +1,11 @@
 //! How fast a draining worker hands its dirty sessions to the store.
 //!
 //! ```text
-//! cargo run --release -p appvisor-worker --example sessions_handoff_bench [-- SESSIONS [ROUNDS]]
+//! cargo run --release -p appvisor-worker --example sessions_handoff_bench [-- SESSIONS [ROUNDS [RUNTIME]]]
 //! ```
+//!
+//! RUNTIME is `multi` (default: tokio multi-thread, 2 workers) or `current`
+//! (one thread, like the `demo` and `sessions_demo` workers).
 //!
 //! Fills a `handoff` [`Sessions`] with SESSIONS (default 100,000) dirty
 //! sessions of about 150 bytes each, then times `drain()` — the pipelined

@@ -2,26 +2,27 @@
 //! one line. [`SessionService`] is both a tower service (axum, any tower
 //! stack) and a hyper service (plain hyper, [`crate::http::Server`]):
 //!
-//! ```ignore
-//! let app = Router::new()
-//!     .route("/counter", get(counter))
-//!     .layer(appvisor_worker::sessions::layer(sessions));
-//! // in the handler:
-//! async fn counter(Extension(session): Extension<SessionHandle>) -> String {
-//!     session.incr("n", 1).unwrap().to_string()
-//! }
-//! // or, with hyper's service_fn and the SDK's server:
-//! let service = sessions::layer(sessions).around(service_fn(handler));
-//! http::Server::for_worker(&worker).serve(listeners, service, shutdown).await?;
+//! ```text
+//! Router::new().route(…).layer(sessions::layer(sessions))          // axum / tower
+//! sessions::layer(sessions).around(service_fn(handler))              // hyper, http::Server
 //! ```
+//!
+//! Handlers find the session as `Extension<SessionHandle>` (axum) or
+//! `request.extensions().get::<SessionHandle>()`.
 //!
 //! Per request: read the id from the cookie; load (renewing the sliding
 //! expiry) or start a fresh session; put a [`SessionHandle`] in the request
 //! extensions; run the inner service; then commit the request's changes
 //! **only if** it returned `Ok` with a status below 500 — a failed request
 //! leaves the session as it was, as in ASP.NET. A handler that panics never
-//! reaches the commit either. The [`CommitOutcome`](super::CommitOutcome) of a write is put in the
-//! response extensions, so an outer layer can log merges and conflicts.
+//! reaches the commit either. The [`CommitOutcome`](super::CommitOutcome)
+//! of a write is put in the response extensions, so an outer layer can log
+//! merges and conflicts.
+//!
+//! When the store cannot be reached the request is answered 503 without
+//! running the handler; when a commit fails it is answered 500 (its changes
+//! were not kept, so a success must not be claimed). Either is also printed
+//! on stderr, which appvisor captures into the app's log.
 //!
 //! An id the store does not know is never adopted: the request gets a fresh
 //! id (no session fixation), and a cookie is only sent once a session has

@@ -2,14 +2,30 @@
 //!
 //! An axum (or any tower/hyper) app gets them in one line:
 //!
-//! ```ignore
+//! ```no_run
+//! use appvisor_worker::sessions::{self, SessionHandle, Sessions};
+//! use axum::{routing::get, Extension, Router};
+//!
+//! async fn counter(Extension(session): Extension<SessionHandle>) -> String {
+//!     session.incr("n", 1).unwrap().to_string()
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let sessions = Sessions::from_env().await?;
 //! let app = Router::new()
 //!     .route("/counter", get(counter))
-//!     .layer(appvisor_worker::sessions::layer(sessions.clone()));
-//! // … serve; then on shutdown:
-//! sessions.drain().await?;   // hands dirty sessions to the store (handoff)
+//!     .layer(sessions::layer(sessions.clone()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! // On shutdown, after the requests: hand dirty sessions to the store.
+//! sessions.drain().await?;
+//! # Ok(())
+//! # }
 //! ```
+//!
+//! With hyper's `service_fn` and the SDK's own server it is
+//! `sessions::layer(sessions).around(service_fn(handler))`; see the
+//! `sessions_demo` example.
 //!
 //! # Layout
 //!

@@ -3,22 +3,22 @@
 //! # Layout
 //!
 //! - [`plan`] — globs → the directories to watch and which paths count.
+//! - [`watches`] — the inotify instance: one watch per directory, events in.
 //! - [`snapshot`] — the baseline (size, mtime, inode, content hash per file) and the
 //!   comparison of the disk against it.
-//! - this file — [`AppWatcher`], the debounce ([`Burst`]) and the decision.
+//! - this file — [`AppWatcher`], the watch thread, the debounce ([`Burst`]) and the
+//!   decision.
 //!
 //! # Theory of operation
 //!
-//! ```text
-//! inotify ──► notify's thread ──(relevant paths only)──► watch thread ──► decisions
-//!             drops opens/reads,                          debounce, hash,   (tokio mpsc,
-//!             ignored and unrelated paths                 compare, decide   to the pool)
-//! ```
+//! Each app has one watch thread. It sleeps in `poll(2)` on its inotify descriptor and
+//! on a socket its [`AppWatcher`] handle uses to reach it (stop, "the pool recycled"),
+//! with a timeout set to the next debounce deadline — so at rest it uses no CPU, and
+//! nothing slow ever runs on the supervisor's async thread.
 //!
-//! [`AppWatcher::start`] builds the baseline on the watch thread *before* installing
-//! the inotify watches (reading 100,000 files under a watch would flood the inotify
-//! queue with open/close events), then installs the watches and re-stats the tree once
-//! to catch anything that changed in between. Only then does `start` return.
+//! [`AppWatcher::start`] installs the watches first, then builds the baseline (hashing
+//! every watched file); a change made while hashing is simply an event waiting in the
+//! queue. Only then does `start` return.
 //!
 //! Events only say *where to look*. A burst of events collects paths until nothing has
 //! happened for `debounce`, or `max_wait` has passed since its first event; then the
@@ -29,30 +29,32 @@
 //! content). The baseline then holds what is on disk, which is what the next
 //! generation starts with.
 //!
-//! An inotify queue overflow loses events; the burst then ends in a full rescan, and
-//! one [`RecycleReason::WatchOverflow`] if anything differs.
+//! An inotify queue overflow loses events; the burst then ends in a full rescan (and a
+//! fresh set of watches), and one [`RecycleReason::WatchOverflow`] if anything differs.
 //!
-//! With `poll`, no inotify is used: the watch thread stat-walks the plan every `poll`
+//! With `poll`, no inotify is used: the thread stat-walks the plan every `poll`
 //! interval and feeds what differs from the baseline into the same burst logic.
 //! (notify's `PollWatcher` compares mtimes in whole seconds, so a second save within
 //! the same second — or any save in the second the baseline was taken — would be
 //! missed; the baseline here has nanosecond mtime, ctime, size and inode.) A polled
 //! change is acted on only after one more poll found nothing new, so a copy that
-//! spans several polls is still one decision.
+//! spans several polls is still one decision. A same-size rewrite within one
+//! filesystem timestamp tick of the previous one is invisible to any stat poller.
 
 mod plan;
 mod snapshot;
+mod watches;
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Read, Write};
 use std::ops::BitOr;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ::notify::event::{EventKind, ModifyKind};
-use ::notify::{INotifyWatcher, RecursiveMode, Watcher as _};
 use appvisor_config::{Compare, WatchConfig};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
@@ -60,6 +62,7 @@ use tokio::sync::oneshot;
 use crate::reason::RecycleReason;
 use plan::Matcher;
 use snapshot::{Outcome, Snapshot};
+use watches::{Raw, Watches};
 
 /// How many changed paths a decision names; `count` says how many there were.
 const NAMED_PATHS: usize = 5;
@@ -96,9 +99,9 @@ pub struct BurstTiming {
 pub struct WatchStats {
     /// "inotify", "poll", or "off".
     pub backend: &'static str,
-    /// From [`AppWatcher::start`] to watching (baseline, watches, verification).
+    /// From [`AppWatcher::start`] to watching (watches, then baseline).
     pub setup: Duration,
-    /// Directories visited by the plan (≈ inotify watches used).
+    /// Directories watched (one inotify watch each).
     pub directories: usize,
     /// Files (and their bytes) in the baseline.
     pub files: usize,
@@ -106,6 +109,16 @@ pub struct WatchStats {
     /// Decisions sent so far.
     pub decisions: u64,
     pub last_burst: Option<BurstTiming>,
+    pub phases: SetupPhases,
+}
+
+/// Where set-up time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetupPhases {
+    /// Listing the directories and installing one inotify watch on each.
+    pub watches: Duration,
+    /// Walking the plan and hashing every file.
+    pub baseline: Duration,
 }
 
 /// Why watching could not start.
@@ -140,11 +153,11 @@ pub enum WatchError {
     )]
     InstanceLimit { app: String, limit: Option<u64> },
     #[error("app `{app}`: cannot watch {}: {source}", path.display())]
-    Watch {
+    Inotify {
         app: String,
         path: PathBuf,
         #[source]
-        source: ::notify::Error,
+        source: io::Error,
     },
     #[error("app `{app}`: cannot start the watch thread: {source}")]
     Thread {
@@ -183,6 +196,8 @@ impl Flags {
     pub const RENAMED: Flags = Flags(4);
     pub const MODIFIED: Flags = Flags(8);
     pub const METADATA: Flags = Flags(16);
+    /// The event said the path is a directory (inotify's `IN_ISDIR`).
+    pub const FOLDER: Flags = Flags(32);
 
     /// Created, removed or renamed: the path may be (or have been) a directory, so
     /// everything below it must be compared.
@@ -194,6 +209,9 @@ impl Flags {
     }
     pub fn metadata(self) -> bool {
         self.0 & Self::METADATA.0 != 0
+    }
+    pub fn folder(self) -> bool {
+        self.0 & Self::FOLDER.0 != 0
     }
 }
 
@@ -224,32 +242,8 @@ impl ChangeKind {
     }
 }
 
-/// Maps a notify event kind to flags; `None` for events that never mean a change
-/// (opens, reads, closes: inotify reports every open of a watched file).
-fn flags_of(kind: &EventKind) -> Option<Flags> {
-    Some(match kind {
-        EventKind::Create(_) => Flags::CREATED,
-        EventKind::Remove(_) => Flags::REMOVED,
-        EventKind::Modify(ModifyKind::Name(_)) => Flags::RENAMED,
-        EventKind::Modify(ModifyKind::Metadata(_)) => Flags::METADATA,
-        EventKind::Modify(_) => Flags::MODIFIED,
-        EventKind::Access(_) | EventKind::Any | EventKind::Other => return None,
-    })
-}
-
-/// Messages into the watch thread.
-enum Msg {
-    Seen {
-        rel: PathBuf,
-        flags: Flags,
-        at: Instant,
-    },
-    Overflow {
-        at: Instant,
-    },
-    Trouble {
-        detail: String,
-    },
+/// Requests from the [`AppWatcher`] handle to its thread.
+enum Control {
     /// The pool recycled for another reason: the soft-change count starts over.
     Recycled,
     Stop,
@@ -258,12 +252,12 @@ enum Msg {
 /// Watches one app's files and sends [`WatchDecision`]s. Dropping it stops watching.
 #[derive(Debug)]
 pub struct AppWatcher {
-    tx: mpsc::Sender<Msg>,
+    control: Option<(mpsc::Sender<Control>, UnixStream)>,
     stats: Arc<Mutex<WatchStats>>,
 }
 
 impl AppWatcher {
-    /// Builds the baseline of `cwd` under `cfg`, installs the watches, and returns once
+    /// Installs the watches for `cwd` under `cfg`, builds the baseline, and returns once
     /// watching. The slow part runs on the watcher's own thread; this future only waits
     /// for it, so it is fine on a current-thread runtime. With `enabled = false` (or no
     /// globs) the watcher is inert.
@@ -274,15 +268,25 @@ impl AppWatcher {
         decisions: UnboundedSender<WatchDecision>,
     ) -> Result<AppWatcher, WatchError> {
         let begun = Instant::now();
-        let (tx, rx) = mpsc::channel();
         let stats = Arc::new(Mutex::new(WatchStats {
             backend: "off",
             ..Default::default()
         }));
         if !cfg.enabled || (cfg.paths.is_empty() && cfg.soft.is_empty()) {
-            return Ok(AppWatcher { tx, stats });
+            return Ok(AppWatcher {
+                control: None,
+                stats,
+            });
         }
-        let matcher = Arc::new(Matcher::new(app, cwd, cfg)?);
+        let thread_err = |source| WatchError::Thread {
+            app: app.to_owned(),
+            source,
+        };
+        let matcher = Matcher::new(app, cwd, cfg)?;
+        let (handle_end, thread_end) = UnixStream::pair().map_err(thread_err)?;
+        handle_end.set_nonblocking(true).map_err(thread_err)?;
+        thread_end.set_nonblocking(true).map_err(thread_err)?;
+        let (control_tx, control_rx) = mpsc::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let thread = WatchThread {
             app: app.to_owned(),
@@ -293,44 +297,54 @@ impl AppWatcher {
             poll: cfg.poll,
             soft_limit: cfg.soft_changes_before_recycle,
             soft_count: 0,
-            inotify: None,
-            installed: BTreeMap::new(),
+            watches: None,
             snapshot: None,
-            needed_dirs: 0,
             decisions,
             stats: stats.clone(),
-            tx: tx.clone(),
+            control: control_rx,
+            waker: thread_end,
             poll_fingerprint: 0,
         };
         std::thread::Builder::new()
             .name(format!("watch {app}"))
-            .spawn(move || thread.run(rx, ready_tx, begun))
-            .map_err(|source| WatchError::Thread {
-                app: app.to_owned(),
-                source,
-            })?;
+            .spawn(move || thread.run(ready_tx, begun))
+            .map_err(thread_err)?;
         ready_rx.await.map_err(|_| WatchError::Lost {
             app: app.to_owned(),
         })??;
-        Ok(AppWatcher { tx, stats })
+        Ok(AppWatcher {
+            control: Some((control_tx, handle_end)),
+            stats,
+        })
     }
 
     /// Tells the watcher the pool recycled for another reason (manual, memory, …), so
     /// the soft-change count starts over.
     pub fn recycled(&self) {
-        let _ = self.tx.send(Msg::Recycled);
+        self.tell(Control::Recycled);
     }
 
     /// A copy of the watcher's figures.
     pub fn stats(&self) -> WatchStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
+
+    fn tell(&self, c: Control) {
+        if let Some((tx, waker)) = &self.control {
+            if tx.send(c).is_ok() {
+                // Non-blocking: if the socket buffer is full, the thread is already
+                // due to wake up and drain the channel.
+                let _ = (&*waker).write(&[1]);
+            }
+        }
+    }
 }
 
 impl Drop for AppWatcher {
     fn drop(&mut self) {
-        // The thread drops the inotify watcher (closing its fd and thread) on its way out.
-        let _ = self.tx.send(Msg::Stop);
+        // The thread closes its inotify descriptor on its way out. (Even without this
+        // message it would stop: our end of the socket closing wakes it.)
+        self.tell(Control::Stop);
     }
 }
 
@@ -380,144 +394,104 @@ impl Burst {
 
 struct WatchThread {
     app: String,
-    matcher: Arc<Matcher>,
+    matcher: Matcher,
     compare: Compare,
     debounce: Duration,
     max_wait: Duration,
     poll: Option<Duration>,
     soft_limit: u32,
     soft_count: u32,
-    inotify: Option<INotifyWatcher>,
-    /// Directories watched now (absolute) → recursive.
-    installed: BTreeMap<PathBuf, bool>,
+    /// `None` under `poll`.
+    watches: Option<Watches>,
     snapshot: Option<Snapshot>,
-    needed_dirs: usize,
     decisions: UnboundedSender<WatchDecision>,
     stats: Arc<Mutex<WatchStats>>,
-    /// For the inotify callback, which runs on notify's thread.
-    tx: mpsc::Sender<Msg>,
+    control: mpsc::Receiver<Control>,
+    /// Readable when the handle has sent a [`Control`] or was dropped.
+    waker: UnixStream,
     /// Fingerprint of what the previous poll saw differ from the baseline.
     poll_fingerprint: u64,
 }
 
+/// What woke the thread up.
+#[derive(Debug, Default)]
+struct Woken {
+    events: bool,
+    control: bool,
+}
+
 impl WatchThread {
-    fn run(
-        mut self,
-        rx: mpsc::Receiver<Msg>,
-        ready: oneshot::Sender<Result<(), WatchError>>,
-        begun: Instant,
-    ) {
-        let verified = match self.set_up() {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        };
+    fn run(mut self, ready: oneshot::Sender<Result<(), WatchError>>, begun: Instant) {
+        if let Err(e) = self.set_up() {
+            let _ = ready.send(Err(e));
+            return;
+        }
         if let Ok(mut s) = self.stats.lock() {
             s.setup = begun.elapsed();
         }
         if ready.send(Ok(())).is_err() {
             return;
         }
-        // Something changed between hashing and watching: decide on it now.
-        if !verified.changes.is_empty() || !verified.ignored.is_empty() {
-            let now = Instant::now();
-            let mut burst = Burst::new(now);
-            burst.events = verified.changes.len();
-            self.emit(verified, &burst, now);
-        }
-        self.event_loop(rx);
+        self.event_loop();
     }
 
-    /// Baseline first, then watches, then one stat pass to catch what changed between
-    /// the two.
-    fn set_up(&mut self) -> Result<Outcome, WatchError> {
-        let (snapshot, figures) = Snapshot::build(&self.matcher, self.compare);
-        self.needed_dirs = figures.dirs;
+    /// Watches first, then the baseline: what changes while hashing is already queued
+    /// as an event.
+    fn set_up(&mut self) -> Result<(), WatchError> {
+        let t = Instant::now();
+        let mut directories = 0;
+        if self.poll.is_none() {
+            let mut watches = Watches::new(&self.app, &self.matcher.cwd)?;
+            watches.sync(self.wanted_dirs(snapshot::plan_dirs(&self.matcher)))?;
+            directories = watches.len();
+            self.watches = Some(watches);
+        }
+        let watching = t.elapsed();
+        let t = Instant::now();
+        let (snapshot, built) = Snapshot::build(&self.matcher, self.compare);
+        self.snapshot = Some(snapshot);
         if let Ok(mut s) = self.stats.lock() {
             s.backend = if self.poll.is_some() {
                 "poll"
             } else {
                 "inotify"
             };
-            s.directories = figures.dirs;
-            s.files = figures.files;
-            s.bytes = figures.bytes;
+            s.directories = if self.poll.is_some() {
+                built.dirs.len()
+            } else {
+                directories
+            };
+            s.files = built.files;
+            s.bytes = built.bytes;
+            s.phases = SetupPhases {
+                watches: watching,
+                baseline: t.elapsed(),
+            };
         }
-        self.snapshot = Some(snapshot);
-        if self.poll.is_some() {
-            return Ok(Outcome::default());
-        }
-        let tx = self.tx.clone();
-        let matcher = self.matcher.clone();
-        let app = self.app.clone();
-        let handler = move |res: ::notify::Result<::notify::Event>| {
-            let at = Instant::now();
-            match res {
-                Ok(ev) if ev.need_rescan() => {
-                    let _ = tx.send(Msg::Overflow { at });
-                }
-                Ok(ev) => {
-                    let Some(flags) = flags_of(&ev.kind) else {
-                        return;
-                    };
-                    for path in &ev.paths {
-                        let Some(rel) = matcher.relative(path) else {
-                            continue;
-                        };
-                        if matcher.is_relevant(rel, flags.structural()) {
-                            let _ = tx.send(Msg::Seen {
-                                rel: rel.to_path_buf(),
-                                flags,
-                                at,
-                            });
-                        }
-                    }
-                }
-                Err(e) => {
-                    let detail = match e.kind {
-                        ::notify::ErrorKind::MaxFilesWatch => WatchError::WatchLimit {
-                            app: app.clone(),
-                            needed: 0,
-                            limit: read_proc_limit("max_user_watches"),
-                        }
-                        .to_string(),
-                        _ => format!("app `{app}`: file watch error: {e}"),
-                    };
-                    let _ = tx.send(Msg::Trouble { detail });
-                }
-            }
-        };
-        let config = ::notify::Config::default().with_follow_symlinks(false);
-        let watcher = INotifyWatcher::new(handler, config).map_err(|e| match &e.kind {
-            ::notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
-                WatchError::InstanceLimit {
-                    app: self.app.clone(),
-                    limit: read_proc_limit("max_user_instances"),
-                }
-            }
-            _ => WatchError::Watch {
-                app: self.app.clone(),
-                path: self.matcher.cwd.clone(),
-                source: e,
-            },
-        })?;
-        self.inotify = Some(watcher);
-        self.ensure_watches()?;
-        let matcher = self.matcher.clone();
-        Ok(self.snapshot_mut().rescan(&matcher))
+        Ok(())
     }
 
-    fn snapshot_mut(&mut self) -> &mut Snapshot {
-        self.snapshot.as_mut().expect("built in set_up")
+    /// `dirs` (every existing directory of the plan) plus, for each planned directory
+    /// that does not exist yet, its nearest existing ancestor inside the cwd, to see it
+    /// being created.
+    fn wanted_dirs(&self, mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+        let cwd = &self.matcher.cwd;
+        for d in &self.matcher.dirs {
+            if !cwd.join(&d.rel).is_dir() {
+                if let Some(existing) = d.rel.ancestors().skip(1).find(|a| cwd.join(a).is_dir()) {
+                    dirs.push(existing.to_path_buf());
+                }
+            }
+        }
+        dirs
     }
 
-    fn event_loop(&mut self, rx: mpsc::Receiver<Msg>) {
+    fn event_loop(&mut self) {
         let mut burst: Option<Burst> = None;
         // Under `poll`, a change must be followed by one quiet poll before acting.
         let debounce = self.debounce + self.poll.unwrap_or_default();
         let mut next_poll = self.poll.map(|p| Instant::now() + p);
+        let mut raw = Vec::new();
         loop {
             let now = Instant::now();
             if let (Some(at), Some(p)) = (next_poll, self.poll) {
@@ -530,7 +504,7 @@ impl WatchThread {
             let deadline = burst.as_ref().map(|b| b.deadline(debounce, self.max_wait));
             if let Some(d) = deadline {
                 if now >= d {
-                    let b = burst.take().expect("deadline implies a burst");
+                    let b = burst.take().expect("a deadline implies a burst");
                     if !self.decide(b) {
                         return;
                     }
@@ -541,38 +515,105 @@ impl WatchThread {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let msg = match wake {
-                Some(at) => rx.recv_timeout(at.saturating_duration_since(now)),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match msg {
-                Ok(Msg::Seen { rel, flags, at }) => {
-                    if flags.structural() && self.matcher.touches_plan(&rel) {
-                        self.replan(&rel);
-                    }
-                    burst
-                        .get_or_insert_with(|| Burst::new(at))
-                        .add(rel, flags, at);
-                }
-                Ok(Msg::Overflow { at }) => {
-                    burst.get_or_insert_with(|| Burst::new(at)).overflowed(at);
-                }
-                Ok(Msg::Trouble { detail }) => {
+            let woken = self.wait(wake.map(|w| w.saturating_duration_since(now)));
+            if woken.control && !self.take_control() {
+                return;
+            }
+            if woken.events {
+                let Some(watches) = self.watches.as_mut() else {
+                    continue;
+                };
+                if let Err(e) = watches.read(&mut raw) {
+                    let detail = format!("app `{}`: reading inotify events: {e}", self.app);
                     if !self.send(WatchDecision::Warning { detail }) {
                         return;
                     }
                 }
-                Ok(Msg::Recycled) => self.soft_count = 0,
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => {}
+                let at = Instant::now();
+                for r in raw.drain(..) {
+                    match r {
+                        Raw::Overflow => burst.get_or_insert_with(|| Burst::new(at)).overflowed(at),
+                        Raw::Seen { rel, flags } => {
+                            if rel.as_os_str().is_empty()
+                                || !self.matcher.is_relevant(&rel, flags.structural())
+                            {
+                                continue;
+                            }
+                            if flags.structural() {
+                                self.follow_structure(&rel, flags);
+                            }
+                            burst
+                                .get_or_insert_with(|| Burst::new(at))
+                                .add(rel, flags, at);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps until inotify has events, the handle has something to say, or `timeout`
+    /// passes (forever if `None`).
+    fn wait(&self, timeout: Option<Duration>) -> Woken {
+        let ms = match timeout {
+            // Round up: waking a little late is fine, spinning until the deadline is not.
+            Some(t) => i32::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX),
+            None => -1,
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: self.waker.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                // poll(2) ignores negative descriptors: polling mode has no inotify.
+                fd: self.watches.as_ref().map_or(-1, |w| w.fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a live array of two `pollfd`s for the whole call, its length
+        // is passed with it, and poll(2) only writes their `revents` fields.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n <= 0 {
+            // Timeout, or EINTR: the loop re-checks its deadlines either way.
+            return Woken::default();
+        }
+        Woken {
+            control: fds[0].revents != 0,
+            events: fds[1].revents != 0,
+        }
+    }
+
+    /// Applies what the handle sent. Returns false when the thread must stop (asked to,
+    /// or the handle is gone).
+    fn take_control(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match (&self.waker).read(&mut buf) {
+                Ok(0) => return false,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        loop {
+            match self.control.try_recv() {
+                Ok(Control::Recycled) => self.soft_count = 0,
+                Ok(Control::Stop) | Err(mpsc::TryRecvError::Disconnected) => return false,
+                Err(mpsc::TryRecvError::Empty) => return true,
             }
         }
     }
 
     /// One poll: what differs from the baseline now, compared with the previous poll.
     fn poll_once(&mut self, burst: &mut Option<Burst>, now: Instant) {
-        let matcher = self.matcher.clone();
-        let diff = self.snapshot_mut().stat_diff(&matcher);
+        let matcher = &self.matcher;
+        let Some(snapshot) = self.snapshot.as_mut() else {
+            return;
+        };
+        let diff = snapshot.stat_diff(matcher);
         let mut h = std::hash::DefaultHasher::new();
         for (rel, flags, seen) in &diff {
             std::hash::Hash::hash(rel, &mut h);
@@ -591,130 +632,63 @@ impl WatchThread {
         }
     }
 
-    /// A planned directory (or one of its ancestors) was created, removed or renamed:
-    /// inotify watches follow inodes, so drop the watches at or below it and install
-    /// what the plan needs now.
-    fn replan(&mut self, rel: &Path) {
-        let Some(inotify) = self.inotify.as_mut() else {
+    /// A structural event on `rel`: keep the watches in step (appvisor does the
+    /// recursion itself, one watch per directory):
+    /// - a planned directory or an ancestor of one changed: recompute the whole set;
+    /// - a directory inside a recursive one appeared: watch it and its subdirectories;
+    ///   one vanished or moved: forget its watches.
+    fn follow_structure(&mut self, rel: &Path, flags: Flags) {
+        let Some(watches) = self.watches.as_mut() else {
             return;
         };
-        let abs = self.matcher.cwd.join(rel);
-        let stale: Vec<PathBuf> = self
-            .installed
-            .keys()
-            .filter(|p| p.starts_with(&abs))
-            .cloned()
-            .collect();
-        for p in stale {
-            // notify may already have dropped it (deleted, moved away): not an error.
-            let _ = inotify.unwatch(&p);
-            self.installed.remove(&p);
-        }
-        if let Err(e) = self.ensure_watches() {
+        let result = if self.matcher.touches_plan(rel) {
+            watches.forget(rel);
+            let dirs = snapshot::plan_dirs(&self.matcher);
+            let dirs = self.wanted_dirs(dirs);
+            self.watches.as_mut().map_or(Ok(()), |w| w.sync(dirs))
+        } else if self.matcher.in_recursive(rel) && (flags.folder() || flags.renamed()) {
+            watches.forget(rel);
+            if self.matcher.cwd.join(rel).is_dir() {
+                snapshot::subdirs(&self.matcher, rel)
+                    .into_iter()
+                    .try_for_each(|d| watches.watch_dir(d))
+            } else {
+                Ok(())
+            }
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
             self.send(WatchDecision::Warning {
                 detail: e.to_string(),
             });
         }
     }
 
-    /// Installs a watch on every planned directory that exists (on its nearest existing
-    /// ancestor, non-recursively, when it does not yet), and removes watches no longer
-    /// needed.
-    fn ensure_watches(&mut self) -> Result<(), WatchError> {
-        let Some(inotify) = self.inotify.as_mut() else {
-            return Ok(());
-        };
-        let cwd = &self.matcher.cwd;
-        let mut want: BTreeMap<PathBuf, bool> = BTreeMap::new();
-        for d in &self.matcher.dirs {
-            let abs = cwd.join(&d.rel);
-            if abs.is_dir() {
-                *want.entry(abs).or_default() |= d.recursive;
-            } else if let Some(existing) = abs
-                .ancestors()
-                .skip(1)
-                .take_while(|a| a.starts_with(cwd))
-                .find(|a| a.is_dir())
-            {
-                want.entry(existing.to_path_buf()).or_default();
-            }
-        }
-        let recursive: Vec<PathBuf> = want
-            .iter()
-            .filter(|(_, r)| **r)
-            .map(|(p, _)| p.clone())
-            .collect();
-        want.retain(|p, _| !recursive.iter().any(|r| p != r && p.starts_with(r)));
-        let obsolete: Vec<PathBuf> = self
-            .installed
-            .iter()
-            .filter(|(p, r)| want.get(*p) != Some(r))
-            .map(|(p, _)| p.clone())
-            .collect();
-        for p in obsolete {
-            let _ = inotify.unwatch(&p);
-            self.installed.remove(&p);
-        }
-        for (path, recursive) in want {
-            if self.installed.contains_key(&path) {
-                continue;
-            }
-            let mode = if recursive {
-                RecursiveMode::Recursive
-            } else {
-                RecursiveMode::NonRecursive
-            };
-            match inotify.watch(&path, mode) {
-                Ok(()) => {
-                    self.installed.insert(path, recursive);
-                }
-                Err(e) if matches!(e.kind, ::notify::ErrorKind::PathNotFound) => {}
-                Err(e) if matches!(e.kind, ::notify::ErrorKind::MaxFilesWatch) => {
-                    return Err(WatchError::WatchLimit {
-                        app: self.app.clone(),
-                        needed: self.needed_dirs,
-                        limit: read_proc_limit("max_user_watches"),
-                    });
-                }
-                Err(source) => {
-                    return Err(WatchError::Watch {
-                        app: self.app.clone(),
-                        path,
-                        source,
-                    })
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Ends a burst: compare, decide, send. Returns false once nobody listens.
     fn decide(&mut self, burst: Burst) -> bool {
-        let matcher = self.matcher.clone();
         let outcome = if burst.overflow {
-            // Events were lost, possibly including directory creations notify needed to
-            // add watches for: re-install the recursive watches, then compare it all.
-            let roots: Vec<PathBuf> = self.installed.keys().cloned().collect();
-            if let Some(inotify) = self.inotify.as_mut() {
-                for p in roots {
-                    let _ = inotify.unwatch(&p);
+            // Events were lost, possibly including directory creations that needed
+            // watches: install a fresh set of watches, then compare everything.
+            let dirs = self.wanted_dirs(snapshot::plan_dirs(&self.matcher));
+            if let Some(watches) = self.watches.as_mut() {
+                watches.forget_all();
+                if let Err(e) = watches.sync(dirs) {
+                    self.send(WatchDecision::Warning {
+                        detail: e.to_string(),
+                    });
                 }
             }
-            self.installed.clear();
-            if let Err(e) = self.ensure_watches() {
-                self.send(WatchDecision::Warning {
-                    detail: e.to_string(),
-                });
-            }
-            self.snapshot_mut().rescan(&matcher)
+            let matcher = &self.matcher;
+            self.snapshot.as_mut().expect("built").rescan(matcher)
         } else {
-            self.snapshot_mut().reconcile(&matcher, &burst.dirty)
+            let matcher = &self.matcher;
+            self.snapshot
+                .as_mut()
+                .expect("built")
+                .reconcile(matcher, &burst.dirty)
         };
         let decided = Instant::now();
-        self.emit(outcome, &burst, decided)
-    }
-
-    fn emit(&mut self, outcome: Outcome, burst: &Burst, decided: Instant) -> bool {
         let Some(decision) = self.judge(outcome, burst.overflow) else {
             return true;
         };
@@ -726,6 +700,9 @@ impl WatchThread {
                 decided,
                 events: burst.events,
             });
+            if let Some(w) = &self.watches {
+                s.directories = w.len();
+            }
         }
         self.send(decision)
     }

@@ -149,13 +149,6 @@ impl Matcher {
         })
     }
 
-    /// The path relative to the cwd, if it lies strictly inside it.
-    pub fn relative<'a>(&self, abs: &'a Path) -> Option<&'a Path> {
-        abs.strip_prefix(&self.cwd)
-            .ok()
-            .filter(|r| !r.as_os_str().is_empty())
-    }
-
     /// Excluded by an `ignore` glob (the path itself or one of its ancestors).
     pub fn is_ignored(&self, rel: &Path) -> bool {
         if !self.ignore_names.is_empty()
@@ -202,6 +195,13 @@ impl Matcher {
                 .iter()
                 .any(|d| d.rel.starts_with(rel) || (d.recursive && rel.starts_with(&d.rel)))
             && !self.is_ignored(rel)
+    }
+
+    /// Whether `rel` lies in (or is) a recursively watched directory.
+    pub fn in_recursive(&self, rel: &Path) -> bool {
+        self.dirs
+            .iter()
+            .any(|d| d.recursive && rel.starts_with(&d.rel))
     }
 
     /// Whether `rel` is a planned directory or an ancestor of one: such a path being
@@ -367,12 +367,6 @@ mod tests {
         assert!(w("views/a.html"));
         assert!(m.is_soft(Path::new("views/a.html")));
         assert!(!m.is_soft(Path::new("bin/a.dll")));
-        assert_eq!(
-            m.relative(Path::new("/srv/app/bin/a")),
-            Some(Path::new("bin/a"))
-        );
-        assert_eq!(m.relative(Path::new("/srv/app")), None);
-        assert_eq!(m.relative(Path::new("/srv/other")), None);
         // A directory created under App_Code may hold .cs files: structural events count.
         assert!(m.is_relevant(Path::new("App_Code/newdir"), true));
         assert!(!m.is_relevant(Path::new("App_Code/notes.txt"), false));

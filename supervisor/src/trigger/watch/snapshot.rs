@@ -33,13 +33,14 @@
 //! If a file cannot be read (permission denied), its "hash" is derived from its stat,
 //! so it degrades to mtime comparison rather than failing the watch.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::{self, Metadata};
 use std::hash::Hasher;
 use std::io::{self, Read};
 use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use appvisor_config::Compare;
 
@@ -53,9 +54,12 @@ enum Kind {
     Symlink,
 }
 
+/// 48 bytes per watched path, plus the path itself.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     kind: Kind,
+    /// The scan that last saw this entry (see [`Snapshot::epoch`]).
+    seen: u32,
     len: u64,
     mtime_ns: i64,
     ctime_ns: i64,
@@ -84,6 +88,7 @@ fn stat_entry(meta: &Metadata) -> Entry {
         } else {
             Kind::File
         },
+        seen: 0,
         len: meta.len(),
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
@@ -102,69 +107,83 @@ pub(crate) struct Outcome {
 }
 
 /// Figures from building the baseline.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct BuildFigures {
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Built {
     pub files: usize,
     pub bytes: u64,
-    /// Directories an inotify recursive watch of the planned directories needs.
-    pub dirs: usize,
+    /// Every directory the plan covers (relative): what to put inotify watches on.
+    pub dirs: Vec<PathBuf>,
 }
+
+/// Called for each watched entry a scan finds.
+type Visit<'a> = &'a mut dyn FnMut(PathBuf, &Metadata);
 
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     compare: Compare,
     /// Relative path → entry. Ordered, so a directory's descendants are one contiguous
-    /// range right after it (paths order component by component).
-    entries: BTreeMap<PathBuf, Entry>,
+    /// range right after it (paths order component by component). `Box<Path>` rather
+    /// than `PathBuf`: 8 bytes less per entry.
+    entries: BTreeMap<Box<Path>, Entry>,
+    /// Bumped by every scan; an entry whose `seen` differs after a scan was not found.
+    /// (Marking entries is cheaper than building a set of 100,000 found paths.)
+    epoch: u32,
     buf: Vec<u8>,
 }
 
 impl Snapshot {
-    /// Walks the planned directories and records (and, for `content`, hashes) every
-    /// watched entry.
-    pub fn build(matcher: &Matcher, compare: Compare) -> (Snapshot, BuildFigures) {
-        let mut snap = Snapshot {
-            compare,
-            entries: BTreeMap::new(),
-            buf: vec![0; 64 * 1024],
-        };
-        let mut found = Vec::new();
-        let dirs = scan_all(matcher, &mut found);
-        let mut figures = BuildFigures {
+    /// Walks the planned directories and records every watched entry; under `content`
+    /// hashes every file, on up to 4 threads (reading is most of the set-up cost).
+    pub fn build(matcher: &Matcher, compare: Compare) -> (Snapshot, Built) {
+        let mut list: Vec<(Box<Path>, Entry)> = Vec::new();
+        let mut dirs = Vec::new();
+        scan_all(matcher, Some(&mut dirs), &mut |rel, meta| {
+            list.push((rel.into_boxed_path(), stat_entry(meta)))
+        });
+        if compare == Compare::Content {
+            hash_all(&matcher.cwd, &mut list);
+        }
+        list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        list.dedup_by(|a, b| a.0 == b.0);
+        let mut built = Built {
             dirs,
             ..Default::default()
         };
-        for (rel, meta) in found {
-            let entry = snap.entry_for(&matcher.cwd.join(&rel), &meta);
-            if entry.kind == Kind::File {
-                figures.files += 1;
-                figures.bytes += entry.len;
-            }
-            snap.entries.insert(rel, entry);
+        for (_, e) in list.iter().filter(|(_, e)| e.kind == Kind::File) {
+            built.files += 1;
+            built.bytes += e.len;
         }
-        (snap, figures)
+        let snap = Snapshot {
+            compare,
+            entries: list.into_iter().collect(),
+            epoch: 0,
+            buf: vec![0; 64 * 1024],
+        };
+        (snap, built)
+    }
+
+    fn next_epoch(&mut self) -> u32 {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.epoch
     }
 
     /// Compares the whole tree with the baseline (after the watches were installed, and
     /// after a queue overflow), re-hashing only entries whose stat changed.
     pub fn rescan(&mut self, matcher: &Matcher) -> Outcome {
-        let mut found = Vec::new();
-        scan_all(matcher, &mut found);
+        let epoch = self.next_epoch();
         let mut out = Outcome::default();
-        let mut present = HashSet::with_capacity(found.len());
-        for (rel, meta) in found {
-            self.compare_one(matcher, &rel, &meta, false, Flags::default(), &mut out);
-            present.insert(rel);
-        }
-        let gone: Vec<PathBuf> = self
+        scan_all(matcher, None, &mut |rel, meta| {
+            self.compare_one(matcher, rel, meta, false, Flags::default(), epoch, &mut out)
+        });
+        let gone: Vec<Box<Path>> = self
             .entries
-            .keys()
-            .filter(|k| !present.contains(*k))
-            .cloned()
+            .iter()
+            .filter(|(_, e)| e.seen != epoch)
+            .map(|(k, _)| k.clone())
             .collect();
         for rel in gone {
             self.entries.remove(&rel);
-            out.changes.push((rel, ChangeKind::Removed));
+            out.changes.push((rel.into_path_buf(), ChangeKind::Removed));
         }
         out.changes.sort();
         out
@@ -190,7 +209,8 @@ impl Snapshot {
                 regions.push(rel);
             } else if let Ok(meta) = meta {
                 if matcher.is_watched(rel) {
-                    self.compare_one(matcher, rel, &meta, true, *flags, &mut out);
+                    let epoch = self.epoch;
+                    self.compare_one(matcher, rel.clone(), &meta, true, *flags, epoch, &mut out);
                 }
             }
         }
@@ -209,31 +229,28 @@ impl Snapshot {
         dirty: &BTreeMap<PathBuf, Flags>,
         out: &mut Outcome,
     ) {
-        let mut found = Vec::new();
-        scan_region(matcher, rel, &mut found);
-        let mut present = HashSet::with_capacity(found.len());
-        for (path, meta) in found {
+        let epoch = self.next_epoch();
+        scan_region(matcher, rel, &mut |path, meta| {
             let direct = dirty.get(&path);
             let f = direct.copied().unwrap_or_default() | flags;
-            self.compare_one(matcher, &path, &meta, direct.is_some(), f, out);
-            present.insert(path);
-        }
-        let gone: Vec<PathBuf> = self
+            self.compare_one(matcher, path, meta, direct.is_some(), f, epoch, out);
+        });
+        let gone: Vec<Box<Path>> = self
             .entries
-            .range(rel.to_path_buf()..)
+            .range::<Path, _>((Bound::Included(rel), Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(rel))
-            .filter(|(k, _)| !present.contains(*k))
+            .filter(|(_, e)| e.seen != epoch)
             .map(|(k, _)| k.clone())
             .collect();
         for path in gone {
             self.entries.remove(&path);
-            let f = dirty.get(&path).copied().unwrap_or_default() | flags;
+            let f = dirty.get(&*path).copied().unwrap_or_default() | flags;
             let kind = if f.renamed() {
                 ChangeKind::Renamed
             } else {
                 ChangeKind::Removed
             };
-            out.changes.push((path, kind));
+            out.changes.push((path.into_path_buf(), kind));
         }
     }
 
@@ -244,30 +261,27 @@ impl Snapshot {
             .is_some_and(|(k, _)| k.starts_with(rel))
     }
 
-    /// For polling: the entries whose stat differs from the baseline, without touching
-    /// the baseline (the decision's `reconcile` does that). Each comes with a
-    /// fingerprint of what was seen, so two polls can tell "still changing" from
+    /// For polling: the entries whose stat differs from the baseline, in path order,
+    /// without changing the baseline (the decision's `reconcile` does that). Each comes
+    /// with a fingerprint of what was seen, so two polls can tell "still changing" from
     /// "changed, now quiet".
-    pub fn stat_diff(&self, matcher: &Matcher) -> Vec<(PathBuf, Flags, u64)> {
-        let mut found = Vec::new();
-        scan_all(matcher, &mut found);
-        found.sort_by(|a, b| a.0.cmp(&b.0));
+    pub fn stat_diff(&mut self, matcher: &Matcher) -> Vec<(PathBuf, Flags, u64)> {
+        let epoch = self.next_epoch();
         let mut out = Vec::new();
-        let mut base = self.entries.iter().peekable();
-        for (rel, meta) in found {
-            let now = stat_entry(&meta);
-            while let Some((k, _)) = base.next_if(|(k, _)| **k < rel) {
-                out.push((k.clone(), Flags::REMOVED, 0));
-            }
-            let differs = match base.next_if(|(k, _)| **k == rel) {
+        scan_all(matcher, None, &mut |rel, meta| {
+            let now = stat_entry(meta);
+            let differs = match self.entries.get_mut(rel.as_path()) {
                 None => Some(Flags::CREATED),
-                Some((_, old)) if old.kind != now.kind || old.ino != now.ino => {
-                    Some(Flags::CREATED | Flags::REMOVED)
+                Some(old) => {
+                    old.seen = epoch;
+                    if old.kind != now.kind || old.ino != now.ino {
+                        Some(Flags::CREATED | Flags::REMOVED)
+                    } else if old.kind != Kind::Dir && !old.same_stat(&now) {
+                        Some(Flags::MODIFIED)
+                    } else {
+                        None
+                    }
                 }
-                Some((_, old)) if old.kind != Kind::Dir && !old.same_stat(&now) => {
-                    Some(Flags::MODIFIED)
-                }
-                Some(_) => None,
             };
             if let Some(flags) = differs {
                 let mut h = std::hash::DefaultHasher::new();
@@ -277,95 +291,134 @@ impl Snapshot {
                 h.write_u64(now.ino);
                 out.push((rel, flags, h.finish()));
             }
+        });
+        for (k, e) in &self.entries {
+            if e.seen != epoch {
+                out.push((k.to_path_buf(), Flags::REMOVED, 0));
+            }
         }
-        for (k, _) in base {
-            out.push((k.clone(), Flags::REMOVED, 0));
-        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 
-    /// Compares one present entry with its baseline and records the verdict.
-    /// `direct`: an event named this path (versus: found while rescanning).
+    /// Compares one present entry with its baseline, records the verdict and marks the
+    /// entry seen in `epoch`. `direct`: an event named this path (versus: found while
+    /// scanning).
+    #[allow(clippy::too_many_arguments)]
     fn compare_one(
         &mut self,
         matcher: &Matcher,
-        rel: &Path,
+        rel: PathBuf,
         meta: &Metadata,
         direct: bool,
         flags: Flags,
+        epoch: u32,
         out: &mut Outcome,
     ) {
-        let now = stat_entry(meta);
-        let Some(old) = self.entries.get(rel).copied() else {
-            let entry = self.entry_for(&matcher.cwd.join(rel), meta);
-            self.entries.insert(rel.to_path_buf(), entry);
+        let now = Entry {
+            seen: epoch,
+            ..stat_entry(meta)
+        };
+        let Some(old) = self.entries.get(rel.as_path()).copied() else {
+            let entry = self.hashed(&matcher.cwd, &rel, now);
+            self.entries.insert(rel.clone().into_boxed_path(), entry);
             let kind = if flags.renamed() {
                 ChangeKind::Renamed
             } else {
                 ChangeKind::Created
             };
-            out.changes.push((rel.to_path_buf(), kind));
+            out.changes.push((rel, kind));
             return;
         };
+        let put = |entries: &mut BTreeMap<Box<Path>, Entry>, e: Entry| {
+            if let Some(slot) = entries.get_mut(rel.as_path()) {
+                *slot = e;
+            }
+        };
         if old.kind != now.kind {
-            let entry = self.entry_for(&matcher.cwd.join(rel), meta);
-            self.entries.insert(rel.to_path_buf(), entry);
-            out.changes.push((rel.to_path_buf(), ChangeKind::Modified));
+            let entry = self.hashed(&matcher.cwd, &rel, now);
+            put(&mut self.entries, entry);
+            out.changes.push((rel, ChangeKind::Modified));
             return;
         }
         if now.kind == Kind::Dir {
             // A directory's own mtime moves whenever an entry is added; only its
             // metadata (chmod, chown) can be a change, and only under `mtime`.
+            put(&mut self.entries, now);
             if self.compare == Compare::Mtime && direct && flags.metadata() {
-                out.changes.push((rel.to_path_buf(), ChangeKind::Modified));
+                out.changes.push((rel, ChangeKind::Modified));
             }
-            self.entries
-                .insert(rel.to_path_buf(), Entry { hash: 0, ..now });
             return;
         }
-        let same_stat = old.same_stat(&now);
-        if same_stat && !direct {
+        if old.same_stat(&now) && !direct {
+            put(&mut self.entries, Entry { seen: epoch, ..old });
             return;
         }
         match self.compare {
             Compare::Mtime => {
-                self.entries.insert(rel.to_path_buf(), now);
-                out.changes.push((rel.to_path_buf(), ChangeKind::Modified));
+                put(&mut self.entries, now);
+                out.changes.push((rel, ChangeKind::Modified));
             }
             Compare::Content => {
-                let entry = self.entry_for(&matcher.cwd.join(rel), meta);
-                self.entries.insert(rel.to_path_buf(), entry);
+                let entry = self.hashed(&matcher.cwd, &rel, now);
+                put(&mut self.entries, entry);
                 let changed = entry.len != old.len
                     || entry.hash != old.hash
-                    || (entry.ino != old.ino && under_bin(rel));
+                    || (entry.ino != old.ino && under_bin(&rel));
                 if changed {
-                    out.changes.push((rel.to_path_buf(), ChangeKind::Modified));
+                    out.changes.push((rel, ChangeKind::Modified));
                 } else if direct {
-                    out.ignored.push(rel.to_path_buf());
+                    out.ignored.push(rel);
                 }
             }
         }
     }
 
-    /// The stat of `abs` plus, under `content`, the hash of its bytes (or its link
-    /// target).
-    fn entry_for(&mut self, abs: &Path, meta: &Metadata) -> Entry {
-        let mut entry = stat_entry(meta);
+    /// `entry` with, under `content`, the hash of its bytes (or its link target).
+    fn hashed(&mut self, cwd: &Path, rel: &Path, mut entry: Entry) -> Entry {
         if self.compare == Compare::Content {
-            entry.hash = match entry.kind {
-                Kind::Dir => 0,
-                Kind::Symlink => match fs::read_link(abs) {
-                    Ok(target) => {
-                        let mut h = std::hash::DefaultHasher::new();
-                        h.write(target.as_os_str().as_encoded_bytes());
-                        h.finish()
-                    }
-                    Err(_) => stat_hash(&entry),
-                },
-                Kind::File => hash_file(abs, &mut self.buf).unwrap_or_else(|_| stat_hash(&entry)),
-            };
+            entry.hash = content_hash(&cwd.join(rel), &entry, &mut self.buf);
         }
         entry
+    }
+}
+
+/// Hashes the files of `list` on up to 4 threads, taking blocks of 256 entries from a
+/// shared cursor so one thread stuck on a large file does not hold the others up.
+fn hash_all(cwd: &Path, list: &mut [(Box<Path>, Entry)]) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let blocks = Mutex::new(list.chunks_mut(256));
+    let work = || {
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            let Some(block) = blocks.lock().ok().and_then(|mut b| b.next()) else {
+                return;
+            };
+            for (rel, e) in block {
+                e.hash = content_hash(&cwd.join(rel), e, &mut buf);
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(work);
+        }
+        work();
+    });
+}
+
+fn content_hash(abs: &Path, e: &Entry, buf: &mut [u8]) -> u64 {
+    match e.kind {
+        Kind::Dir => 0,
+        Kind::Symlink => match fs::read_link(abs) {
+            Ok(target) => {
+                let mut h = std::hash::DefaultHasher::new();
+                h.write(target.as_os_str().as_encoded_bytes());
+                h.finish()
+            }
+            Err(_) => stat_hash(e),
+        },
+        Kind::File => hash_file(abs, buf).unwrap_or_else(|_| stat_hash(e)),
     }
 }
 
@@ -403,40 +456,59 @@ fn stat_hash(e: &Entry) -> u64 {
     h.finish()
 }
 
-/// Every watched entry in every planned directory. Returns how many directories an
-/// inotify watch of the plan needs.
-fn scan_all(matcher: &Matcher, found: &mut Vec<(PathBuf, Metadata)>) -> usize {
-    let mut dirs = 0;
+/// Visits every watched entry in every planned directory, and (if asked) collects the
+/// directories walked.
+fn scan_all(matcher: &Matcher, mut dirs: Option<&mut Vec<PathBuf>>, visit: Visit<'_>) {
     for d in &matcher.dirs {
-        dirs += scan_dir(matcher, &d.rel, d.recursive, found);
+        scan_dir(
+            matcher,
+            &d.rel,
+            d.recursive,
+            dirs.as_deref_mut(),
+            Some(&mut *visit),
+        );
+    }
+}
+
+/// Every directory the plan covers that exists now: the planned ones and, under a
+/// recursive one, all its subdirectories except ignored ones. Reads directories only
+/// (no stat of files).
+pub(crate) fn plan_dirs(matcher: &Matcher) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for d in &matcher.dirs {
+        scan_dir(matcher, &d.rel, d.recursive, Some(&mut dirs), None);
     }
     dirs
 }
 
-/// Every watched entry the plan covers at or below `rel`: `rel` itself if its parent is
-/// watched, all of it if it lies in a recursive directory, and every planned
+/// `rel` and all its subdirectories except ignored ones.
+pub(crate) fn subdirs(matcher: &Matcher, rel: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    scan_dir(matcher, rel, true, Some(&mut dirs), None);
+    dirs
+}
+
+/// Visits every watched entry the plan covers at or below `rel`: `rel` itself if its
+/// parent is watched, all of it if it lies in a recursive directory, and every planned
 /// directory inside it.
-fn scan_region(matcher: &Matcher, rel: &Path, found: &mut Vec<(PathBuf, Metadata)>) {
-    let in_recursive = matcher
-        .dirs
-        .iter()
-        .any(|d| d.recursive && rel.starts_with(&d.rel));
-    let parent_watched = matcher
-        .dirs
-        .iter()
-        .any(|d| Some(d.rel.as_path()) == rel.parent() || (d.recursive && rel.starts_with(&d.rel)));
+fn scan_region(matcher: &Matcher, rel: &Path, visit: Visit<'_>) {
+    let parent_watched = matcher.in_recursive(rel)
+        || matcher
+            .dirs
+            .iter()
+            .any(|d| Some(d.rel.as_path()) == rel.parent());
     if parent_watched && matcher.is_watched(rel) {
         if let Ok(meta) = entry_metadata(matcher, rel) {
-            found.push((rel.to_path_buf(), meta));
+            visit(rel.to_path_buf(), &meta);
         }
     }
-    if in_recursive {
-        scan_dir(matcher, rel, true, found);
+    if matcher.in_recursive(rel) {
+        scan_dir(matcher, rel, true, None, Some(visit));
         return;
     }
     for d in &matcher.dirs {
         if d.rel.starts_with(rel) {
-            scan_dir(matcher, &d.rel, d.recursive, found);
+            scan_dir(matcher, &d.rel, d.recursive, None, Some(&mut *visit));
         }
     }
 }
@@ -453,46 +525,53 @@ fn entry_metadata(matcher: &Matcher, rel: &Path) -> io::Result<Metadata> {
 }
 
 /// Lists `rel` (and, if `recursive`, everything below it, not following symlinks,
-/// pruning ignored directories), collecting watched entries. Returns the number of
-/// directories visited. A missing directory is simply empty.
+/// pruning ignored directories). Each directory read goes to `dirs`; each watched
+/// entry to `visit` (when there is no `visit`, files are not even stat'ed). A missing
+/// directory is simply empty.
 fn scan_dir(
     matcher: &Matcher,
     rel: &Path,
     recursive: bool,
-    found: &mut Vec<(PathBuf, Metadata)>,
-) -> usize {
-    let mut visited = 0;
+    mut dirs: Option<&mut Vec<PathBuf>>,
+    mut visit: Option<Visit<'_>>,
+) {
     let mut stack = vec![rel.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(read) = fs::read_dir(matcher.cwd.join(&dir)) else {
             continue;
         };
-        visited += 1;
         for ent in read.flatten() {
             let name = ent.file_name();
+            let Ok(ft) = ent.file_type() else {
+                continue;
+            };
+            if visit.is_none() && !(recursive && ft.is_dir()) {
+                continue;
+            }
             let child = dir.join(&name);
             if matcher.is_ignored_entry(&child, Path::new(&name)) {
                 continue;
             }
-            let Ok(ft) = ent.file_type() else {
-                continue;
-            };
             if recursive && ft.is_dir() {
                 stack.push(child.clone());
             }
-            if matcher.is_glob_match(&child) {
-                let meta = if ft.is_symlink() {
-                    entry_metadata(matcher, &child)
-                } else {
-                    ent.metadata()
-                };
-                if let Ok(meta) = meta {
-                    found.push((child, meta));
+            if let Some(visit) = visit.as_mut() {
+                if matcher.is_glob_match(&child) {
+                    let meta = if ft.is_symlink() {
+                        entry_metadata(matcher, &child)
+                    } else {
+                        ent.metadata()
+                    };
+                    if let Ok(meta) = meta {
+                        visit(child, &meta);
+                    }
                 }
             }
         }
+        if let Some(dirs) = dirs.as_deref_mut() {
+            dirs.push(dir);
+        }
     }
-    visited
 }
 
 #[cfg(test)]

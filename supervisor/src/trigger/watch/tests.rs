@@ -349,6 +349,34 @@ async fn a_directory_created_after_start_is_watched() {
 }
 
 #[tokio::test]
+async fn a_directory_moved_in_is_watched() {
+    let tree = Tree::new("movein");
+    tree.write("bin/app.dll", "v1");
+    tree.write("staging/lib/a.dll", "a");
+    tree.write("staging/lib/deeper/b.dll", "b");
+    let (_w, mut rx) = start(&tree, &default_paths()).await;
+    fs::rename(tree.path("staging/lib"), tree.path("bin/lib")).unwrap();
+    assert_eq!(
+        next(&mut rx).await,
+        file_change(
+            &[
+                "bin/lib",
+                "bin/lib/a.dll",
+                "bin/lib/deeper",
+                "bin/lib/deeper/b.dll"
+            ],
+            4,
+            "renamed"
+        )
+    );
+    tree.write("bin/lib/deeper/b.dll", "b2");
+    assert_eq!(
+        next(&mut rx).await,
+        file_change(&["bin/lib/deeper/b.dll"], 1, "modified")
+    );
+}
+
+#[tokio::test]
 async fn soft_changes_signal_then_recycle_past_the_limit() {
     let tree = Tree::new("soft");
     tree.write("views/a.html", "0");

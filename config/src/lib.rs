@@ -25,8 +25,10 @@
 //!   seconds). Sizes may be bare integers (bytes) or `"512MiB"` / `"150MB"`.
 //! - Relative paths (`cwd`, `state_dir`, `unix:` sockets) are relative to the config
 //!   file's directory, never to the process's working directory.
-//! - `[app.sessions] mode` defaults to `"handoff"`: sessions survive a recycle without
-//!   paying a store round trip on every request.
+//! - `[app.sessions] mode` defaults to `"store"` (write-through: sessions survive
+//!   recycles and crashes, with any number of workers). `"handoff"` — in memory,
+//!   flushed while draining — is refused with `processes > 1`, where a user's
+//!   requests land on any worker.
 //! - `[app.watch] ignore` is merged with built-in ignores (VCS, editor swap files,
 //!   logs, `node_modules`, the state dir); `paths` replaces the defaults.
 

@@ -409,6 +409,7 @@ impl<'a> Resolver<'a> {
         let sessions = self.sessions(
             &sc.within("sessions"),
             raw.sessions.as_ref().map(|r| r.get_ref()),
+            processes,
         );
         AppConfig {
             name,
@@ -988,18 +989,31 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn sessions(&mut self, sc: &Scope, raw: Option<&RawSessions>) -> SessionsConfig {
+    fn sessions(&mut self, sc: &Scope, raw: Option<&RawSessions>, processes: u32) -> SessionsConfig {
         let mode = self.choice(
             sc,
             "mode",
             raw.and_then(|r| r.mode.as_ref()),
-            SessionMode::Handoff,
+            SessionMode::Store,
             &[
                 ("inproc", SessionMode::Inproc),
                 ("handoff", SessionMode::Handoff),
                 ("store", SessionMode::Store),
             ],
         );
+        if mode == SessionMode::Handoff && processes > 1 {
+            // A handoff session lives in the memory of the worker that served it;
+            // with several workers a user's next request may land on another one
+            // (ASP.NET's web-garden InProc trap). Refuse rather than lose sessions.
+            let span = raw.and_then(|r| r.mode.as_ref()).map(|m| m.span());
+            self.report(
+                span,
+                sc.field("mode"),
+                format!(
+                    "\"handoff\" keeps each session in the memory of one worker, but with processes = {processes} a user's requests land on any worker; use mode = \"store\" (write-through, survives crashes too) or processes = 1"
+                ),
+            );
+        }
         let timeout = self.duration(
             sc,
             "timeout",

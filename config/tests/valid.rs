@@ -99,7 +99,7 @@ fn minimal_config_gets_every_default() {
     assert_eq!(
         app.sessions,
         SessionsConfig {
-            mode: SessionMode::Handoff,
+            mode: SessionMode::Store,
             timeout: secs(20 * 60),
         }
     );

@@ -831,6 +831,10 @@ impl Pool {
             env.push(("LISTEN_FDNAMES".into(), names.join(":")));
         }
         env.push(("NOTIFY_SOCKET".into(), notify.env_value.clone()));
+        // Workers still alive (the ones this one replaces, or still draining): a
+        // `handoff` worker waits for their sessions before loading from the store.
+        let predecessors: Vec<String> = self.workers.keys().map(|p| p.to_string()).collect();
+        env.push(("APPVISOR_PREDECESSORS".into(), predecessors.join(",")));
         env.push(("APPVISOR_APP".into(), self.app.name.clone()));
         env.push(("APPVISOR_GENERATION".into(), generation.to_string()));
         env.push(("APPVISOR_WORKER".into(), slot.to_string()));

@@ -13,6 +13,7 @@
 //! its own ports, so tests run in parallel.
 
 pub mod load;
+pub mod sessions;
 
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -100,10 +100,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .context("cannot start the session store")?,
     ));
 
+    let shared = Shared {
+        paths: paths.clone(),
+        events: events.clone(),
+        reaper: reaper.clone(),
+        guard: guard.clone(),
+    };
     let pools: Arc<Mutex<BTreeMap<String, PoolHandle>>> = Arc::default();
     for app in &config.apps {
         let env = backend.lock().unwrap().env_for(&app.name);
-        let ctx = pool_context(&config, app, &paths, &events, &reaper, &guard, 1, env)?;
+        let ctx = shared.pool_context(&config, app, 1, env)?;
         let handle = start_pool(
             app.clone(),
             sockets.remove(&app.name).unwrap_or_default(),
@@ -139,10 +145,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         sockets: held_sockets,
         generation: 1,
         pools: pools.clone(),
-        events: events.clone(),
-        reaper: reaper.clone(),
-        guard: guard.clone(),
-        paths: paths.clone(),
+        shared,
         generation_shared: state_generation,
         backend: backend.clone(),
     };
@@ -191,33 +194,41 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pool_context(
-    config: &Config,
-    app: &appvisor_config::AppConfig,
-    paths: &StatePaths,
-    events: &EventLog,
-    reaper: &Reaper,
-    guard: &Guard,
-    config_generation: u64,
-    extra_env: Vec<(String, String)>,
-) -> anyhow::Result<PoolContext> {
-    let log = AppLog::open(
-        &paths.logs(),
-        &app.name,
-        config.supervisor.log_max_size,
-        config.supervisor.log_keep,
-        true,
-    )
-    .with_context(|| format!("cannot open the log of app {:?}", app.name))?;
-    Ok(PoolContext {
-        run_dir: paths.run(),
-        events: events.clone(),
-        reaper: reaper.clone(),
-        guard: guard.clone(),
-        log,
-        extra_env,
-        config_generation,
-    })
+/// What every pool shares: the state dir, the event log, the reaper, the guard.
+#[derive(Clone)]
+struct Shared {
+    paths: StatePaths,
+    events: EventLog,
+    reaper: Reaper,
+    guard: Guard,
+}
+
+impl Shared {
+    fn pool_context(
+        &self,
+        config: &Config,
+        app: &appvisor_config::AppConfig,
+        config_generation: u64,
+        extra_env: Vec<(String, String)>,
+    ) -> anyhow::Result<PoolContext> {
+        let log = AppLog::open(
+            &self.paths.logs(),
+            &app.name,
+            config.supervisor.log_max_size,
+            config.supervisor.log_keep,
+            true,
+        )
+        .with_context(|| format!("cannot open the log of app {:?}", app.name))?;
+        Ok(PoolContext {
+            run_dir: self.paths.run(),
+            events: self.events.clone(),
+            reaper: self.reaper.clone(),
+            guard: self.guard.clone(),
+            log,
+            extra_env,
+            config_generation,
+        })
+    }
 }
 
 /// What a reload needs: the config in force and everything pools are made of.
@@ -226,10 +237,7 @@ struct Live {
     sockets: BTreeMap<String, Vec<BoundSocket>>,
     generation: u64,
     pools: Arc<Mutex<BTreeMap<String, PoolHandle>>>,
-    events: EventLog,
-    reaper: Reaper,
-    guard: Guard,
-    paths: StatePaths,
+    shared: Shared,
     generation_shared: Arc<Mutex<u64>>,
     backend: Arc<Mutex<Backend>>,
 }
@@ -240,7 +248,8 @@ impl Live {
         match self.try_reload() {
             Ok(Some(summary)) => {
                 let detail = format!("{why}: config generation {}: {summary}", self.generation);
-                self.events
+                self.shared
+                    .events
                     .emit(Event::new("-", "config_reloaded").detail(detail.clone()));
                 Ok(detail)
             }
@@ -253,7 +262,8 @@ impl Live {
                     "{why}: {e:#} — the running config (generation {}) stays in force; fix the file and save it again",
                     self.generation
                 );
-                self.events
+                self.shared
+                    .events
                     .emit(Event::new("-", "config_rejected").detail(detail.clone()));
                 Err(detail)
             }
@@ -287,16 +297,7 @@ impl Live {
             match self.config.app(&app.name) {
                 None => {
                     let env = self.backend.lock().unwrap().env_for(&app.name);
-                    let ctx = pool_context(
-                        &new,
-                        app,
-                        &self.paths,
-                        &self.events,
-                        &self.reaper,
-                        &self.guard,
-                        self.generation,
-                        env,
-                    )?;
+                    let ctx = self.shared.pool_context(&new, app, self.generation, env)?;
                     pools.insert(app.name.clone(), start_pool(app.clone(), sockets, ctx));
                     added.push(app.name.clone());
                 }

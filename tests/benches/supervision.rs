@@ -78,7 +78,10 @@ fn recycle_overhead() -> (f64, f64) {
     }
     sv.stop();
     overhead.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (overhead[overhead.len() / 2], overhead[overhead.len() * 95 / 100])
+    (
+        overhead[overhead.len() / 2],
+        overhead[overhead.len() * 95 / 100],
+    )
 }
 
 fn wrk(port: u16) -> Option<f64> {
@@ -101,7 +104,9 @@ fn throughput() -> Option<(f64, f64)> {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(10), "the demo alone", || http_get(port_alone, "/").ok());
+    wait_until(Duration::from_secs(10), "the demo alone", || {
+        http_get(port_alone, "/").ok()
+    });
     let sb = Sandbox::new("bench-wrk");
     let port = free_port();
     sb.config(&config(port, 1));
@@ -109,12 +114,15 @@ fn throughput() -> Option<(f64, f64)> {
     sv.wait_running("web", 1);
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..3 {
-        a.push(wrk(port_alone)?);
-        b.push(wrk(port)?);
+        a.extend(wrk(port_alone));
+        b.extend(wrk(port));
     }
     alone.kill().unwrap();
     alone.wait().unwrap();
     sv.stop();
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|x, y| x.partial_cmp(y).unwrap());
         v[v.len() / 2]
@@ -126,9 +134,16 @@ fn throughput() -> Option<(f64, f64)> {
 /// clock ticks of 10 ms).
 fn cpu_ns(pid: i32) -> u64 {
     let mut total = 0;
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-            total += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     total
@@ -164,13 +179,24 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    println!("appvisor supervision benchmark ({} build)", if cfg!(debug_assertions) { "debug" } else { "release" });
+    println!(
+        "appvisor supervision benchmark ({} build)",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
     println!();
     println!("| figure | measured | goal | peers |");
     println!("|---|---|---|---|");
     for keep_alive in [true, false] {
         let (base, r) = recycle_under_load(keep_alive);
-        let mode = if keep_alive { "keep-alive" } else { "no keep-alive" };
+        let mode = if keep_alive {
+            "keep-alive"
+        } else {
+            "no keep-alive"
+        };
         println!(
             "| failed requests, {RECYCLES} recycles × 2 workers, 4 clients, {mode} | {} of {} | 0 | PM2 fork ≈ 270/restart; uWSGI chain 0 |",
             r.failed,

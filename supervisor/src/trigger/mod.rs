@@ -19,10 +19,10 @@
 //!
 //! Each trigger is a pure decision over observations, so each is tested with real
 //! inputs (real files, real processes, explicit clock values) and without a pool. The
-//! file watcher is the only one with its own threads: notify's event thread, and one
-//! thread per app that debounces, hashes and decides, so that nothing slow ever runs on
-//! the supervisor's async thread. Memory and time checks are cheap functions the pool
-//! calls from its own timers.
+//! file watcher is the only one with a thread of its own — one per app, which reads
+//! inotify, debounces, hashes and decides, so that nothing slow ever runs on the
+//! supervisor's async thread. Memory and time checks are cheap functions the pool calls
+//! from its own timers.
 
 pub mod memory;
 pub mod schedule;

@@ -14,6 +14,9 @@
 //! | `config/*.toml` | `config`, and its parent (so `config` itself appearing, vanishing or being renamed is seen), non-recursively |
 //! | `bin/**`, `App_Code/**/*.cs`, `src/*/mod.rs` | `bin` (etc.) recursively, and its parent non-recursively |
 //!
+//! "Recursively" means one inotify watch per directory of the tree, installed by the
+//! watcher itself, skipping ignored directories (`node_modules`, `.git`).
+//!
 //! A single file is never watched by itself: inotify watches inodes, and an editor's
 //! atomic save (write a temporary file, rename it over) replaces the inode, which would
 //! silently end such a watch. Watching the parent directory sees every save.

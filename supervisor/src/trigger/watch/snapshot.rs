@@ -11,10 +11,10 @@
 //! of the watched tree (the benchmark measures it: 100,000 small files take well under
 //! the 2 s budget) and about 100 bytes of memory per file.
 //!
-//! The stat fields make full rescans cheap: after the watches are installed and after
-//! an inotify queue overflow, every file is stat'ed and only those whose stat differs
-//! are re-hashed. Files named by an event are always re-hashed (a write within one
-//! clock tick can leave size and mtime unchanged).
+//! The stat fields make full rescans cheap: after an inotify queue overflow (and at
+//! every `poll`), every file is stat'ed and only those whose stat differs are
+//! re-hashed. Files named by an event are always re-hashed (a write within one clock
+//! tick can leave size and mtime unchanged).
 //!
 //! Rules for `compare = "content"`:
 //! - same bytes (touch, chmod, identical rewrite, identical atomic save) → not a

@@ -17,7 +17,11 @@
 //! `APPVISOR_STORE_URL`); run by hand with no store it uses `inproc`. Under
 //! appvisor in `handoff` or `store` mode the counter keeps counting across
 //! recycles; in `inproc` mode every recycle starts it over. On SIGTERM it
-//! drains requests, then hands dirty sessions to the store and says how many.
+//! hands its sessions over at once (`begin_handoff`, concurrently with the
+//! request drain: from then on it writes through to the store), drains
+//! requests, flushes whatever is left, and tells appvisor how many sessions
+//! it handed off (`X_APPVISOR_SESSIONS=n`, the `sessions` field of the
+//! `retired` event).
 //!
 //! `SESSIONS_DEMO_ADDR=host:port` sets where to listen when no socket is
 //! inherited (default `127.0.0.1:3000`). Lifecycle lines go to stdout,
@@ -68,6 +72,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let service = sessions::layer(sessions.clone())
             .around(service_fn(move |request| respond(mode, request)));
 
+        // The moment the stop signal arrives — not after the drain — hand
+        // the sessions to the next generation, which is already serving and
+        // waits for our marker before it reads the store.
+        let handing_off = {
+            let (sessions, shutdown) = (sessions.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.wait().await;
+                sessions.begin_handoff().await
+            })
+        };
+
         worker.ready()?;
         println!("sessions-demo: ready");
         let report = http::Server::for_worker(&worker)
@@ -77,12 +92,32 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "sessions-demo: drained {} requests in {:?}",
             report.requests, report.drain
         );
-        // Requests are done: hand the dirty sessions to the next generation.
-        let handoff = sessions.drain().await?;
+        let mut handed = 0;
+        match handing_off.await {
+            Ok(Ok(handoff)) => {
+                handed += handoff.flushed;
+                println!(
+                    "sessions-demo: handoff: {} sessions ({} merged) flushed in {:?}",
+                    handoff.flushed, handoff.merged, handoff.elapsed
+                );
+            }
+            // drain() below tries again.
+            Ok(Err(e)) => eprintln!("sessions-demo: handoff failed: {e}"),
+            Err(e) => eprintln!("sessions-demo: handoff task failed: {e}"),
+        }
+        // Requests are done: flush anything still dirty (normally nothing).
+        let rest = sessions.drain().await?;
+        handed += rest.flushed;
         println!(
-            "sessions-demo: handed off {} sessions ({} merged) in {:?}",
-            handoff.flushed, handoff.merged, handoff.elapsed
+            "sessions-demo: handed off {handed} sessions ({} after the drain)",
+            rest.flushed
         );
+        if let Err(e) = worker
+            .notifier()
+            .send(&format!("X_APPVISOR_SESSIONS={handed}"))
+        {
+            eprintln!("sessions-demo: cannot report the handoff to appvisor: {e}");
+        }
         Ok(())
     })
 }

@@ -1,4 +1,5 @@
-//! How fast a draining worker hands its dirty sessions to the store.
+//! How fast a worker told to stop hands its dirty sessions to the store,
+//! and how soon the next generation's waiting reads go on.
 //!
 //! ```text
 //! cargo run --release -p appvisor-worker --example sessions_handoff_bench [-- SESSIONS [ROUNDS [RUNTIME]]]
@@ -7,24 +8,34 @@
 //! RUNTIME is `multi` (default: tokio multi-thread, 2 workers) or `current`
 //! (one thread, like the `demo` and `sessions_demo` workers).
 //!
-//! Fills a `handoff` [`Sessions`] with SESSIONS (default 100,000) dirty
-//! sessions of about 150 bytes each, then times `drain()` — the pipelined
-//! WATCH/MGET + MULTI/SET/EXEC flush — ROUNDS times (default 3), each round
-//! against a store that already holds the previous round's copies (the
-//! realistic case: most sessions were handed off before). A fresh generation
-//! then loads a sample to check nothing was lost.
+//! Each round is one generation of a `handoff` worker holding SESSIONS
+//! (default 100,000) dirty sessions of about 150 bytes each: round 1 creates
+//! them, later rounds load every one from the store (the previous
+//! generation's handoff) and change it, as a generation's traffic would.
+//! Then a successor is started with the generation as its predecessor and
+//! one of its loads left waiting, and `begin_handoff()` is timed: the
+//! switch to write-through, the pipelined WATCH/MGET + MULTI/SET/EXEC flush,
+//! and the marker. The waiting load's wake-up after the handoff returned is
+//! the `successor` column. ROUNDS defaults to 3; from round 2 on the store
+//! already holds the previous copies (the realistic case). A fresh
+//! generation finally loads a sample to check nothing was lost.
 //!
-//! The store is a `redis-server` started here on a unix socket in a temp
-//! dir, or the one named by `APPVISOR_TEST_STORE_URL` (e.g. appvisor's
-//! embedded store). Prints one table row per round.
+//! The generation's pid is played by a `sleep` child, so the successor's
+//! liveness check sees a live process. The store is a `redis-server` started
+//! here on a unix socket in a temp dir, or the one named by
+//! `APPVISOR_TEST_STORE_URL` (e.g. appvisor's embedded store). Prints one
+//! table row per round.
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use appvisor_worker::sessions::{SessionMode, Sessions, SessionsConfig};
+use appvisor_worker::sessions::{SessionId, SessionMode, Sessions, SessionsConfig};
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Loads in flight while a generation re-reads its sessions.
+const LOADERS: usize = 16;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let count: usize = args
         .next()
@@ -32,7 +43,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(100_000);
     let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
+    let flavor = args.next().unwrap_or_else(|| "multi".to_owned());
+    let runtime = match flavor.as_str() {
+        "multi" => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+        "current" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        other => return Err(format!("RUNTIME is `multi` or `current`, not {other:?}").into()),
+    };
+    runtime.block_on(bench(count, rounds, &flavor))
+}
 
+async fn bench(
+    count: usize,
+    rounds: usize,
+    flavor: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
     let (url, _server) = match std::env::var("APPVISOR_TEST_STORE_URL") {
         Ok(url) if !url.is_empty() => (url, None),
         _ => {
@@ -43,45 +72,70 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config =
         SessionsConfig::new(Some(&url), SessionMode::Handoff, Duration::from_secs(1200));
     config.key_prefix = format!("bench{}:s:", std::process::id());
-
-    let gen1 = Sessions::with_config(config.clone()).await?;
-    let mut ids = Vec::with_capacity(count);
-    let fill = Instant::now();
-    for i in 0..count {
-        let mut s = gen1.new_session()?;
-        s.set("user", &format!("user-{i:08}"))?;
-        s.set(
-            "cart",
-            &serde_json::json!([{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]),
-        )?;
-        s.incr("visits", 1)?;
-        gen1.commit(&mut s).await?;
-        ids.push(*s.id());
-    }
-    let fill = fill.elapsed();
-    let sample = gen1.load(&ids[0]).await?;
-    let bytes = serde_json::to_vec(sample.data())?.len();
+    config.predecessor_wait = Duration::from_secs(60);
+    let stand_in = StandIn::spawn()?;
+    let mut generation_config = config.clone();
+    generation_config.pid = stand_in.pid();
+    let mut successor_config = config.clone();
+    successor_config.predecessors = vec![stand_in.pid()];
 
     println!("store: {}", appvisor_worker::sessions::redact_url(&url));
-    println!(
-        "filled {count} sessions (~{bytes} B of JSON each) in memory in {:.0} ms",
-        fill.as_secs_f64() * 1e3
-    );
+    println!("runtime: {flavor}");
     println!();
-    println!("| round | dirty sessions | flushed | merged | drain ms | sessions/s |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| round | dirty sessions | prepare ms | flushed | merged | handoff ms | sessions/s | successor woke (ms after) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut ids: Arc<Vec<SessionId>> = Arc::new(Vec::new());
     for round in 1..=rounds {
-        if round > 1 {
-            // Dirty them all again, as a generation's traffic would.
-            for id in &ids {
-                let mut s = gen1.load(id).await?;
+        let generation = Sessions::with_config(generation_config.clone()).await?;
+        let prepare = Instant::now();
+        if round == 1 {
+            let mut fresh = Vec::with_capacity(count);
+            for i in 0..count {
+                let mut s = generation.new_session()?;
+                s.set("user", &format!("user-{i:08}"))?;
+                s.set(
+                    "cart",
+                    &serde_json::json!([{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]),
+                )?;
                 s.incr("visits", 1)?;
-                gen1.commit(&mut s).await?;
+                generation.commit(&mut s).await?;
+                fresh.push(*s.id());
             }
+            ids = Arc::new(fresh);
+        } else {
+            revisit(&generation, &ids).await?;
         }
-        let report = gen1.drain().await?;
+        let prepare = prepare.elapsed();
+
+        // The successor, already serving, with a returning user waiting.
+        let successor = Sessions::with_config(successor_config.clone()).await?;
+        let waiting = {
+            let (successor, id) = (successor.clone(), ids[0]);
+            tokio::spawn(async move {
+                let s = successor.load(&id).await;
+                (Instant::now(), s.map(|s| s.get::<i64>("visits")))
+            })
+        };
+        // Let it reach its wait before the handoff starts.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        let report = generation.begin_handoff().await?;
+        let returned = Instant::now();
+        let (woke, seen) = waiting.await?;
+        let visits = seen??;
+        assert_eq!(visits, Some(round as i64), "the successor saw the handoff");
+        let lag_ms = if woke >= returned {
+            (woke - returned).as_secs_f64() * 1e3
+        } else {
+            -((returned - woke).as_secs_f64() * 1e3)
+        };
+        let rest = generation.drain().await?;
+        assert_eq!(rest.flushed, 0, "nothing is left after the handoff");
         println!(
-            "| {round} | {count} | {} | {} | {:.0} | {:.0} |",
+            "| {round} | {count} | {:.0} | {} | {} | {:.0} | {:.0} | {lag_ms:.1} |",
+            prepare.as_secs_f64() * 1e3,
             report.flushed,
             report.merged,
             report.elapsed.as_secs_f64() * 1e3,
@@ -90,11 +144,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(report.flushed, count, "every dirty session must be flushed");
     }
 
-    // The next generation finds them.
-    let gen2 = Sessions::with_config(config).await?;
+    // A fresh generation finds them.
+    let last = Sessions::with_config(config).await?;
     let step = (count / 1000).max(1);
     for id in ids.iter().step_by(step) {
-        let s = gen2.load(id).await?;
+        let s = last.load(id).await?;
         assert!(!s.is_new(), "a handed-off session is missing");
         assert_eq!(s.get::<i64>("visits")?, Some(rounds as i64));
     }
@@ -104,6 +158,54 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         count.div_ceil(step)
     );
     Ok(())
+}
+
+/// Loads every session into `generation` (from the store) and changes it.
+async fn revisit(
+    generation: &Sessions,
+    ids: &Arc<Vec<SessionId>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut loaders = tokio::task::JoinSet::new();
+    for lane in 0..LOADERS {
+        let (generation, ids) = (generation.clone(), ids.clone());
+        loaders.spawn(async move {
+            for id in ids.iter().skip(lane).step_by(LOADERS) {
+                let mut s = generation.load(id).await?;
+                s.incr("visits", 1)?;
+                generation.commit(&mut s).await?;
+            }
+            Ok::<(), appvisor_worker::sessions::SessionError>(())
+        });
+    }
+    while let Some(done) = loaders.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// A `sleep` child whose pid stands in for the generation's.
+struct StandIn(std::process::Child);
+
+impl StandIn {
+    fn spawn() -> Result<StandIn, Box<dyn std::error::Error>> {
+        Ok(StandIn(
+            Command::new("sleep")
+                .arg("3600")
+                .spawn()
+                .map_err(|e| format!("cannot run `sleep`: {e}"))?,
+        ))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 struct RedisServer {

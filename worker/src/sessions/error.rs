@@ -28,6 +28,17 @@ pub enum SessionError {
         value: String,
     },
 
+    /// `APPVISOR_PREDECESSORS` is not a comma-separated list of process ids.
+    #[error(
+        "APPVISOR_PREDECESSORS={value:?} is not a list of process ids; appvisor sets it to the \
+         comma-separated pids of the workers a new one replaces (e.g. `4121,4122`), each \
+         between 1 and 2147483647: unset it, or fix whatever sets it"
+    )]
+    BadPredecessors {
+        /// The value found in the environment.
+        value: String,
+    },
+
     /// A timeout of zero, or one too large to express in Redis milliseconds.
     #[error("session timeout {millis} ms is out of range; use 1 ms ..= 2^62 ms")]
     TimeoutOutOfRange {
@@ -73,7 +84,7 @@ pub enum SessionError {
     Store {
         /// The URL with any password replaced by `***`.
         url: String,
-        /// What we were doing: `load`, `commit`, `flush`, `abandon`.
+        /// What we were doing: `load`, `commit`, `flush`, `abandon`, `handoff`.
         op: &'static str,
         /// What the Redis client said.
         #[source]

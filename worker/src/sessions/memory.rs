@@ -140,6 +140,56 @@ impl MemoryTable {
         }
     }
 
+    /// Takes in what the store holds after a write-through commit made while
+    /// memory already served (a request loaded while the predecessors were
+    /// alive, committed after they exited). Store versions only grow, so an
+    /// older `version` than the entry has seen is ignored. A dirty entry
+    /// keeps its pending changes, laid on top of the stored data, exactly as
+    /// a merging flush would; a missing entry is created clean, so a request
+    /// that read the store a moment before this commit adopts this copy
+    /// instead of its older one.
+    pub(crate) fn absorb(
+        &self,
+        id: &SessionId,
+        version: u64,
+        data: Arc<Map<String, Value>>,
+        timeout: Duration,
+    ) {
+        let now = Instant::now();
+        let mut shard = self.shard(id);
+        match shard.get_mut(id) {
+            Some(entry) if entry.expires_at > now => {
+                if entry.dirty || !entry.pending.is_empty() {
+                    if version > entry.store_version {
+                        let mut merged = (*data).clone();
+                        entry.pending.replay_onto(&mut merged);
+                        entry.data = Arc::new(merged);
+                        entry.version = entry.version.max(version) + 1;
+                        entry.store_version = version;
+                    }
+                } else if version > entry.version {
+                    entry.data = data;
+                    entry.version = version;
+                    entry.store_version = version;
+                }
+                entry.expires_at = now + timeout;
+            }
+            _ => {
+                shard.insert(
+                    *id,
+                    Entry {
+                        data,
+                        version,
+                        expires_at: now + timeout,
+                        dirty: false,
+                        store_version: version,
+                        pending: ChangeSet::default(),
+                    },
+                );
+            }
+        }
+    }
+
     /// Applies a request's changes. The whole compare-and-merge happens under
     /// the shard lock, so it always succeeds at the first attempt.
     pub(crate) fn commit(

@@ -15,6 +15,14 @@ pub const TIMEOUT_VAR: &str = "APPVISOR_SESSION_TIMEOUT_MS";
 pub const STORE_URL_VAR: &str = "APPVISOR_STORE_URL";
 /// The app's name; used in the key prefix so apps can share one real Redis.
 pub const APP_VAR: &str = "APPVISOR_APP";
+/// The pids of the app's workers still alive when this one was spawned (the
+/// ones it replaces), comma-separated; a `handoff` worker waits for their
+/// sessions before reading the store.
+pub const PREDECESSORS_VAR: &str = "APPVISOR_PREDECESSORS";
+
+/// How long a `handoff` worker's store reads wait at most for its
+/// predecessors to hand off (see [`SessionsConfig::predecessor_wait`]).
+pub const DEFAULT_PREDECESSOR_WAIT: Duration = Duration::from_secs(10);
 
 /// ASP.NET's default, kept: 20 minutes, sliding.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -87,6 +95,21 @@ pub struct SessionsConfig {
     /// keeps apps apart when several share one real Redis or Valkey, and using
     /// the same key shape everywhere means switching stores changes one URL.
     pub key_prefix: String,
+    /// `handoff` mode: the workers this one replaces, from
+    /// `APPVISOR_PREDECESSORS`. Until each has exited or marked its sessions
+    /// flushed, a store read waits; until each has exited, this worker
+    /// writes through instead of keeping sessions in memory. Ignored by the
+    /// other modes.
+    pub predecessors: Vec<u32>,
+    /// The most a store read waits for the predecessors, counted from the
+    /// first wait; then reads go on and a warning is printed once. Default
+    /// [`DEFAULT_PREDECESSOR_WAIT`].
+    pub predecessor_wait: Duration,
+    /// The process id this worker's handoff marker is written under; its
+    /// successor finds that pid in its own `APPVISOR_PREDECESSORS`. This
+    /// process's id by default; a test playing two generations in one
+    /// process gives the old one a stand-in pid.
+    pub pid: u32,
 }
 
 impl fmt::Debug for SessionsConfig {
@@ -97,6 +120,9 @@ impl fmt::Debug for SessionsConfig {
             .field("timeout", &self.timeout)
             .field("store_url", &self.store_url.as_deref().map(redact_url))
             .field("key_prefix", &self.key_prefix)
+            .field("predecessors", &self.predecessors)
+            .field("predecessor_wait", &self.predecessor_wait)
+            .field("pid", &self.pid)
             .finish()
     }
 }
@@ -109,11 +135,14 @@ impl SessionsConfig {
             timeout,
             store_url: store_url.map(str::to_owned),
             key_prefix: "s:".to_owned(),
+            predecessors: Vec::new(),
+            predecessor_wait: DEFAULT_PREDECESSOR_WAIT,
+            pid: std::process::id(),
         }
     }
 
     /// Reads `APPVISOR_SESSION_MODE`, `APPVISOR_SESSION_TIMEOUT_MS`,
-    /// `APPVISOR_STORE_URL` and `APPVISOR_APP`.
+    /// `APPVISOR_STORE_URL`, `APPVISOR_APP` and `APPVISOR_PREDECESSORS`.
     ///
     /// With no mode set, the mode is `handoff` when a store URL is present
     /// (appvisor's default) and `inproc` otherwise, so the same binary also
@@ -146,13 +175,38 @@ impl SessionsConfig {
             Some(app) => format!("{app}:s:"),
             None => "s:".to_owned(),
         };
+        let predecessors = match lookup(PREDECESSORS_VAR) {
+            Some(value) => parse_pids(&value).ok_or(SessionError::BadPredecessors { value })?,
+            None => Vec::new(),
+        };
         Ok(SessionsConfig {
             mode,
             timeout,
             store_url,
             key_prefix,
+            predecessors,
+            predecessor_wait: DEFAULT_PREDECESSOR_WAIT,
+            pid: std::process::id(),
         })
     }
+}
+
+/// `4121,4122` (blanks around items allowed, empty means none) as pids;
+/// `None` when any item is not a pid of 1 ..= i32::MAX (0 and negatives
+/// would name process groups).
+fn parse_pids(value: &str) -> Option<Vec<u32>> {
+    if value.trim().is_empty() {
+        return Some(Vec::new());
+    }
+    value
+        .split(',')
+        .map(|item| {
+            item.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|pid| (1..=i32::MAX as u32).contains(pid))
+        })
+        .collect()
 }
 
 /// The URL with its password hidden, fit for error messages and logs.
@@ -222,6 +276,22 @@ mod tests {
         let c = config(&[(MODE_VAR, "Store"), (TIMEOUT_VAR, "1500")]).unwrap();
         assert_eq!(c.mode, SessionMode::Store);
         assert_eq!(c.timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn predecessors_are_pids_or_a_clear_error() {
+        assert!(config(&[]).unwrap().predecessors.is_empty());
+        assert!(config(&[(PREDECESSORS_VAR, "")])
+            .unwrap()
+            .predecessors
+            .is_empty());
+        let c = config(&[(PREDECESSORS_VAR, "4121, 4122")]).unwrap();
+        assert_eq!(c.predecessors, vec![4121, 4122]);
+        assert_eq!(c.pid, std::process::id());
+        for bad in ["0", "-1", "12,", "a", "4294967295"] {
+            let e = config(&[(PREDECESSORS_VAR, bad)]).unwrap_err().to_string();
+            assert!(e.contains("APPVISOR_PREDECESSORS="), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub struct Session {
     pub(crate) version: u64,
     pub(crate) is_new: bool,
     pub(crate) changes: ChangeSet,
+    /// Read from the store rather than from memory (handoff mode while
+    /// joining or handed off): its commit must go to the store, whatever
+    /// phase the worker is in by then.
+    pub(crate) through_store: bool,
 }
 
 impl Session {
@@ -42,6 +46,7 @@ impl Session {
             version,
             is_new,
             changes: ChangeSet::default(),
+            through_store: false,
         }
     }
 

@@ -10,6 +10,9 @@
 //!   connection; a connection that errors mid-round is dropped, never pooled,
 //!   so no stale WATCH or MULTI leaks into the next user.
 //!
+//! Handoff markers (`{prefix}handoff:{pid}`, see the `handoff` module) are
+//! single commands on the shared connection too.
+//!
 //! A commit is two round trips: `WATCH k` + `GET k` pipelined, then
 //! `MULTI` / `SET k v PX ttl` / `EXEC`. No Lua, because the embedded store
 //! implements the session subset of Redis (no EVAL).
@@ -24,6 +27,7 @@ use tokio::task::JoinSet;
 
 use super::codec;
 use super::error::SessionError;
+use super::handoff::{MARKER_TTL, MARKER_VALUE};
 use super::id::SessionId;
 use super::memory::{FlushItem, Flushed};
 use super::mode::redact_url;
@@ -230,6 +234,48 @@ impl Store {
             .query_async::<()>(&mut self.shared.clone())
             .await
             .map_err(self.store_error("abandon"))
+    }
+
+    /// The handoff marker of the worker with process id `pid`.
+    fn marker_key(&self, pid: u32) -> String {
+        format!("{}handoff:{pid}", self.prefix)
+    }
+
+    /// Says to successors that the worker `pid` has flushed every session
+    /// it held: `{prefix}handoff:{pid}` = `flushed`, for [`MARKER_TTL`].
+    pub(crate) async fn mark_handed_off(&self, pid: u32) -> Result<(), SessionError> {
+        redis::cmd("SET")
+            .arg(self.marker_key(pid))
+            .arg(MARKER_VALUE)
+            .arg("PX")
+            .arg(ttl_millis(MARKER_TTL))
+            .query_async::<()>(&mut self.shared.clone())
+            .await
+            .map_err(self.store_error("handoff"))
+    }
+
+    /// Removes a marker: a new worker clears the one a long-gone worker
+    /// with the same (reused) pid may have left.
+    pub(crate) async fn clear_handoff_mark(&self, pid: u32) -> Result<(), SessionError> {
+        redis::cmd("DEL")
+            .arg(self.marker_key(pid))
+            .query_async::<()>(&mut self.shared.clone())
+            .await
+            .map_err(self.store_error("handoff"))
+    }
+
+    /// For each pid, whether its marker says `flushed` (one MGET).
+    pub(crate) async fn handoff_marked(&self, pids: &[u32]) -> Result<Vec<bool>, SessionError> {
+        let keys: Vec<String> = pids.iter().map(|pid| self.marker_key(*pid)).collect();
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.shared.clone())
+            .await
+            .map_err(self.store_error("handoff"))?;
+        Ok(values
+            .iter()
+            .map(|v| v.as_deref() == Some(MARKER_VALUE.as_bytes()))
+            .collect())
     }
 
     /// Writes many sessions: chunks of [`FLUSH_CHUNK`], each one

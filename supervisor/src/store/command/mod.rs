@@ -206,7 +206,7 @@ pub(crate) static COMMANDS: &[Spec] = &[
     spec("dbsize", 1, READONLY, NONE, keys::dbsize),
     spec("flushdb", -1, WRITE, NONE, keys::flushdb),
     spec("flushall", -1, WRITE, NONE, keys::flushdb),
-    spec("ping", -1, NO_AUTH | PUBSUB_CONTEXT, NONE, connection::ping),
+    spec("ping", -1, PUBSUB_CONTEXT, NONE, connection::ping),
     spec("echo", 2, 0, NONE, connection::echo),
     spec("auth", -2, NO_AUTH, NONE, connection::auth),
     spec("hello", -1, NO_AUTH, NONE, connection::hello),

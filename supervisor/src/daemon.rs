@@ -76,6 +76,17 @@ pub fn bind_sockets(config: &Config) -> anyhow::Result<BTreeMap<String, Vec<Boun
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = appvisor_config::load(config_path)?;
     let paths = StatePaths::new(&config);
+    if !paths.dir.exists() {
+        // Logs, events and the store may hold private data: owner only.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&paths.dir)
+            .with_context(|| {
+                format!("cannot create the state directory {}", paths.dir.display())
+            })?;
+    }
     for dir in [&paths.dir, &paths.logs(), &paths.run()] {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;

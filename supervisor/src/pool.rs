@@ -548,6 +548,14 @@ impl Pool {
         let slots: Vec<u32> = slots.unwrap_or_else(|| (0..self.slots.len() as u32).collect());
         if self.job.is_some() {
             // Coalesce: one follow-up recycle, whatever number of requests arrive.
+            self.emit(
+                self.event("recycle_queued")
+                    .because(&reason)
+                    .detail(format!(
+                        "{} — after the recycle under way (one follow-up at most)",
+                        reason.describe()
+                    )),
+            );
             let p = self.pending.get_or_insert_with(|| Pending {
                 reason: reason.clone(),
                 slots: BTreeSet::new(),

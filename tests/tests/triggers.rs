@@ -382,3 +382,97 @@ fn soft_changes_signal_the_workers_and_the_limit_recycles() {
     let r = wait_recycles(&sv, "web", 1);
     assert_eq!(r[0]["reason"], "soft_change_limit");
 }
+
+#[test]
+fn changes_during_a_recycle_make_exactly_one_follow_up_recycle() {
+    let sb = Sandbox::new("coalesce");
+    let port = free_port();
+    sb.write("web.config", "v0");
+    // A slow start keeps the first recycle open while more changes arrive.
+    sb.config(&app(
+        "web",
+        port,
+        "env = { DEMO_STARTUP_MS = \"1500\" }\n[app.recycle]\nstartup_timeout = \"20s\"\n[app.watch]\ndebounce = \"50ms\"\nmax_wait = \"200ms\"\n",
+    ));
+    let sv = sb.start();
+    sv.wait_running("web", 1);
+    wait_watching(&sv);
+    std::fs::write(sb.path("web.config"), "v1").unwrap();
+    // The candidate of generation 2 has started: the recycle is under way.
+    sv.wait_event("the first candidate", LONG, |e| {
+        e["kind"] == "started" && e["generation"] == 2
+    });
+    for i in 2..=4 {
+        std::fs::write(sb.path("web.config"), format!("v{i}")).unwrap();
+        // Each edit is decided on its own (past max_wait) while the recycle runs,
+        // and queued behind it.
+        wait_until(LONG, "the edit to be queued", || {
+            (sv.events_of("recycle_queued").len() >= i - 1).then_some(())
+        });
+    }
+    assert!(
+        recycles(&sv, "web").is_empty(),
+        "the first recycle is still under way"
+    );
+    let r = wait_recycles(&sv, "web", 2);
+    sv.wait_running("web", 1);
+    // A sentinel recycle by hand: if the three edits had made more than one
+    // follow-up, they would show before it.
+    sv.ok(&["recycle", "web"]);
+    let all = recycles(&sv, "web");
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all[0]["reason"], "file_change");
+    assert_eq!(all[1]["reason"], "file_change");
+    assert_eq!(all[2]["reason"], "manual");
+    let _ = r;
+}
+
+#[test]
+fn memory_hard_limit_kills_at_once_and_starts_a_fresh_worker() {
+    let sb = Sandbox::new("hardlimit");
+    let port = free_port();
+    sb.config(&app(
+        "web",
+        port,
+        "env = { DEMO_LEAK_MB_PER_SEC = \"40\" }\n[app.recycle]\nmemory_hard_limit = \"60MiB\"\nmemory_check_interval = \"250ms\"\n[app.watch]\nenabled = false\n",
+    ));
+    let sv = sb.start();
+    let old = sv.wait_running("web", 1)[0];
+    let killed = sv.wait_event("a hard-limit kill", LONG, |e| e["kind"] == "killed");
+    assert_eq!(killed["pid"], old);
+    assert_eq!(killed["cause"]["kind"], "memory_hard_limit");
+    assert!(
+        killed["cause"]["bytes"].as_u64().unwrap() > killed["cause"]["limit"].as_u64().unwrap()
+    );
+    wait_until(LONG, "a fresh worker", || {
+        let pids = sv.ready_pids("web");
+        (!pids.is_empty() && !pids.contains(&old)).then_some(())
+    });
+    assert!(!alive(old));
+    // Not a crash: rapid-fail protection does not count it.
+    assert!(sv.events_of("crashed").is_empty());
+}
+
+#[test]
+fn a_failing_http_probe_recycles_a_hung_worker() {
+    let sb = Sandbox::new("probe");
+    let port = free_port();
+    sb.config(&app(
+        "web",
+        port,
+        "[app.health]\nhttp_probe = { path = \"/healthz\", interval = \"200ms\", timeout = \"100ms\", failures = 2 }\n[app.watch]\nenabled = false\n",
+    ));
+    let sv = sb.start();
+    let old = sv.wait_running("web", 1)[0];
+    // Block the worker's only thread for a while: it accepts nothing meanwhile.
+    let hang = std::thread::spawn(move || http_get(port, "/hang?ms=5000"));
+    let r = wait_recycles(&sv, "web", 1);
+    assert_eq!(r[0]["reason"], "unhealthy");
+    assert_eq!(r[0]["old_pid"], old);
+    assert!(
+        r[0]["detail"].as_str().unwrap().contains("HTTP probe"),
+        "{}",
+        r[0]
+    );
+    let _ = hang.join();
+}

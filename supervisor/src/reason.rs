@@ -23,7 +23,11 @@ pub enum RecycleReason {
     /// `soft_changes_before_recycle` soft changes have accumulated.
     SoftChangeLimit { changes: u32, limit: u32 },
     /// A memory limit was crossed. `kind` is "private_memory", "virtual_memory" or "rss".
-    Memory { kind: String, bytes: u64, limit: u64 },
+    Memory {
+        kind: String,
+        bytes: u64,
+        limit: u64,
+    },
     /// `requests` served.
     Requests { count: u64, limit: u64 },
     /// `interval` reached.
@@ -57,7 +61,11 @@ impl RecycleReason {
     pub fn describe(&self) -> String {
         match self {
             RecycleReason::Manual => "manual recycle".into(),
-            RecycleReason::FileChange { paths, count, change } => {
+            RecycleReason::FileChange {
+                paths,
+                count,
+                change,
+            } => {
                 let mut s = format!("{change} {}", paths.join(", "));
                 if *count > paths.len() {
                     s.push_str(&format!(" (+{} more)", count - paths.len()));

@@ -144,8 +144,17 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Check { config } => {
             let path = config_path(&cli.config, &config);
             let config = appvisor_config::load(&path)?;
-            // Ports in use are a config problem too; binding is the only honest test.
-            crate::daemon::bind_sockets(&config)?;
+            // Ports in use are a config problem too; binding is the only honest
+            // test — unless this config's own supervisor holds them right now.
+            let running = std::os::unix::net::UnixStream::connect(
+                config.supervisor.state_dir.join("control.sock"),
+            )
+            .is_ok();
+            if running {
+                eprintln!("appvisor: a supervisor is running for this config; its ports were not re-checked");
+            } else {
+                check_tcp_ports(&config)?;
+            }
             println!("{}", config.to_toml_string());
             eprintln!(
                 "appvisor: {} is valid ({} app(s))",

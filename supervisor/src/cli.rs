@@ -219,6 +219,20 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// Binds (and releases) every TCP listen address, naming the app on failure.
+/// Unix sockets are not tried: binding one leaves a file behind.
+fn check_tcp_ports(config: &appvisor_config::Config) -> anyhow::Result<()> {
+    for app in &config.apps {
+        for l in &app.listen {
+            if matches!(l.address, appvisor_config::ListenAddress::Tcp(_)) {
+                crate::sockets::bind(&app.name, l)
+                    .with_context(|| config.path.display().to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn events(
     config: &Path,
     app: Option<String>,

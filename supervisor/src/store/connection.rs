@@ -23,8 +23,9 @@ use super::transport::{ReadBuffer, Socket, Transport};
 /// Replies buffered past this are written before more requests run, so a client
 /// pipelining thousands of large GETs cannot make the store buffer them all.
 const OUTPUT_FLUSH: usize = 64 * 1024;
-/// Read buffer size; it grows for a large request and shrinks back afterwards.
-const READ_CHUNK: usize = 16 * 1024;
+/// Initial buffer sizes; they grow for large requests or replies and shrink back
+/// afterwards, so an idle connection costs ~8 KiB.
+const READ_CHUNK: usize = 4 * 1024;
 /// Buffers grown past this are released once empty.
 const SHRINK_ABOVE: usize = 1 << 20;
 /// Pushes written per wake-up before the connection reads again.
@@ -106,7 +107,7 @@ where
                 break;
             }
         }
-        rbuf.shrink_to(SHRINK_ABOVE);
+        rbuf.shrink(SHRINK_ABOVE, READ_CHUNK);
         if wbuf.capacity() > SHRINK_ABOVE {
             wbuf = BytesMut::with_capacity(READ_CHUNK);
         }

@@ -124,10 +124,16 @@ pub(crate) struct ReadBuffer {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Free space offered to the next read: doubled (up to [`MAX_READ`]) each time
+    /// a read fills it, so a pipelining client is read in few calls while an idle
+    /// one keeps a small buffer.
+    read_size: usize,
 }
 
 /// Least free space offered to a read.
-const MIN_READ: usize = 8 * 1024;
+const MIN_READ: usize = 4 * 1024;
+/// Most free space offered to a read (a large request still gets what it needs).
+const MAX_READ: usize = 64 * 1024;
 
 impl ReadBuffer {
     pub fn new(size: usize) -> ReadBuffer {
@@ -135,6 +141,7 @@ impl ReadBuffer {
             buf: vec![0; size],
             start: 0,
             end: 0,
+            read_size: MIN_READ,
         }
     }
 
@@ -161,7 +168,7 @@ impl ReadBuffer {
 
     /// Free space to read into, making room for `need` unparsed bytes in all.
     fn spare(&mut self, need: usize) -> &mut [u8] {
-        let want = need.max(self.len() + MIN_READ);
+        let want = need.max(self.len() + self.read_size);
         if self.buf.len() - self.start < want {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -174,15 +181,22 @@ impl ReadBuffer {
     }
 
     fn filled(&mut self, n: usize) {
+        if self.end + n == self.buf.len() {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(MIN_READ);
+        }
         self.end += n;
     }
 
-    /// Gives back a buffer grown for one large request, once it is empty.
-    pub fn shrink_to(&mut self, size: usize) {
-        if self.len() == 0 && self.buf.len() > size {
+    /// Gives back a buffer grown past `limit` for one large request, once it is
+    /// empty, replacing it with one of `size` bytes.
+    pub fn shrink(&mut self, limit: usize, size: usize) {
+        if self.len() == 0 && self.buf.len() > limit {
             self.buf = vec![0; size];
             self.start = 0;
             self.end = 0;
+            self.read_size = MIN_READ;
         }
     }
 }
@@ -194,6 +208,7 @@ mod tests {
     #[test]
     fn read_buffer_compacts_and_grows() {
         let mut b = ReadBuffer::new(16);
+        b.read_size = 16;
         let spare = b.spare(1);
         spare[..10].copy_from_slice(b"0123456789");
         b.filled(10);
@@ -204,7 +219,7 @@ mod tests {
         assert_eq!(b.data(), b"456789");
         b.consume(6);
         assert_eq!(b.len(), 0);
-        b.shrink_to(16);
+        b.shrink(16, 16);
         assert_eq!(b.capacity(), 16);
     }
 }

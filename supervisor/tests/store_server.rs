@@ -1285,6 +1285,14 @@ mod limits {
         assert_eq!(raw.reply(), "-ERR Protocol error: invalid bulk length");
         assert!(raw.closed());
         assert_eq!(bystander.call(&["PING"]), "+PONG");
+        // Before AUTH, only small requests are read at all.
+        let mut anonymous = Raw::connect(&sock);
+        anonymous.send_bytes(b"*2\r\n$3\r\nGET\r\n$5000\r\n");
+        assert_eq!(
+            anonymous.reply(),
+            "-ERR Protocol error: invalid bulk length"
+        );
+        assert!(anonymous.closed());
         let mut raw = Raw::login(&sock, SHOP);
         raw.send_bytes(b"*99999999\r\n");
         assert_eq!(raw.reply(), "-ERR Protocol error: invalid multibulk length");

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use super::client::Client;
 use super::command::{execute, Args, Ctx};
 use super::pubsub::Push;
-use super::resp::{parse_request, Parse, Reply};
+use super::resp::{parse_request, FrameLimits, Parse, Reply};
 use super::server::{now_ms, Inner};
 use super::transport::{ReadBuffer, Socket, Transport};
 
@@ -30,6 +30,13 @@ const READ_CHUNK: usize = 4 * 1024;
 const SHRINK_ABOVE: usize = 1 << 20;
 /// Pushes written per wake-up before the connection reads again.
 const PUSH_BATCH: usize = 256;
+
+/// What a connection that has not logged in may send: AUTH and HELLO fit.
+const ANONYMOUS_LIMITS: FrameLimits = FrameLimits {
+    max_bulk: 4096,
+    max_args: 16,
+    max_frame: 64 * 1024,
+};
 
 /// What one pass over the read buffer did.
 struct Pass {
@@ -140,7 +147,14 @@ fn run_requests(
             pass.more = true;
             break;
         }
-        match parse_request(&rbuf[pass.consumed..], args, &inner.limits) {
+        // Before AUTH only small requests are read: an anonymous client cannot make
+        // the store buffer megabytes.
+        let limits = if client.db.is_some() {
+            &inner.limits
+        } else {
+            &ANONYMOUS_LIMITS
+        };
+        match parse_request(&rbuf[pass.consumed..], args, limits) {
             Parse::Complete { consumed } => {
                 let buf = &rbuf[pass.consumed..];
                 let resp3 = client.resp3;

@@ -585,6 +585,30 @@ mod tests {
     }
 
     #[test]
+    fn scan_survives_a_resize_mid_iteration() {
+        let mut db = Db::new("a".into(), Arc::default());
+        for i in 0..100 {
+            db.set(format!("old{i}").as_bytes(), b"v", 0, 0);
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = db.scan(0, 10, 0, |e| {
+            seen.insert(e.key().to_vec());
+        });
+        // Growing the table moves entries: the stale cursor restarts the walk.
+        for i in 0..10_000 {
+            db.set(format!("new{i}").as_bytes(), b"v", 0, 0);
+        }
+        while cursor.cursor != 0 {
+            cursor = db.scan(cursor.cursor, 100, 0, |e| {
+                seen.insert(e.key().to_vec());
+            });
+        }
+        for i in 0..100 {
+            assert!(seen.contains(format!("old{i}").as_bytes()), "old{i} missed");
+        }
+    }
+
+    #[test]
     fn auth_by_user_or_password_alone() {
         let mut ks = Keyspace::new(false);
         ks.set_apps([("shop", "s3cret"), ("blog", "t0ken")]);

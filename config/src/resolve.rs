@@ -989,7 +989,12 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn sessions(&mut self, sc: &Scope, raw: Option<&RawSessions>, processes: u32) -> SessionsConfig {
+    fn sessions(
+        &mut self,
+        sc: &Scope,
+        raw: Option<&RawSessions>,
+        processes: u32,
+    ) -> SessionsConfig {
         let mode = self.choice(
             sc,
             "mode",

@@ -487,7 +487,12 @@ fn problems_are_available_as_data() {
 #[test]
 fn handoff_sessions_with_several_workers_are_refused() {
     let text = "[[app]]\nname = \"web\"\ncommand = [\"x\"]\nprocesses = 2\n[app.sessions]\nmode = \"handoff\"\n";
-    let err = appvisor_config::parse(text, std::path::Path::new("/tmp/appvisor.toml")).unwrap_err().to_string();
+    let err = appvisor_config::parse(text, std::path::Path::new("/tmp/appvisor.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("appvisor.toml:6:8"), "{err}");
-    assert!(err.contains("sessions.mode") && err.contains("\"store\""), "{err}");
+    assert!(
+        err.contains("sessions.mode") && err.contains("\"store\""),
+        "{err}"
+    );
 }

@@ -175,7 +175,10 @@ pub fn render(e: &Event) -> String {
         extra.push(format!("uptime {}", human_ms(ms)));
     }
     if let Some(n) = e.sessions {
-        extra.push(format!("{n} session{} handed off", if n == 1 { "" } else { "s" }));
+        extra.push(format!(
+            "{n} session{} handed off",
+            if n == 1 { "" } else { "s" }
+        ));
     }
     if !extra.is_empty() {
         s.push_str(&format!(" ({})", extra.join(", ")));

@@ -17,14 +17,18 @@ fn event_ms(e: &Value) -> f64 {
 }
 
 fn now_ms() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
 }
 
 fn started_after(sv: &Supervisor, generation_min: u64) -> Value {
     wait_until(Duration::from_secs(30), "a new generation to start", || {
-        sv.events()
-            .into_iter()
-            .find(|e| e["kind"] == "started" && e["generation"].as_u64().unwrap_or(0) >= generation_min)
+        sv.events().into_iter().find(|e| {
+            e["kind"] == "started" && e["generation"].as_u64().unwrap_or(0) >= generation_min
+        })
     })
 }
 
@@ -39,7 +43,9 @@ fn file_change_latency() -> (f64, f64) {
     ));
     let sv = sb.start();
     sv.wait_running("web", 1);
-    sv.wait_event("watching", Duration::from_secs(30), |e| e["kind"] == "watching");
+    sv.wait_event("watching", Duration::from_secs(30), |e| {
+        e["kind"] == "watching"
+    });
     let mut lat = Vec::new();
     let mut generation = 1;
     for i in 1..=30 {

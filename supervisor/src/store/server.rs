@@ -421,6 +421,18 @@ pub(crate) async fn start(
         tokio::spawn(accept_tcp(inner.clone(), tcp));
     }
     tokio::spawn(expiry::run(inner.clone(), inner.stop.subscribe()));
+    if inner
+        .writer
+        .as_ref()
+        .is_some_and(|w| w.mode == Persist::Always)
+    {
+        let kicker = inner.clone();
+        tokio::spawn(async move {
+            if let Some(writer) = &kicker.writer {
+                writer.run_kicker(kicker.stop.subscribe()).await;
+            }
+        });
+    }
     let stopping = inner.clone();
     tokio::spawn(async move {
         shutdown.await;

@@ -117,6 +117,9 @@ impl Shared {
 /// The handle connections and the purge task use to feed the writer thread.
 pub(crate) struct LogWriter {
     shared: Arc<Shared>,
+    /// `always`: wakes the kicker task; `kick_queued` avoids queueing it twice.
+    kick: tokio::sync::Notify,
+    kick_queued: AtomicBool,
     durable: watch::Receiver<u64>,
     pub mode: Persist,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -165,6 +168,8 @@ impl LogWriter {
             })?;
         Ok(LogWriter {
             shared,
+            kick: tokio::sync::Notify::new(),
+            kick_queued: AtomicBool::new(false),
             durable,
             mode,
             thread: Mutex::new(Some(handle)),
@@ -172,6 +177,11 @@ impl LogWriter {
     }
 
     /// Queues `records` (leaving it empty) and returns their sequence number.
+    ///
+    /// In `always` mode the writer is not woken here: [`LogWriter::durable`] wakes
+    /// it from a task queued behind every connection that is ready in this turn
+    /// of the event loop, so one `fdatasync` covers all their batches — as Redis
+    /// syncs once per event-loop iteration.
     pub fn submit(&self, records: &mut Vec<u8>) -> u64 {
         let mut q = self.shared.lock();
         q.accepted += records.len() as u64;
@@ -184,7 +194,7 @@ impl LogWriter {
         let seq = q.accepted;
         let wake = match q.sleeping {
             Sleep::Awake => false,
-            Sleep::Waiting => true,
+            Sleep::Waiting => self.mode != Persist::Always,
             Sleep::Gathering => q.pending.len() >= WAKE_BYTES,
         };
         if wake {
@@ -197,8 +207,37 @@ impl LogWriter {
         seq
     }
 
+    /// Wakes the writer if it waits and records are queued.
+    fn kick(&self) {
+        let mut q = self.shared.lock();
+        let wake = q.sleeping != Sleep::Awake && !q.pending.is_empty();
+        if wake {
+            q.sleeping = Sleep::Awake;
+        }
+        drop(q);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Wakes the writer from a task that runs after the connections already
+    /// scheduled (see [`LogWriter::submit`]); until the store stops.
+    pub async fn run_kicker(&self, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = self.kick.notified() => {}
+                _ = stop.changed() => return,
+            }
+            self.kick_queued.store(false, Ordering::Relaxed);
+            self.kick();
+        }
+    }
+
     /// Resolves once every record up to `seq` is on disk (`always` mode).
     pub async fn durable(&self, seq: u64) {
+        if !self.kick_queued.swap(true, Ordering::Relaxed) {
+            self.kick.notify_one();
+        }
         let mut rx = self.durable.clone();
         // An error means the thread is gone (shutdown); nothing more will come.
         let _ = rx.wait_for(|&done| done >= seq).await;

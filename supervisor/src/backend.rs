@@ -220,19 +220,21 @@ async fn check_redis(url: &str) -> Result<(), String> {
 }
 
 async fn ping_tcp(hostport: &str) -> Result<String, String> {
-    let mut s = tokio::net::TcpStream::connect(hostport)
+    let s = tokio::net::TcpStream::connect(hostport)
         .await
         .map_err(|e| e.to_string())?;
-    s.write_all(b"PING\r\n").await.map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 128];
-    let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    ping(s).await
 }
 
 async fn ping_unix(path: &Path) -> Result<String, String> {
-    let mut s = tokio::net::UnixStream::connect(path)
+    let s = tokio::net::UnixStream::connect(path)
         .await
         .map_err(|e| e.to_string())?;
+    ping(s).await
+}
+
+/// Sends an inline PING and returns the first bytes of the answer.
+async fn ping<S: AsyncReadExt + AsyncWriteExt + Unpin>(mut s: S) -> Result<String, String> {
     s.write_all(b"PING\r\n").await.map_err(|e| e.to_string())?;
     let mut buf = [0u8; 128];
     let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;

@@ -80,6 +80,14 @@ impl Event {
         self
     }
 
+    /// The worker the event is about: its slot, generation and pid.
+    pub fn of_worker(mut self, slot: u32, generation: u64, pid: i32) -> Event {
+        self.worker = Some(slot);
+        self.generation = Some(generation);
+        self.pid = Some(pid);
+        self
+    }
+
     pub fn detail(mut self, detail: impl Into<String>) -> Event {
         self.detail = Some(detail.into());
         self

@@ -925,9 +925,7 @@ impl Pool {
             _ => s.current = Some(pid),
         }
         let mut e = self.event("started");
-        e.worker = Some(slot);
-        e.generation = Some(generation);
-        e.pid = Some(pid);
+        e = e.of_worker(slot, generation, pid);
         self.emit(e);
         Ok(pid)
     }
@@ -1006,9 +1004,7 @@ impl Pool {
         match role {
             Role::Current => {
                 let mut e = self.event("ready");
-                e.worker = Some(slot);
-                e.generation = Some(generation);
-                e.pid = Some(pid);
+                e = e.of_worker(slot, generation, pid);
                 e.startup_ms = Some(startup_ms);
                 self.emit(e);
                 self.check_started();
@@ -1142,9 +1138,7 @@ impl Pool {
         let uptime_ms = (now - w.started).as_millis() as u64;
         let tail: Vec<String> = w.tail.lock().unwrap().iter().cloned().collect();
         let mut e = Event::new(&self.app.name, "");
-        e.worker = Some(w.slot);
-        e.generation = Some(w.generation);
-        e.pid = Some(pid);
+        e = e.of_worker(w.slot, w.generation, pid);
         e.uptime_ms = Some(uptime_ms);
         match exit.status {
             ExitStatus::Code(c) => e.exit_code = Some(c),
@@ -1371,12 +1365,16 @@ impl Pool {
             || rc.rss.is_some()
             || rc.memory_hard_limit.is_some();
         self.next_memory_check = memory.then(|| now + rc.memory_check_interval);
-        self.next_probe = self
-            .app
+        self.next_probe = self.probe_after(now);
+    }
+
+    /// When the next HTTP health probe is due, if one is configured.
+    fn probe_after(&self, now: Instant) -> Option<Instant> {
+        self.app
             .health
             .http_probe
             .as_ref()
-            .map(|p| now + p.interval);
+            .map(|p| now + p.interval)
     }
 
     fn check_memory(&mut self) {
@@ -1414,9 +1412,7 @@ impl Pool {
         let slot = w.slot;
         let generation = w.generation;
         let mut e = self.event("killed").because(&reason);
-        e.worker = Some(slot);
-        e.generation = Some(generation);
-        e.pid = Some(pid);
+        e = e.of_worker(slot, generation, pid);
         if let Some(s) = self.slots.get_mut(slot as usize) {
             if s.current == Some(pid) {
                 s.current = None;
@@ -1603,12 +1599,7 @@ impl Pool {
             self.check_memory();
         }
         if self.next_probe.is_some_and(|t| t <= now) && !self.probe_in_flight {
-            self.next_probe = self
-                .app
-                .health
-                .http_probe
-                .as_ref()
-                .map(|p| now + p.interval);
+            self.next_probe = self.probe_after(now);
             if self.running() && self.job.is_none() {
                 self.start_health_probe();
             }
@@ -1647,9 +1638,7 @@ impl Pool {
         w.kill_at = None;
         w.killed = true;
         let mut e = Event::new(&self.app.name, "killed");
-        e.worker = Some(w.slot);
-        e.generation = Some(w.generation);
-        e.pid = Some(pid);
+        e = e.of_worker(w.slot, w.generation, pid);
         e.drain_ms = w.retire_started.map(|t| (now - t).as_millis() as u64);
         e.detail = Some(format!(
             "still running {} after {}; SIGKILL to its process group",
@@ -1668,9 +1657,7 @@ impl Pool {
         w.startup_deadline = None;
         let tail: Vec<String> = w.tail.lock().unwrap().iter().cloned().collect();
         let mut e = Event::new(&self.app.name, "startup_failed");
-        e.worker = Some(w.slot);
-        e.generation = Some(w.generation);
-        e.pid = Some(pid);
+        e = e.of_worker(w.slot, w.generation, pid);
         e.detail = Some(format!(
             "not ready within startup_timeout {}; killed, the previous generation keeps serving",
             humanize(timeout)

@@ -132,6 +132,16 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((code, body))
 }
 
+/// `appvisor ARGS` run in `dir`, waited for.
+pub fn run_cli(dir: &Path, args: &[&str]) -> Output {
+    Command::new(appvisor_bin())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run appvisor")
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A directory for one test, removed when dropped (kept if the test panicked).
@@ -171,12 +181,7 @@ impl Sandbox {
 
     /// Runs `appvisor ARGS` in the sandbox and waits for it.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(appvisor_bin())
-            .args(args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run appvisor")
+        run_cli(&self.dir, args)
     }
 
     /// Starts `appvisor run` in the sandbox; returns once the control socket answers.
@@ -318,12 +323,7 @@ impl Supervisor {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(appvisor_bin())
-            .args(args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run appvisor")
+        run_cli(&self.dir, args)
     }
 
     /// `appvisor ARGS`, asserting success; returns stdout.

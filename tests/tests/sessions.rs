@@ -137,9 +137,11 @@ fn sessions_written_before_kill9_of_the_supervisor_survive_its_restart() {
     let workers = sv.ready_pids("counter");
     sv.kill9();
     // The guard takes the old workers down with the supervisor; restart after.
-    wait_until(Duration::from_secs(10), "the old workers to be gone", || {
-        workers.iter().all(|p| !alive(*p)).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the old workers to be gone",
+        || workers.iter().all(|p| !alive(*p)).then_some(()),
+    );
     let sv = sb.start();
     sv.wait_running("counter", 1);
     for u in &users {

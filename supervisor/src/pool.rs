@@ -357,6 +357,7 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         probe_in_flight: false,
         probe_failures: 0,
         last_activity: Instant::now(),
+        idle_cpu_mark: HashMap::new(),
         config_generation,
         wake_task: None,
     };
@@ -396,6 +397,8 @@ struct Pool {
     probe_failures: u32,
     /// Last request or start, for `idle_timeout`.
     last_activity: Instant,
+    /// Each worker's CPU ticks at the last idle check.
+    idle_cpu_mark: HashMap<i32, u64>,
     config_generation: u64,
     wake_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -1606,9 +1609,34 @@ impl Pool {
         }
         if let Some(idle) = self.app.recycle.idle_timeout {
             if self.running() && self.job.is_none() && self.last_activity + idle <= now {
-                self.stop_all(false, true);
+                self.on_idle_deadline(idle, now);
             }
         }
+    }
+
+    /// No request was reported for `idle_timeout`. Workers that do not report
+    /// requests (no SDK, no `X_APPVISOR_REQUESTS`) could still be busy, so their
+    /// CPU time decides: more than 1 % of the window counts as activity.
+    fn on_idle_deadline(&mut self, idle: Duration, now: Instant) {
+        // Per pid: a worker started since the last check counts from zero, which
+        // errs on the side of "busy".
+        let now_ticks: HashMap<i32, u64> = self
+            .workers
+            .values()
+            .filter(|w| w.role == Role::Current)
+            .filter_map(|w| Some((w.pid, crate::probe::cpu_ticks(w.pid)?)))
+            .collect();
+        let used: u64 = now_ticks
+            .iter()
+            .map(|(pid, t)| t.saturating_sub(self.idle_cpu_mark.get(pid).copied().unwrap_or(0)))
+            .sum();
+        self.idle_cpu_mark = now_ticks;
+        let window_ticks = idle.as_secs_f64() * crate::probe::ticks_per_second();
+        if used as f64 > window_ticks * 0.01 {
+            self.last_activity = now;
+            return;
+        }
+        self.stop_all(false, true);
     }
 
     fn on_schedule(&mut self, at: jiff::Zoned) {

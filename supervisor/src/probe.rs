@@ -1,5 +1,5 @@
-//! Looking at a worker from outside: an HTTP GET for `ready = "http:…"`, and its
-//! resident memory for `status`.
+//! Looking at a worker from outside: an HTTP GET for `ready = "http:…"`, its
+//! resident memory for `status`, its CPU time for `idle_timeout`.
 
 use std::time::Duration;
 
@@ -54,4 +54,23 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// User + system CPU time of one process, in clock ticks.
+pub fn cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`).
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
 }

@@ -480,3 +480,28 @@ fn a_failing_http_probe_recycles_a_hung_worker() {
     );
     let _ = hang.join();
 }
+
+#[test]
+fn a_busy_worker_that_reports_no_requests_is_not_stopped_as_idle() {
+    let sb = Sandbox::new("busyidle");
+    let port = free_port();
+    // The Python worker has no SDK: it never reports X_APPVISOR_REQUESTS, so
+    // its CPU time is what tells busy from idle.
+    sb.config(&format!(
+        "[[app]]\nname = \"py\"\ncommand = [\"python3\", \"{}\"]\nlisten = [\"tcp://127.0.0.1:{port}\"]\n[app.recycle]\nidle_timeout = \"500ms\"\n[app.watch]\nenabled = false\n",
+        worker_script("py_http.py").display()
+    ));
+    let sv = sb.start();
+    sv.wait_running("py", 1);
+    let load = Load::start(port, 2, false, "/");
+    // Four idle windows under load (an absence can only be checked over time).
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        load.wait_for_requests(50);
+    }
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert!(sv.events_of("idle_stop").is_empty(), "stopped while busy");
+    // Once the load is gone, it is idle.
+    sv.wait_event("idle_stop", LONG, |e| e["kind"] == "idle_stop");
+}

@@ -23,6 +23,11 @@
 //! it handed off (`X_APPVISOR_SESSIONS=n`, the `sessions` field of the
 //! `retired` event).
 //!
+//! Session ends: in `store` and `handoff` mode, worker 0 (`APPVISOR_WORKER`,
+//! or the only worker when run by hand) subscribes to them and logs
+//! `sessions-demo: session ended <redacted id>` when a stored session
+//! expires. Only worker 0, because every subscriber receives every end.
+//!
 //! `SESSIONS_DEMO_ADDR=host:port` sets where to listen when no socket is
 //! inherited (default `127.0.0.1:3000`). Lifecycle lines go to stdout,
 //! prefixed `sessions-demo:`.
@@ -65,6 +70,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 sessions.mode(),
                 sessions.timeout()
             );
+        }
+
+        // Session_End: every worker that subscribes gets every end, so
+        // only worker 0 does.
+        if sessions.mode() != SessionMode::Inproc && worker.index().unwrap_or(0) == 0 {
+            match sessions.on_end().await {
+                Ok(mut ends) => {
+                    tokio::spawn(async move {
+                        while let Some(id) = ends.recv().await {
+                            println!("sessions-demo: session ended {}", id.redacted());
+                        }
+                    });
+                }
+                // Sessions still work without end events.
+                Err(e) => eprintln!("sessions-demo: no session end events: {e}"),
+            }
         }
 
         // The one line that gives the app sessions.

@@ -152,6 +152,35 @@ pub enum SessionError {
         source: std::sync::Arc<SessionError>,
     },
 
+    /// [`Sessions::on_end`](super::Sessions::on_end) in a mode without a store.
+    #[error(
+        "session end events come from the session store's key expiry notifications, and mode \
+         `{mode}` keeps sessions in memory only; use mode `store` (or `handoff`) to get them"
+    )]
+    EndEventsNeedStore {
+        /// The configured mode.
+        mode: SessionMode,
+    },
+
+    /// The store does not publish key expiry events and refused to start.
+    #[error(
+        "the session store at {url} does not publish key expiry events \
+         (notify-keyspace-events is {flags:?}, session ends need `E` and `x`) and refused \
+         `CONFIG SET notify-keyspace-events {wanted}`: {source}; run that command on the \
+         server as an administrator, or put `notify-keyspace-events {wanted}` in its redis.conf"
+    )]
+    ExpiryEventsOff {
+        /// The URL with any password replaced by `***`.
+        url: String,
+        /// The server's current flags.
+        flags: String,
+        /// The flags we asked for (the current ones plus `E` and `x`).
+        wanted: String,
+        /// What the server said (boxed: this variant carries the most).
+        #[source]
+        source: Box<redis::RedisError>,
+    },
+
     /// A [`SessionHandle`](super::SessionHandle) was used after its request ended.
     #[error(
         "this session handle belongs to a request that has already finished; \

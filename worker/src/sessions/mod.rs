@@ -52,6 +52,7 @@
 //! | `memory.rs` | the sharded in-worker table (inproc, handoff) |
 //! | `handoff.rs` | overlapped recycles: phases, the commit gate, predecessors and markers |
 //! | `store.rs` | Redis protocol access: GETEX, WATCH/MULTI/EXEC, bulk flush |
+//! | `ends.rs` | [`SessionEnds`]: expired session ids from the store's key events |
 //! | `layer.rs` | the tower layer and [`SessionHandle`] |
 //!
 //! # Theory of operation
@@ -149,10 +150,29 @@
 //! access, swept in the background); store keys carry a PX TTL renewed on
 //! every load and write. A commit with no changes writes nothing: the load
 //! a moment earlier already renewed the expiry.
+//!
+//! *Session end* (ASP.NET's `Session_End`, but out of process).
+//! [`Sessions::on_end`] subscribes to the store's key expiry events
+//! (`__keyevent@0__:expired`, payload: the key) on a connection of its own
+//! and yields the [`SessionId`] of each of this app's session keys that
+//! expires; other keys are ignored. The embedded store always publishes
+//! them; on a real Redis the SDK turns on `notify-keyspace-events Ex` if it
+//! may, and says what to run if it may not. Only expiries are reported, not
+//! [`Sessions::abandon`] (the app knows about those). The session's data is
+//! gone by then — an end handler gets only the id. Pub/sub delivers to every
+//! subscriber: with `processes > 1`, *every* worker that calls `on_end`
+//! receives *every* end, so either make the handler idempotent or
+//! subscribe in one worker only (e.g. when `APPVISOR_WORKER` is `0`, as
+//! the `sessions_demo` example does). Ends that happen while the
+//! subscriber is disconnected (it reconnects with backoff) are lost, as are
+//! ends while no worker runs. In `handoff` mode only sessions that reached
+//! the store are reported: one that lived and expired in memory alone has
+//! no key to expire.
 
 mod changes;
 mod codec;
 mod cookie;
+mod ends;
 mod error;
 mod handoff;
 mod id;
@@ -170,6 +190,7 @@ pub use cookie::{
     expire_cookie_header, id_from_cookie_header, id_from_headers, set_cookie_header, CookieOptions,
     SameSite, DEFAULT_COOKIE_NAME,
 };
+pub use ends::SessionEnds;
 pub use error::SessionError;
 pub use id::{InvalidSessionId, SessionId, SESSION_ID_LEN};
 pub use layer::{layer, SessionHandle, SessionLayer, SessionService};
@@ -367,6 +388,22 @@ impl Sessions {
     /// The sliding timeout.
     pub fn timeout(&self) -> Duration {
         self.inner.timeout
+    }
+
+    /// Subscribes to session ends: the ids of this app's sessions whose
+    /// store keys expire from now on (see *Session end* in the module docs,
+    /// including why every worker receives every end). Needs a store
+    /// (`store` or `handoff` mode). On a Redis whose `notify-keyspace-events`
+    /// lacks `E` or `x` it tries `CONFIG SET`, and fails with
+    /// [`SessionError::ExpiryEventsOff`] if refused. Each call opens its own
+    /// connection; dropping the [`SessionEnds`] closes it.
+    pub async fn on_end(&self) -> Result<SessionEnds, SessionError> {
+        match &self.inner.store {
+            Some(store) => ends::subscribe(Arc::clone(store)).await,
+            None => Err(SessionError::EndEventsNeedStore {
+                mode: self.inner.mode,
+            }),
+        }
     }
 
     /// A new, empty session under a fresh id. Nothing is stored until it is

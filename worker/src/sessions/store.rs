@@ -96,6 +96,26 @@ impl Store {
         })
     }
 
+    /// The client, for connections of other kinds (the `ends` subscriber).
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The shared connection, for one-off commands of other modules.
+    pub(crate) fn shared(&self) -> ConnectionManager {
+        self.shared.clone()
+    }
+
+    /// This app's session key prefix, e.g. `shop:s:`.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The store URL with its password hidden, for messages.
+    pub(crate) fn redacted_url(&self) -> &str {
+        &self.url
+    }
+
     fn key(&self, id: &SessionId) -> String {
         let mut key = String::with_capacity(self.prefix.len() + id.as_str().len());
         key.push_str(&self.prefix);

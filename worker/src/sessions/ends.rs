@@ -1,0 +1,271 @@
+//! Session ends (ASP.NET's `Session_End`), out of process: the store's key
+//! expiry notifications, filtered down to this app's session ids.
+//!
+//! When a key expires, the store publishes its name on the channel
+//! `__keyevent@<db>__:expired`. appvisor's embedded store always does, in
+//! each app's own namespace; a real Redis only with `notify-keyspace-events`
+//! containing `E` and `x`, which [`subscribe`] checks with `CONFIG GET` and,
+//! when missing, tries to add with `CONFIG SET` (keeping the flags already
+//! there). A server that refuses gets a [`SessionError::ExpiryEventsOff`]
+//! naming the command to run; one that refuses `CONFIG GET` altogether (a
+//! managed Redis) is trusted, with one warning on stderr.
+//!
+//! A dedicated pub/sub connection carries the events: a subscribed
+//! connection can run no other commands, so it cannot be the shared one. A
+//! background task reads it, keeps payloads that start with this app's
+//! session prefix and whose rest passes [`SessionId::parse`] (everything
+//! else — handoff markers, other apps' keys on a shared Redis, foreign
+//! keys — is dropped), and hands the ids to [`SessionEnds`] through a
+//! bounded channel. When the connection drops it reconnects with doubling
+//! backoff (50 ms … 5 s), warning once per outage on stderr. Pub/sub is
+//! fire-and-forget, so expiries during an outage are lost; a slow consumer
+//! that lets the channel fill up holds the reader, and the server then
+//! buffers (and may eventually drop the connection, which reconnects).
+//!
+//! The first subscription happens before [`subscribe`] returns: every key
+//! that expires after that is reported (while connected).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use redis::aio::PubSubStream;
+use tokio::sync::mpsc;
+
+use super::error::SessionError;
+use super::id::SessionId;
+use super::store::Store;
+
+/// Ids buffered between the subscriber task and the app.
+const BUFFER: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The ids of this app's sessions whose store keys expired, as they expire.
+/// From [`Sessions::on_end`](super::Sessions::on_end). Dropping it stops
+/// the subscriber and closes its connection.
+#[derive(Debug)]
+pub struct SessionEnds {
+    ids: mpsc::Receiver<SessionId>,
+    task: tokio::task::AbortHandle,
+}
+
+impl SessionEnds {
+    /// The next ended session. Waits for as long as it takes; the
+    /// subscriber reconnects on its own, so this only returns `None` if the
+    /// subscriber task died (its runtime shut down).
+    pub async fn recv(&mut self) -> Option<SessionId> {
+        self.ids.recv().await
+    }
+
+    /// An ended session already received, if any, without waiting.
+    pub fn try_recv(&mut self) -> Option<SessionId> {
+        self.ids.try_recv().ok()
+    }
+}
+
+impl Drop for SessionEnds {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Makes sure the store publishes expiry events, subscribes, and starts the
+/// task that forwards this app's expired session ids.
+pub(crate) async fn subscribe(store: Arc<Store>) -> Result<SessionEnds, SessionError> {
+    ensure_expiry_events(&store).await?;
+    let channel = channel(store.client());
+    let first = connect(&store, &channel)
+        .await
+        .map_err(|source| SessionError::Connect {
+            url: store.redacted_url().to_owned(),
+            source,
+        })?;
+    let (tx, ids) = mpsc::channel(BUFFER);
+    let task = tokio::spawn(forward(store, channel, first, tx)).abort_handle();
+    Ok(SessionEnds { ids, task })
+}
+
+/// `__keyevent@<db>__:expired` for the database the store URL selects.
+fn channel(client: &redis::Client) -> String {
+    format!(
+        "__keyevent@{}__:expired",
+        client.get_connection_info().redis.db
+    )
+}
+
+async fn ensure_expiry_events(store: &Store) -> Result<(), SessionError> {
+    let mut conn = store.shared();
+    let got: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(&mut conn)
+        .await;
+    let flags = match got {
+        Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+        Err(e) => {
+            // Managed Redis services often disable CONFIG but let their
+            // users switch the events on in a console: trust, and say so.
+            eprintln!(
+                "appvisor-worker: cannot check notify-keyspace-events on the session store at \
+                 {} ({e}); session end events arrive only if it has `E` and `x`",
+                store.redacted_url()
+            );
+            return Ok(());
+        }
+    };
+    let Some(wanted) = flags_with_expiry(&flags) else {
+        return Ok(());
+    };
+    let set: Result<(), _> = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg(&wanted)
+        .query_async(&mut conn)
+        .await;
+    set.map_err(|source| SessionError::ExpiryEventsOff {
+        url: store.redacted_url().to_owned(),
+        flags,
+        wanted,
+        source: Box::new(source),
+    })
+}
+
+/// `None` when `flags` already publish expired events on the keyevent
+/// channel (`E` plus `x` or its alias `A`); otherwise the flags with what
+/// is missing added.
+fn flags_with_expiry(flags: &str) -> Option<String> {
+    let has_event = flags.contains('E');
+    let has_expired = flags.contains('x') || flags.contains('A');
+    if has_event && has_expired {
+        return None;
+    }
+    let mut wanted = flags.to_owned();
+    if !has_event {
+        wanted.push('E');
+    }
+    if !has_expired {
+        wanted.push('x');
+    }
+    Some(wanted)
+}
+
+async fn connect(store: &Store, channel: &str) -> Result<PubSubStream, redis::RedisError> {
+    let attempt = async {
+        let mut pubsub = store.client().get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub.into_on_message())
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no SUBSCRIBE answer within {CONNECT_TIMEOUT:?}"),
+        ))),
+    }
+}
+
+/// The subscriber: forwards ids until the receiver goes away, reconnecting
+/// whenever the connection ends.
+async fn forward(
+    store: Arc<Store>,
+    channel: String,
+    first: PubSubStream,
+    tx: mpsc::Sender<SessionId>,
+) {
+    let prefix = store.prefix().to_owned();
+    let mut stream = Some(first);
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        if let Some(mut messages) = stream.take() {
+            backoff = FIRST_BACKOFF;
+            loop {
+                let next = tokio::select! {
+                    next = next_message(&mut messages) => next,
+                    () = tx.closed() => return,
+                };
+                let Some(message) = next else { break };
+                let Ok(key) = message.get_payload::<Vec<u8>>() else {
+                    continue;
+                };
+                if let Some(id) = session_of(&prefix, &key) {
+                    if tx.send(id).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            eprintln!(
+                "appvisor-worker: session end events: lost the connection to {}; reconnecting \
+                 (sessions expiring meanwhile are not reported)",
+                store.redacted_url()
+            );
+        }
+        // Reconnect, warning once per outage.
+        let mut warned = false;
+        while stream.is_none() {
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = tx.closed() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            match connect(&store, &channel).await {
+                Ok(messages) => {
+                    eprintln!(
+                        "appvisor-worker: session end events: reconnected to {}",
+                        store.redacted_url()
+                    );
+                    stream = Some(messages);
+                }
+                Err(e) if !warned => {
+                    eprintln!(
+                        "appvisor-worker: session end events: cannot subscribe at {}: {e}; \
+                         retrying",
+                        store.redacted_url()
+                    );
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+async fn next_message(messages: &mut PubSubStream) -> Option<redis::Msg> {
+    std::future::poll_fn(|cx| Pin::new(&mut *messages).poll_next(cx)).await
+}
+
+/// The session id in an expired key, if the key is one of this app's
+/// sessions.
+fn session_of(prefix: &str, key: &[u8]) -> Option<SessionId> {
+    let rest = key.strip_prefix(prefix.as_bytes())?;
+    SessionId::parse(std::str::from_utf8(rest).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_apps_session_keys_are_ends() {
+        let id = SessionId::generate().unwrap();
+        let key = format!("shop:s:{}", id.as_str());
+        assert_eq!(session_of("shop:s:", key.as_bytes()), Some(id));
+        assert_eq!(session_of("cart:s:", key.as_bytes()), None);
+        assert_eq!(session_of("shop:s:", b"shop:s:handoff:4121"), None);
+        assert_eq!(session_of("shop:s:", b"shop:s:"), None);
+        let long = format!("{key}x");
+        assert_eq!(session_of("shop:s:", long.as_bytes()), None);
+        assert_eq!(session_of("shop:s:", b"shop:s:\xff\xfe"), None);
+    }
+
+    #[test]
+    fn expiry_flags_are_added_not_replaced() {
+        assert_eq!(flags_with_expiry("").as_deref(), Some("Ex"));
+        assert_eq!(flags_with_expiry("xE"), None);
+        assert_eq!(flags_with_expiry("KEA"), None);
+        assert_eq!(flags_with_expiry("Kg").as_deref(), Some("KgEx"));
+        assert_eq!(flags_with_expiry("Eg").as_deref(), Some("Egx"));
+    }
+}

@@ -1,0 +1,314 @@
+//! Session ends (`Sessions::on_end`) against a real store: a `redis-server`
+//! each test starts itself on a unix socket in a temp dir, or — when
+//! `APPVISOR_TEST_STORE_URL` is set — that store (e.g. appvisor's embedded
+//! one), with a key prefix per test so tests never see each other's keys.
+//! Tests that need to control the server's configuration (ACLs, initial
+//! `notify-keyspace-events`) run only against a server of their own.
+
+#![cfg(feature = "sessions")]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use appvisor_worker::sessions::{
+    SessionEnds, SessionError, SessionId, SessionMode, Sessions, SessionsConfig,
+};
+
+// ---------------------------------------------------------------- harness
+
+/// A store for one test: its URL, a key prefix of its own, and (when we
+/// started it) the redis-server process, killed on drop.
+struct TestStore {
+    url: String,
+    prefix: String,
+    server: Option<RedisServer>,
+}
+
+struct RedisServer {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// What `notify-keyspace-events` a server we start begins with.
+#[derive(Clone, Copy)]
+enum Events {
+    /// `Ex`, as an operator would configure it.
+    On,
+    /// Empty (Redis's default): the SDK has to switch them on.
+    Off,
+}
+
+impl TestStore {
+    /// The configured test store if there is one, else a fresh server.
+    async fn start() -> TestStore {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        if let Ok(url) = std::env::var("APPVISOR_TEST_STORE_URL") {
+            if !url.is_empty() {
+                return TestStore {
+                    url,
+                    prefix: format!("t{}-{n}:s:", std::process::id()),
+                    server: None,
+                };
+            }
+        }
+        TestStore::own(Events::On).await
+    }
+
+    /// Always a redis-server of our own.
+    async fn own(events: Events) -> TestStore {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("t{}-{n}:s:", std::process::id());
+        let dir = std::env::temp_dir().join(format!("appvisor-ends-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("redis.sock");
+        let flags = match events {
+            Events::On => "Ex",
+            Events::Off => "",
+        };
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--notify-keyspace-events",
+                flags,
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let server = RedisServer {
+            child,
+            dir,
+            socket: socket.clone(),
+        };
+        let url = format!("unix://{}", socket.display());
+        // Ready when it answers PING on the socket; give up after 10 s.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let client = redis::Client::open(url.as_str()).unwrap();
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+                if pong.as_deref() == Ok("PONG") {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING on {url} within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        TestStore {
+            url,
+            prefix,
+            server: Some(server),
+        }
+    }
+
+    async fn sessions_at(&self, url: &str, timeout: Duration) -> Result<Sessions, SessionError> {
+        let mut config = SessionsConfig::new(Some(url), SessionMode::Store, timeout);
+        config.key_prefix = self.prefix.clone();
+        Sessions::with_config(config).await
+    }
+
+    async fn sessions(&self, timeout: Duration) -> Sessions {
+        self.sessions_at(&self.url, timeout).await.unwrap()
+    }
+
+    /// A plain Redis client on the same store, to look behind the SDK.
+    async fn raw(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    async fn set_px(&self, key: &str, ms: u64) {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("x")
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut self.raw().await)
+            .await
+            .unwrap();
+    }
+
+    async fn exists(&self, key: &str) -> bool {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut self.raw().await)
+            .await
+            .unwrap();
+        n == 1
+    }
+}
+
+/// A stored session (one committed change) under `sessions`.
+async fn stored_session(sessions: &Sessions) -> SessionId {
+    let mut session = sessions.new_session().unwrap();
+    session.set("user", "ada").unwrap();
+    let outcome = sessions.commit(&mut session).await.unwrap();
+    assert!(outcome.written);
+    *session.id()
+}
+
+/// The next end, waiting at most until `deadline`.
+async fn next_end(ends: &mut SessionEnds, deadline: Instant) -> Option<SessionId> {
+    tokio::time::timeout_at(deadline.into(), ends.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn an_expired_session_is_reported_and_other_keys_are_not() {
+    let store = TestStore::start().await;
+    let sessions = store.sessions(Duration::from_secs(1)).await;
+    let id = stored_session(&sessions).await;
+    let mut ends = sessions.on_end().await.unwrap();
+
+    // Keys that are not this app's sessions, expiring well before the
+    // session: a handoff marker, another app's session, a foreign key and
+    // a session-looking key of ours with a malformed id.
+    let other_id = SessionId::generate().unwrap();
+    let decoys = [
+        format!("{}handoff:4121", store.prefix),
+        format!("other-{}{}", store.prefix, other_id.as_str()),
+        format!("plain-{}", store.prefix),
+        format!("{}{}!", store.prefix, &other_id.as_str()[1..]),
+    ];
+    for key in &decoys {
+        store.set_px(key, 50).await;
+    }
+
+    let deadline = Instant::now() + WAIT;
+    let ended = next_end(&mut ends, deadline)
+        .await
+        .expect("the session's expiry was not reported within 20 s");
+    // The decoys expired first; had any been reported it would come first.
+    assert_eq!(ended, id, "something other than the session was reported");
+    for key in &decoys {
+        assert!(!store.exists(key).await, "{key} should have expired by now");
+    }
+    assert_eq!(
+        ends.try_recv(),
+        None,
+        "a decoy was reported after the session"
+    );
+}
+
+#[tokio::test]
+async fn a_store_without_expiry_events_gets_them_switched_on() {
+    let store = TestStore::own(Events::Off).await;
+    let sessions = store.sessions(Duration::from_secs(1)).await;
+    let mut ends = sessions.on_end().await.unwrap();
+    let (_, flags): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(&mut store.raw().await)
+        .await
+        .unwrap();
+    assert!(
+        flags.contains('E') && flags.contains('x'),
+        "flags now {flags:?}"
+    );
+    let id = stored_session(&sessions).await;
+    let ended = next_end(&mut ends, Instant::now() + WAIT).await;
+    assert_eq!(ended, Some(id));
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_config_set_is_reported_clearly() {
+    let store = TestStore::own(Events::Off).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("app")
+        .arg(&["on", ">secret", "~*", "&*", "+@all", "-config|set"])
+        .query_async(&mut store.raw().await)
+        .await
+        .unwrap();
+    let socket = &store.server.as_ref().unwrap().socket;
+    let url = format!("unix://{}?user=app&pass=secret", socket.display());
+    let sessions = store
+        .sessions_at(&url, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let err = sessions.on_end().await.unwrap_err();
+    assert!(
+        matches!(err, SessionError::ExpiryEventsOff { .. }),
+        "got {err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("CONFIG SET notify-keyspace-events Ex") && !text.contains("secret"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_subscriber_reconnects_after_the_connection_is_killed() {
+    let store = TestStore::own(Events::On).await;
+    let sessions = store.sessions(Duration::from_secs(1)).await;
+    let mut ends = sessions.on_end().await.unwrap();
+    let mut raw = store.raw().await;
+    // Drop every pub/sub connection; the subscriber must come back by
+    // itself. Keep creating sessions until one's end arrives.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    let deadline = Instant::now() + WAIT;
+    let mut created = Vec::new();
+    loop {
+        created.push(stored_session(&sessions).await);
+        if let Some(ended) = next_end(&mut ends, Instant::now() + Duration::from_secs(2)).await {
+            assert!(created.contains(&ended));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session end arrived within 20 s after the connection was killed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn inproc_has_no_session_ends() {
+    let sessions = Sessions::new(None, SessionMode::Inproc, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let err = sessions.on_end().await.unwrap_err();
+    assert!(
+        matches!(err, SessionError::EndEventsNeedStore { .. }),
+        "{err}"
+    );
+}

@@ -7,8 +7,9 @@
 
 #![cfg(feature = "sessions")]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+use common::RedisServer;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -24,20 +25,6 @@ struct TestStore {
     url: String,
     prefix: String,
     server: Option<RedisServer>,
-}
-
-struct RedisServer {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -71,54 +58,16 @@ impl TestStore {
     async fn own(events: Events) -> TestStore {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let prefix = format!("t{}-{n}:s:", std::process::id());
-        let dir = std::env::temp_dir().join(format!("appvisor-ends-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("redis.sock");
         let flags = match events {
             Events::On => "Ex",
             Events::Off => "",
         };
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(&socket)
-            .args([
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--notify-keyspace-events",
-                flags,
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        let server = RedisServer {
-            child,
-            dir,
-            socket: socket.clone(),
-        };
-        let url = format!("unix://{}", socket.display());
-        // Ready when it answers PING on the socket; give up after 10 s.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let client = redis::Client::open(url.as_str()).unwrap();
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-                if pong.as_deref() == Ok("PONG") {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING on {url} within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let server = RedisServer::start(
+            &format!("ends-{}-{n}", std::process::id()),
+            &["--notify-keyspace-events", flags],
+        )
+        .await;
+        let url = server.url.clone();
         TestStore {
             url,
             prefix,

@@ -10,8 +10,10 @@
 
 #![cfg(feature = "sessions")]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+use common::RedisServer;
+
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,19 +35,6 @@ struct TestStore {
     _server: Option<RedisServer>,
 }
 
-struct RedisServer {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 impl TestStore {
@@ -61,45 +50,9 @@ impl TestStore {
                 };
             }
         }
-        let dir = std::env::temp_dir().join(format!(
-            "appvisor-sessions-handoff-{}-{n}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("redis.sock");
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(&socket)
-            .args([
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        let server = RedisServer { child, dir };
-        let url = format!("unix://{}", socket.display());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let client = redis::Client::open(url.as_str()).unwrap();
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-                if pong.as_deref() == Ok("PONG") {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING on {url} within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let server =
+            RedisServer::start(&format!("sessions-handoff-{}-{n}", std::process::id()), &[]).await;
+        let url = server.url.clone();
         TestStore {
             url,
             prefix,

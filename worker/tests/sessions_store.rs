@@ -8,12 +8,13 @@
 
 #![cfg(all(feature = "sessions", feature = "http"))]
 
+mod common;
+use common::RedisServer;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,19 +41,6 @@ struct TestStore {
     _server: Option<RedisServer>,
 }
 
-struct RedisServer {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 impl TestStore {
@@ -68,45 +56,8 @@ impl TestStore {
                 };
             }
         }
-        let dir =
-            std::env::temp_dir().join(format!("appvisor-sessions-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("redis.sock");
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
-            .arg(&socket)
-            .args([
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        let server = RedisServer { child, dir };
-        let url = format!("unix://{}", socket.display());
-        // Ready when it answers PING on the socket; give up after 10 s.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let client = redis::Client::open(url.as_str()).unwrap();
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
-                if pong.as_deref() == Ok("PONG") {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING on {url} within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let server = RedisServer::start(&format!("sessions-{}-{n}", std::process::id()), &[]).await;
+        let url = server.url.clone();
         TestStore {
             url,
             prefix,

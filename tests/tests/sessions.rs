@@ -305,3 +305,108 @@ fn handoff_sessions_with_a_real_redis_server_survive_recycles() {
     let sv = sb.start();
     survive_recycles(&sb, &sv, port, 1);
 }
+
+/// Three `redis-server` masters joined by `redis-cli --cluster create`.
+struct RedisCluster {
+    children: Vec<Child>,
+    ports: Vec<u16>,
+}
+
+impl RedisCluster {
+    fn start(dir: &std::path::Path) -> RedisCluster {
+        let mut cluster = RedisCluster {
+            children: Vec::new(),
+            ports: Vec::new(),
+        };
+        for _ in 0..3 {
+            let (port, bus) = (free_port(), free_port());
+            let node_dir = dir.join(format!("redis-{port}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server (apt-get install redis-server)");
+            cluster.children.push(child);
+            cluster.ports.push(port);
+        }
+        for &port in &cluster.ports {
+            wait_until(
+                Duration::from_secs(10),
+                "a cluster node to answer PING",
+                || (cluster.cli(port, &["ping"]).trim() == "PONG").then_some(()),
+            );
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli (apt-get install redis-tools)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        for &port in &cluster.ports {
+            wait_until(Duration::from_secs(30), "cluster_state:ok", || {
+                cluster
+                    .cli(port, &["cluster", "info"])
+                    .contains("cluster_state:ok")
+                    .then_some(())
+            });
+        }
+        cluster
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn sessions_survive_recycles_with_a_redis_cluster_as_the_store() {
+    let sb = Sandbox::new("sess-cluster");
+    let cluster = RedisCluster::start(&sb.dir);
+    let port = free_port();
+    // One node's address, as a user would write it: the SDK finds the rest.
+    sb.config(&format!(
+        "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\n{}",
+        cluster.ports[0],
+        counter_app(port, 2, "store")
+    ));
+    let sv = sb.start();
+    survive_recycles(&sb, &sv, port, 2);
+    // The sessions are spread over every master.
+    let per_master: Vec<u64> = cluster
+        .ports
+        .iter()
+        .map(|&p| cluster.cli(p, &["dbsize"]).trim().parse().unwrap())
+        .collect();
+    assert!(per_master.iter().all(|&n| n > 0), "{per_master:?}");
+    assert!(per_master.iter().sum::<u64>() >= 1000, "{per_master:?}");
+}

@@ -24,7 +24,14 @@
 //!
 //! The first subscription happens before [`subscribe`] returns: every key
 //! that expires after that is reported (while connected).
+//!
+//! *Cluster.* A node publishes the expiry of its own keys only, so on a
+//! Redis Cluster every master is checked (and `CONFIG SET` if needed) and
+//! gets a subscriber; the masters are looked up again when a subscriber
+//! loses its connection and every 30 s, so failovers and new masters are
+//! followed.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,16 +39,19 @@ use std::time::Duration;
 use futures_core::Stream;
 use redis::aio::PubSubStream;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::error::SessionError;
 use super::id::SessionId;
-use super::store::Store;
+use super::store::{Node, Store};
 
 /// Ids buffered between the subscriber task and the app.
 const BUFFER: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the masters of a cluster are looked up again.
+const RESYNC: Duration = Duration::from_secs(30);
 
 /// The ids of this app's sessions whose store keys expired, as they expire.
 /// From [`Sessions::on_end`](super::Sessions::on_end). Dropping it stops
@@ -75,29 +85,38 @@ impl Drop for SessionEnds {
 /// Makes sure the store publishes expiry events, subscribes, and starts the
 /// task that forwards this app's expired session ids.
 pub(crate) async fn subscribe(store: Arc<Store>) -> Result<SessionEnds, SessionError> {
-    ensure_expiry_events(&store).await?;
-    let channel = channel(store.client());
-    let first = connect(&store, &channel)
-        .await
-        .map_err(|source| SessionError::Connect {
-            url: store.redacted_url().to_owned(),
-            source,
-        })?;
+    let masters = store.masters().await?;
+    for (name, node) in &masters {
+        ensure_expiry_events(&store, name, node).await?;
+    }
+    let channel = format!("__keyevent@{}__:expired", store.db());
     let (tx, ids) = mpsc::channel(BUFFER);
-    let task = tokio::spawn(forward(store, channel, first, tx)).abort_handle();
-    Ok(SessionEnds { ids, task })
+    let mut subscribers = JoinSet::new();
+    let mut subscribed = HashSet::new();
+    for (name, node) in masters {
+        let messages = connect(&node, &channel)
+            .await
+            .map_err(|source| SessionError::Connect {
+                url: name.clone(),
+                source,
+            })?;
+        subscribers.spawn(forward(
+            store.prefix().to_owned(),
+            name.clone(),
+            messages,
+            tx.clone(),
+        ));
+        subscribed.insert(name);
+    }
+    let task = tokio::spawn(keep_subscribed(store, channel, subscribers, subscribed, tx));
+    Ok(SessionEnds {
+        ids,
+        task: task.abort_handle(),
+    })
 }
 
-/// `__keyevent@<db>__:expired` for the database the store URL selects.
-fn channel(client: &redis::Client) -> String {
-    format!(
-        "__keyevent@{}__:expired",
-        client.get_connection_info().redis.db
-    )
-}
-
-async fn ensure_expiry_events(store: &Store) -> Result<(), SessionError> {
-    let mut conn = store.shared();
+async fn ensure_expiry_events(store: &Store, name: &str, node: &Node) -> Result<(), SessionError> {
+    let mut conn = node.shared();
     let got: Result<Vec<String>, _> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("notify-keyspace-events")
@@ -110,8 +129,7 @@ async fn ensure_expiry_events(store: &Store) -> Result<(), SessionError> {
             // users switch the events on in a console: trust, and say so.
             eprintln!(
                 "appvisor-worker: cannot check notify-keyspace-events on the session store at \
-                 {} ({e}); session end events arrive only if it has `E` and `x`",
-                store.redacted_url()
+                 {name} ({e}); session end events arrive only if it has `E` and `x`"
             );
             return Ok(());
         }
@@ -126,7 +144,11 @@ async fn ensure_expiry_events(store: &Store) -> Result<(), SessionError> {
         .query_async(&mut conn)
         .await;
     set.map_err(|source| SessionError::ExpiryEventsOff {
-        url: store.redacted_url().to_owned(),
+        url: if store.is_cluster() {
+            format!("{} (cluster node {name})", store.redacted_url())
+        } else {
+            name.to_owned()
+        },
         flags,
         wanted,
         source: Box::new(source),
@@ -152,9 +174,9 @@ fn flags_with_expiry(flags: &str) -> Option<String> {
     Some(wanted)
 }
 
-async fn connect(store: &Store, channel: &str) -> Result<PubSubStream, redis::RedisError> {
+async fn connect(node: &Node, channel: &str) -> Result<PubSubStream, redis::RedisError> {
     let attempt = async {
-        let mut pubsub = store.client().get_async_pubsub().await?;
+        let mut pubsub = node.client().get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
         Ok(pubsub.into_on_message())
     };
@@ -167,67 +189,118 @@ async fn connect(store: &Store, channel: &str) -> Result<PubSubStream, redis::Re
     }
 }
 
-/// The subscriber: forwards ids until the receiver goes away, reconnecting
-/// whenever the connection ends.
+/// One subscriber: forwards ids until its connection ends (returns the
+/// server's name) or the receiver goes away (returns None).
 async fn forward(
+    prefix: String,
+    name: String,
+    mut messages: PubSubStream,
+    tx: mpsc::Sender<SessionId>,
+) -> Option<String> {
+    loop {
+        let next = tokio::select! {
+            next = next_message(&mut messages) => next,
+            () = tx.closed() => return None,
+        };
+        let Some(message) = next else {
+            return Some(name);
+        };
+        let Ok(key) = message.get_payload::<Vec<u8>>() else {
+            continue;
+        };
+        if let Some(id) = session_of(&prefix, &key) {
+            if tx.send(id).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Keeps one subscriber on every server that holds keys: when one loses
+/// its connection it is re-established with doubling backoff (warning once
+/// per outage); on a cluster the masters are also looked up again every
+/// [`RESYNC`], so that a failover or a new master is followed.
+async fn keep_subscribed(
     store: Arc<Store>,
     channel: String,
-    first: PubSubStream,
+    mut subscribers: JoinSet<Option<String>>,
+    mut subscribed: HashSet<String>,
     tx: mpsc::Sender<SessionId>,
 ) {
-    let prefix = store.prefix().to_owned();
-    let mut stream = Some(first);
     let mut backoff = FIRST_BACKOFF;
+    let mut warned = false;
+    let mut outage = false;
     loop {
-        if let Some(mut messages) = stream.take() {
-            backoff = FIRST_BACKOFF;
-            loop {
-                let next = tokio::select! {
-                    next = next_message(&mut messages) => next,
-                    () = tx.closed() => return,
-                };
-                let Some(message) = next else { break };
-                let Ok(key) = message.get_payload::<Vec<u8>>() else {
-                    continue;
-                };
-                if let Some(id) = session_of(&prefix, &key) {
-                    if tx.send(id).await.is_err() {
-                        return;
+        let resync = tokio::select! {
+            ended = subscribers.join_next(), if !subscribers.is_empty() => {
+                match ended {
+                    Some(Ok(Some(name))) => {
+                        eprintln!(
+                            "appvisor-worker: session end events: lost the connection to \
+                             {name}; reconnecting (sessions expiring meanwhile are not reported)"
+                        );
+                        subscribed.remove(&name);
+                        outage = true;
+                        true
                     }
+                    // The receiver is gone (or a subscriber panicked).
+                    _ => return,
                 }
             }
-            eprintln!(
-                "appvisor-worker: session end events: lost the connection to {}; reconnecting \
-                 (sessions expiring meanwhile are not reported)",
-                store.redacted_url()
-            );
+            () = tokio::time::sleep(RESYNC), if store.is_cluster() => true,
+            () = tx.closed() => return,
+        };
+        if !resync {
+            continue;
         }
-        // Reconnect, warning once per outage.
-        let mut warned = false;
-        while stream.is_none() {
+        // (Re)subscribe where missing, until every server has a subscriber.
+        loop {
+            let missing: Result<Vec<_>, SessionError> = store.masters().await.map(|masters| {
+                masters
+                    .into_iter()
+                    .filter(|(name, _)| !subscribed.contains(name))
+                    .collect()
+            });
+            let mut failed = None;
+            match missing {
+                Ok(missing) => {
+                    for (name, node) in missing {
+                        match connect(&node, &channel).await {
+                            Ok(messages) => {
+                                if outage || warned {
+                                    eprintln!(
+                                        "appvisor-worker: session end events: reconnected to {name}"
+                                    );
+                                }
+                                subscribers.spawn(forward(
+                                    store.prefix().to_owned(),
+                                    name.clone(),
+                                    messages,
+                                    tx.clone(),
+                                ));
+                                subscribed.insert(name);
+                            }
+                            Err(e) => failed = Some(format!("cannot subscribe at {name}: {e}")),
+                        }
+                    }
+                }
+                Err(e) => failed = Some(e.to_string()),
+            }
+            let Some(why) = failed else {
+                backoff = FIRST_BACKOFF;
+                warned = false;
+                outage = false;
+                break;
+            };
+            if !warned {
+                eprintln!("appvisor-worker: session end events: {why}; retrying");
+                warned = true;
+            }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = tx.closed() => return,
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            match connect(&store, &channel).await {
-                Ok(messages) => {
-                    eprintln!(
-                        "appvisor-worker: session end events: reconnected to {}",
-                        store.redacted_url()
-                    );
-                    stream = Some(messages);
-                }
-                Err(e) if !warned => {
-                    eprintln!(
-                        "appvisor-worker: session end events: cannot subscribe at {}: {e}; \
-                         retrying",
-                        store.redacted_url()
-                    );
-                    warned = true;
-                }
-                Err(_) => {}
-            }
         }
     }
 }

@@ -52,6 +52,7 @@
 //! | `memory.rs` | the sharded in-worker table (inproc, handoff) |
 //! | `handoff.rs` | overlapped recycles: phases, the commit gate, predecessors and markers |
 //! | `store.rs` | Redis protocol access: GETEX, WATCH/MULTI/EXEC, bulk flush |
+//! | `cluster.rs` | Redis Cluster: hash slots, `CLUSTER SLOTS`, redirections |
 //! | `ends.rs` | [`SessionEnds`]: expired session ids from the store's key events |
 //! | `layer.rs` | the tower layer and [`SessionHandle`] |
 //!
@@ -170,6 +171,7 @@
 //! no key to expire.
 
 mod changes;
+mod cluster;
 mod codec;
 mod cookie;
 mod ends;

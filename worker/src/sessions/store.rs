@@ -1,6 +1,7 @@
-//! Talking to the session store (the embedded one, or any Redis/Valkey).
+//! Talking to the session store (the embedded one, any Redis/Valkey, or a
+//! Redis Cluster).
 //!
-//! Two kinds of connection:
+//! Two kinds of connection per server ([`Node`]):
 //!
 //! * one shared, multiplexed, self-reconnecting [`ConnectionManager`] for
 //!   single commands (GETEX on load, DEL on abandon), which any number of
@@ -16,15 +17,32 @@
 //! A commit is two round trips: `WATCH k` + `GET k` pipelined, then
 //! `MULTI` / `SET k v PX ttl` / `EXEC`. No Lua, because the embedded store
 //! implements the session subset of Redis (no EVAL).
+//!
+//! *Cluster.* At connect, `INFO cluster` says whether the URL names a node
+//! of a Redis Cluster (`cluster_enabled:1`). If so, the URL is only a seed:
+//! `CLUSTER SLOTS` gives the masters, each gets its own [`Node`] (same
+//! credentials and TLS settings as the URL), and every operation goes to the
+//! master of its key's slot (see [`cluster`](super::cluster)). A `MOVED`
+//! answer updates that slot and refreshes the map, an `ASK` answer (a slot
+//! being migrated) repeats the operation on the named node after `ASKING`;
+//! either way the operation is retried, up to [`REDIRECTS`] times. Each
+//! session is one key, so a commit never spans slots; a bulk flush groups
+//! its sessions by slot, and the handoff markers are read one slot at a
+//! time. A cluster is detected, not configured: the same
+//! `APPVISOR_STORE_URL = redis://any-node:port` works for every client that
+//! knows clusters.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Value as RedisValue};
+use redis::{AsyncConnectionConfig, ConnectionInfo, ErrorKind, RedisError, Value as RedisValue};
 use serde_json::{Map, Value};
+use tokio::sync::OnceCell;
 use tokio::task::JoinSet;
 
+use super::cluster::{self, SLOTS};
 use super::codec;
 use super::error::SessionError;
 use super::handoff::{MARKER_TTL, MARKER_VALUE};
@@ -47,31 +65,33 @@ pub(crate) const COMMIT_ATTEMPTS: u32 = 32;
 /// [`FLUSH_CONNECTIONS`] chunks in flight (measured with the
 /// `sessions_handoff_bench` example: 100 beat 50, 200, 250 and 1000).
 const FLUSH_CHUNK: usize = 100;
-/// Flush transactions in flight at once, each on its own connection.
+/// Flush transactions in flight at once, each on its own connection. On a
+/// cluster, where a chunk holds only the sessions of one slot (a few, unless
+/// there are millions), more are in flight: per master as many as here.
 const FLUSH_CONNECTIONS: usize = 4;
-/// Dedicated connections kept for reuse.
+/// Dedicated connections kept for reuse, per node.
 const MAX_IDLE: usize = 32;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A store that does not answer within this fails the request instead of
 /// hanging it.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// MOVED/ASK redirections one operation follows before it fails: a slot
+/// moves once per resharding step, so more than a few means a cluster whose
+/// nodes disagree.
+const REDIRECTS: usize = 5;
+/// A slot map younger than this is not fetched again (a resharding answers
+/// MOVED to many requests at once; one refresh serves them all).
+const REFRESH_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-pub(crate) struct Store {
+/// One server: the shared connection and the idle dedicated ones.
+pub(crate) struct Node {
     client: redis::Client,
     shared: ConnectionManager,
     idle: Mutex<Vec<MultiplexedConnection>>,
-    prefix: String,
-    /// For error messages: the URL with its password hidden.
-    url: String,
 }
 
-impl Store {
-    pub(crate) async fn connect(url: &str, prefix: &str) -> Result<Store, SessionError> {
-        let redacted = redact_url(url);
-        let client = redis::Client::open(url).map_err(|source| SessionError::BadStoreUrl {
-            url: redacted.clone(),
-            source,
-        })?;
+impl Node {
+    async fn connect(client: redis::Client) -> Result<Node, RedisError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(RESPONSE_TIMEOUT)
@@ -81,18 +101,11 @@ impl Store {
             .set_factor(2)
             .set_max_delay(500)
             .set_number_of_retries(2);
-        let shared = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(|source| SessionError::Connect {
-                url: redacted.clone(),
-                source,
-            })?;
-        Ok(Store {
+        let shared = ConnectionManager::new_with_config(client.clone(), config).await?;
+        Ok(Node {
             client,
             shared,
             idle: Mutex::new(Vec::new()),
-            prefix: prefix.to_owned(),
-            url: redacted,
         })
     }
 
@@ -101,9 +114,272 @@ impl Store {
         &self.client
     }
 
-    /// The shared connection, for one-off commands of other modules.
+    /// The shared connection.
     pub(crate) fn shared(&self) -> ConnectionManager {
         self.shared.clone()
+    }
+
+    async fn checkout(&self) -> Result<MultiplexedConnection, RedisError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(conn) = pooled {
+            return Ok(conn);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    fn checkin(&self, conn: MultiplexedConnection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Where operations go.
+enum Route {
+    Single(Arc<Node>),
+    Cluster(Box<Cluster>),
+}
+
+/// A cluster node, connected on first use.
+type NodeCell = Arc<OnceCell<Arc<Node>>>;
+
+/// The nodes of a Redis Cluster and which master serves which slot.
+struct Cluster {
+    seed: ConnectionInfo,
+    /// The seed URL's own connection: asked for the slot map when no master
+    /// answers.
+    seed_node: Arc<Node>,
+    /// `host:port` of the master of each slot (None: no master known).
+    slots: RwLock<Vec<Option<Arc<str>>>>,
+    /// Connected on first use; an unreachable master fails only the
+    /// operations on its slots.
+    nodes: Mutex<HashMap<Arc<str>, NodeCell>>,
+    /// When the slot map was last fetched; held while fetching.
+    refreshed: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Why an operation failed: what the server said (redirections are retried
+/// by [`Store::on_slot`]), or something about the data.
+enum OpError {
+    Redis(RedisError),
+    Session(SessionError),
+}
+
+impl From<RedisError> for OpError {
+    fn from(e: RedisError) -> Self {
+        OpError::Redis(e)
+    }
+}
+
+pub(crate) struct Store {
+    route: Route,
+    prefix: String,
+    /// For error messages: the URL with its password hidden.
+    url: String,
+}
+
+impl Cluster {
+    fn master_of(&self, slot: u16) -> Option<Arc<str>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())[usize::from(slot)].clone()
+    }
+
+    /// The node at `addr` (`host:port`), connecting on first use.
+    async fn node(&self, addr: &Arc<str>) -> Result<Arc<Node>, RedisError> {
+        let cell = {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            nodes.entry(Arc::clone(addr)).or_default().clone()
+        };
+        cell.get_or_try_init(|| async {
+            let (host, port) = cluster::parse_addr(addr, cluster::host_of(&self.seed))
+                .ok_or_else(|| invalid(format!("cluster node address {addr:?}")))?;
+            let client = redis::Client::open(cluster::node_info(&self.seed, &host, port))?;
+            Ok(Arc::new(Node::connect(client).await?))
+        })
+        .await
+        .cloned()
+    }
+
+    async fn node_for(&self, slot: u16) -> Result<Arc<Node>, RedisError> {
+        let addr = match self.master_of(slot) {
+            Some(addr) => addr,
+            None => {
+                self.refresh().await?;
+                self.master_of(slot).ok_or_else(|| {
+                    RedisError::from((
+                        ErrorKind::ClusterDown,
+                        "no master serves the slot",
+                        format!("slot {slot}"),
+                    ))
+                })?
+            }
+        };
+        self.node(&addr).await
+    }
+
+    /// Fetches the slot map (`CLUSTER SLOTS`) from a known master, else from
+    /// the seed, unless it was fetched less than [`REFRESH_MIN_INTERVAL`] ago.
+    async fn refresh(&self) -> Result<(), RedisError> {
+        let mut refreshed = self.refreshed.lock().await;
+        if refreshed.is_some_and(|at| at.elapsed() < REFRESH_MIN_INTERVAL) {
+            return Ok(());
+        }
+        let mut asked: Vec<Arc<Node>> = {
+            let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            nodes
+                .values()
+                .filter_map(|cell| cell.get().cloned())
+                .collect()
+        };
+        asked.push(Arc::clone(&self.seed_node));
+        let mut last_error = None;
+        for node in asked {
+            let reply: Result<RedisValue, _> = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async(&mut node.shared())
+                .await;
+            let host = cluster::host_of(node.client.get_connection_info());
+            match reply.map(|reply| cluster::parse_slots(&reply, host)) {
+                Ok(Ok(ranges)) => {
+                    let mut map: Vec<Option<Arc<str>>> = vec![None; SLOTS];
+                    for range in ranges {
+                        let addr: Arc<str> = format!("{}:{}", range.host, range.port).into();
+                        for slot in range.start..=range.end {
+                            map[usize::from(slot)] = Some(Arc::clone(&addr));
+                        }
+                    }
+                    *self.slots.write().unwrap_or_else(|p| p.into_inner()) = map;
+                    *refreshed = Some(Instant::now());
+                    return Ok(());
+                }
+                Ok(Err(why)) => last_error = Some(invalid(why)),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| invalid("no cluster node to ask".into())))
+    }
+
+    /// A MOVED answer: the slot is served at `addr` from now on.
+    fn moved(&self, slot: u16, addr: Arc<str>) {
+        self.slots.write().unwrap_or_else(|p| p.into_inner())[usize::from(slot)] = Some(addr);
+    }
+
+    /// Every master in the slot map.
+    fn masters(&self) -> Vec<Arc<str>> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        let mut masters: Vec<Arc<str>> = Vec::new();
+        for addr in slots.iter().flatten() {
+            if !masters.iter().any(|m| m == addr) {
+                masters.push(Arc::clone(addr));
+            }
+        }
+        masters
+    }
+}
+
+fn invalid(detail: String) -> RedisError {
+    RedisError::from((ErrorKind::ResponseError, "Redis Cluster", detail))
+}
+
+/// A pipeline that starts with `ASKING` when an ASK redirection sent the
+/// operation to a node importing the slot.
+fn asked(asking: bool) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    if asking {
+        pipe.cmd("ASKING").ignore();
+    }
+    pipe
+}
+
+/// `MULTI … EXEC` built by hand rather than with `Pipeline::atomic`, so that
+/// `ASKING` can precede `MULTI` (inside MULTI it would only be queued).
+/// Add the commands with `.ignore()` (their replies are `QUEUED`), then
+/// [`exec`].
+fn transaction(asking: bool) -> redis::Pipeline {
+    let mut pipe = asked(asking);
+    pipe.cmd("MULTI").ignore();
+    pipe
+}
+
+/// Runs a [`transaction`]: the EXEC reply, `Nil` when a WATCHed key changed.
+async fn exec(
+    mut pipe: redis::Pipeline,
+    conn: &mut MultiplexedConnection,
+) -> Result<RedisValue, RedisError> {
+    let (reply,): (RedisValue,) = pipe.cmd("EXEC").query_async(conn).await?;
+    Ok(reply)
+}
+
+impl Store {
+    pub(crate) async fn connect(url: &str, prefix: &str) -> Result<Store, SessionError> {
+        let redacted = redact_url(url);
+        let client = redis::Client::open(url).map_err(|source| SessionError::BadStoreUrl {
+            url: redacted.clone(),
+            source,
+        })?;
+        let connect_error = |source| SessionError::Connect {
+            url: redacted.clone(),
+            source,
+        };
+        let seed = Arc::new(Node::connect(client.clone()).await.map_err(connect_error)?);
+        let route = if is_cluster(&seed).await {
+            let cluster = Cluster {
+                seed: client.get_connection_info().clone(),
+                seed_node: seed,
+                slots: RwLock::new(vec![None; SLOTS]),
+                nodes: Mutex::new(HashMap::new()),
+                refreshed: tokio::sync::Mutex::new(None),
+            };
+            cluster.refresh().await.map_err(connect_error)?;
+            Route::Cluster(Box::new(cluster))
+        } else {
+            Route::Single(seed)
+        };
+        Ok(Store {
+            route,
+            prefix: prefix.to_owned(),
+            url: redacted,
+        })
+    }
+
+    /// Whether the store is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.route, Route::Cluster(_))
+    }
+
+    /// The database the keys live in (a cluster has only 0).
+    pub(crate) fn db(&self) -> i64 {
+        match &self.route {
+            Route::Single(node) => node.client.get_connection_info().redis.db,
+            Route::Cluster(_) => 0,
+        }
+    }
+
+    /// Every server that holds keys, named for messages: the one server, or
+    /// each master of the cluster (the slot map fetched again first, at most
+    /// every [`REFRESH_MIN_INTERVAL`]).
+    pub(crate) async fn masters(&self) -> Result<Vec<(String, Arc<Node>)>, SessionError> {
+        match &self.route {
+            Route::Single(node) => Ok(vec![(self.url.clone(), Arc::clone(node))]),
+            Route::Cluster(cluster) => {
+                let error = self.store_error("cluster topology");
+                cluster.refresh().await.map_err(error)?;
+                let mut out = Vec::new();
+                for addr in cluster.masters() {
+                    let node = cluster
+                        .node(&addr)
+                        .await
+                        .map_err(self.store_error("cluster topology"))?;
+                    out.push((addr.to_string(), node));
+                }
+                Ok(out)
+            }
+        }
     }
 
     /// This app's session key prefix, e.g. `shop:s:`.
@@ -128,7 +404,7 @@ impl Store {
         format!("{}{}", self.prefix, id.redacted())
     }
 
-    fn store_error(&self, op: &'static str) -> impl FnOnce(redis::RedisError) -> SessionError + '_ {
+    fn store_error(&self, op: &'static str) -> impl FnOnce(RedisError) -> SessionError + '_ {
         move |source| SessionError::Store {
             url: self.url.clone(),
             op,
@@ -136,28 +412,82 @@ impl Store {
         }
     }
 
-    async fn checkout(&self) -> Result<MultiplexedConnection, SessionError> {
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(conn) = pooled {
-            return Ok(conn);
+    /// Runs `op` on the server holding `key`: `f(node, asking)`, again after
+    /// each MOVED or ASK redirection (see the module docs). On a single
+    /// server it runs once.
+    ///
+    /// `f` gets the node by value (not `&Node`): a closure over a borrowed
+    /// argument would make its future's `Send` depend on a higher-ranked
+    /// lifetime, which the compiler cannot prove for spawned tasks.
+    async fn on_key<T, F, Fut>(&self, key: &[u8], op: &'static str, f: F) -> Result<T, SessionError>
+    where
+        F: Fn(Arc<Node>, bool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, OpError>>,
+    {
+        let cluster = match &self.route {
+            Route::Single(node) => {
+                return f(Arc::clone(node), false).await.map_err(|e| match e {
+                    OpError::Redis(e) => self.store_error(op)(e),
+                    OpError::Session(e) => e,
+                })
+            }
+            Route::Cluster(cluster) => cluster,
+        };
+        let slot = cluster::slot(key);
+        let mut ask: Option<Arc<Node>> = None;
+        let mut redirects = 0;
+        loop {
+            let (node, asking) = match ask.take() {
+                Some(node) => (node, true),
+                None => (
+                    cluster.node_for(slot).await.map_err(self.store_error(op))?,
+                    false,
+                ),
+            };
+            let error = match f(Arc::clone(&node), asking).await {
+                Ok(value) => return Ok(value),
+                Err(OpError::Session(e)) => return Err(e),
+                Err(OpError::Redis(e)) => e,
+            };
+            if redirects == REDIRECTS {
+                return Err(self.store_error(op)(error));
+            }
+            redirects += 1;
+            let asked_host = cluster::host_of(node.client.get_connection_info());
+            let target = error
+                .redirect_node()
+                .and_then(|(addr, _)| cluster::parse_addr(addr, asked_host))
+                .map(|(host, port)| Arc::<str>::from(format!("{host}:{port}")));
+            match (error.kind(), target) {
+                (ErrorKind::Moved, Some(addr)) => {
+                    cluster.moved(slot, addr);
+                    // Usually a resharding moved many slots: learn them all.
+                    let _ = cluster.refresh().await;
+                }
+                (ErrorKind::Ask, Some(addr)) => {
+                    ask = Some(cluster.node(&addr).await.map_err(self.store_error(op))?);
+                }
+                // TRYAGAIN: a multi-key command during a slot migration;
+                // EXECABORT: the slot moved between WATCH and EXEC.
+                (ErrorKind::TryAgain | ErrorKind::ExecAbortError, _) => {
+                    let _ = cluster.refresh().await;
+                    backoff(redirects as u32).await;
+                }
+                _ => return Err(self.store_error(op)(error)),
+            }
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(RESPONSE_TIMEOUT);
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|source| SessionError::Connect {
-                url: self.url.clone(),
-                source,
-            })
     }
 
-    fn checkin(&self, conn: MultiplexedConnection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
+    /// Positions of `keys` grouped by hash slot (one group on a single
+    /// server), so that each group can be one multi-key command.
+    fn slot_groups<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> BTreeMap<u16, Vec<usize>> {
+        let cluster = self.is_cluster();
+        let mut groups: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.enumerate() {
+            let slot = if cluster { cluster::slot(key) } else { 0 };
+            groups.entry(slot).or_default().push(i);
         }
+        groups
     }
 
     /// Reads a session and renews its expiry in the same command (GETEX).
@@ -166,13 +496,19 @@ impl Store {
         id: &SessionId,
         ttl: Duration,
     ) -> Result<Option<codec::Stored>, SessionError> {
-        let raw: Option<Vec<u8>> = redis::cmd("GETEX")
-            .arg(self.key(id))
-            .arg("PX")
-            .arg(ttl_millis(ttl))
-            .query_async(&mut self.shared.clone())
-            .await
-            .map_err(self.store_error("load"))?;
+        let key = &self.key(id);
+        let raw: Option<Vec<u8>> = self
+            .on_key(key.as_bytes(), "load", |node, asking| async move {
+                let (raw,) = asked(asking)
+                    .cmd("GETEX")
+                    .arg(key)
+                    .arg("PX")
+                    .arg(ttl_millis(ttl))
+                    .query_async(&mut node.shared())
+                    .await?;
+                Ok(raw)
+            })
+            .await?;
         raw.map(|raw| {
             codec::decode(&raw).map_err(|reason| SessionError::Corrupt {
                 key: self.shown_key(id),
@@ -190,27 +526,41 @@ impl Store {
         session: &Session,
         ttl: Duration,
     ) -> Result<(CommitOutcome, Arc<Map<String, Value>>), SessionError> {
-        let key = self.key(session.id());
-        let mut conn = self.checkout().await?;
+        let key = &self.key(session.id());
+        self.on_key(key.as_bytes(), "commit", |node, asking| async move {
+            let mut conn = node.checkout().await?;
+            let result = self.commit_on(&mut conn, asking, key, session, ttl).await;
+            // A connection that failed may hold a WATCH or a MULTI: drop it.
+            if !matches!(result, Err(OpError::Redis(_))) {
+                node.checkin(conn);
+            }
+            result
+        })
+        .await
+    }
+
+    async fn commit_on(
+        &self,
+        conn: &mut MultiplexedConnection,
+        asking: bool,
+        key: &str,
+        session: &Session,
+        ttl: Duration,
+    ) -> Result<(CommitOutcome, Arc<Map<String, Value>>), OpError> {
         for attempt in 1..=COMMIT_ATTEMPTS {
-            let (raw,): (Option<Vec<u8>>,) = redis::pipe()
-                .cmd("WATCH")
-                .arg(&key)
-                .ignore()
-                .cmd("GET")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .map_err(self.store_error("commit"))?;
+            let mut read = asked(asking);
+            read.cmd("WATCH").arg(key).ignore();
+            ask_again(&mut read, asking).cmd("GET").arg(key);
+            let (raw,): (Option<Vec<u8>>,) = read.query_async(conn).await?;
             let stored = match raw.as_deref().map(codec::decode).transpose() {
                 Ok(stored) => stored,
                 Err(reason) => {
                     // Leave the connection clean before giving it back.
-                    let _: Result<(), _> = redis::cmd("UNWATCH").query_async(&mut conn).await;
-                    return Err(SessionError::Corrupt {
+                    let _: Result<(), _> = redis::cmd("UNWATCH").query_async(conn).await;
+                    return Err(OpError::Session(SessionError::Corrupt {
                         key: self.shown_key(session.id()),
                         reason,
-                    });
+                    }));
                 }
             };
             let stored_version = stored.as_ref().map_or(0, |(v, _)| *v);
@@ -222,19 +572,15 @@ impl Store {
                 let version = stored_version.max(session.version) + 1;
                 (version, Arc::new(data), true, conflicts)
             };
-            let exec: RedisValue = redis::pipe()
-                .atomic()
+            let mut write = transaction(asking);
+            write
                 .cmd("SET")
-                .arg(&key)
+                .arg(key)
                 .arg(codec::encode(version, &data))
                 .arg("PX")
                 .arg(ttl_millis(ttl))
-                .ignore()
-                .query_async(&mut conn)
-                .await
-                .map_err(self.store_error("commit"))?;
-            if exec != RedisValue::Nil {
-                self.checkin(conn);
+                .ignore();
+            if exec(write, conn).await? != RedisValue::Nil {
                 let outcome = CommitOutcome::written(version, merged, conflicts, attempt);
                 return Ok((outcome, data));
             }
@@ -242,18 +588,23 @@ impl Store {
             // Back off a little, with jitter, so racing writers spread out.
             backoff(attempt).await;
         }
-        self.checkin(conn);
-        Err(SessionError::Contention {
+        Err(OpError::Session(SessionError::Contention {
             attempts: COMMIT_ATTEMPTS,
-        })
+        }))
     }
 
     pub(crate) async fn delete(&self, id: &SessionId) -> Result<(), SessionError> {
-        redis::cmd("DEL")
-            .arg(self.key(id))
-            .query_async::<()>(&mut self.shared.clone())
-            .await
-            .map_err(self.store_error("abandon"))
+        let key = &self.key(id);
+        self.on_key(key.as_bytes(), "abandon", |node, asking| async move {
+            let () = asked(asking)
+                .cmd("DEL")
+                .arg(key)
+                .ignore()
+                .query_async(&mut node.shared())
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The handoff marker of the worker with process id `pid`.
@@ -264,55 +615,92 @@ impl Store {
     /// Says to successors that the worker `pid` has flushed every session
     /// it held: `{prefix}handoff:{pid}` = `flushed`, for [`MARKER_TTL`].
     pub(crate) async fn mark_handed_off(&self, pid: u32) -> Result<(), SessionError> {
-        redis::cmd("SET")
-            .arg(self.marker_key(pid))
-            .arg(MARKER_VALUE)
-            .arg("PX")
-            .arg(ttl_millis(MARKER_TTL))
-            .query_async::<()>(&mut self.shared.clone())
-            .await
-            .map_err(self.store_error("handoff"))
+        let key = &self.marker_key(pid);
+        self.on_key(key.as_bytes(), "handoff", |node, asking| async move {
+            let () = asked(asking)
+                .cmd("SET")
+                .arg(key)
+                .arg(MARKER_VALUE)
+                .arg("PX")
+                .arg(ttl_millis(MARKER_TTL))
+                .ignore()
+                .query_async(&mut node.shared())
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Removes a marker: a new worker clears the one a long-gone worker
     /// with the same (reused) pid may have left.
     pub(crate) async fn clear_handoff_mark(&self, pid: u32) -> Result<(), SessionError> {
-        redis::cmd("DEL")
-            .arg(self.marker_key(pid))
-            .query_async::<()>(&mut self.shared.clone())
-            .await
-            .map_err(self.store_error("handoff"))
+        let key = &self.marker_key(pid);
+        self.on_key(key.as_bytes(), "handoff", |node, asking| async move {
+            let () = asked(asking)
+                .cmd("DEL")
+                .arg(key)
+                .ignore()
+                .query_async(&mut node.shared())
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
-    /// For each pid, whether its marker says `flushed` (one MGET).
+    /// For each pid, whether its marker says `flushed` (one MGET per slot:
+    /// one in all on a single server).
     pub(crate) async fn handoff_marked(&self, pids: &[u32]) -> Result<Vec<bool>, SessionError> {
         let keys: Vec<String> = pids.iter().map(|pid| self.marker_key(*pid)).collect();
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.shared.clone())
-            .await
-            .map_err(self.store_error("handoff"))?;
-        Ok(values
-            .iter()
-            .map(|v| v.as_deref() == Some(MARKER_VALUE.as_bytes()))
-            .collect())
+        let mut marked = vec![false; keys.len()];
+        for positions in self
+            .slot_groups(keys.iter().map(|k| k.as_bytes()))
+            .into_values()
+        {
+            let group: &Vec<&str> = &positions.iter().map(|&i| keys[i].as_str()).collect();
+            let values: Vec<Option<Vec<u8>>> = self
+                .on_key(group[0].as_bytes(), "handoff", |node, asking| async move {
+                    let (values,) = asked(asking)
+                        .cmd("MGET")
+                        .arg(group)
+                        .query_async(&mut node.shared())
+                        .await?;
+                    Ok(values)
+                })
+                .await?;
+            for (i, value) in positions.into_iter().zip(values) {
+                marked[i] = value.as_deref() == Some(MARKER_VALUE.as_bytes());
+            }
+        }
+        Ok(marked)
     }
 
-    /// Writes many sessions: chunks of [`FLUSH_CHUNK`], each one
-    /// `WATCH keys… ; MGET keys…` then `MULTI ; SET … PX … ×n ; EXEC`, with
-    /// [`FLUSH_CONNECTIONS`] chunks in flight. Returns every item with what
-    /// happened to it, so the caller can settle its memory entry.
+    /// Writes many sessions: chunks of at most [`FLUSH_CHUNK`] sessions of
+    /// one slot (any, on a single server), each one `WATCH keys… ; MGET
+    /// keys…` then `MULTI ; SET … PX … ×n ; EXEC`, with
+    /// [`FLUSH_CONNECTIONS`] chunks per master in flight. Returns every item
+    /// with what happened to it, so the caller can settle its memory entry.
     pub(crate) async fn flush(
         self: &Arc<Self>,
         items: Vec<FlushItem>,
     ) -> Vec<(FlushItem, Result<Flushed, Arc<SessionError>>)> {
-        let mut chunks: Vec<Vec<FlushItem>> = Vec::new();
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
-            chunks.push(items.by_ref().take(FLUSH_CHUNK).collect());
+        let keys: Vec<String> = items.iter().map(|item| self.key(&item.id)).collect();
+        let groups = self.slot_groups(keys.iter().map(|k| k.as_bytes()));
+        let mut slots: Vec<Option<(FlushItem, String)>> =
+            items.into_iter().zip(keys).map(Some).collect();
+        let mut chunks: Vec<Vec<(FlushItem, String)>> = Vec::new();
+        for positions in groups.into_values() {
+            for piece in positions.chunks(FLUSH_CHUNK) {
+                let chunk = piece.iter().filter_map(|&i| slots[i].take()).collect();
+                chunks.push(chunk);
+            }
         }
-        let lanes = FLUSH_CONNECTIONS.min(chunks.len()).max(1);
-        let mut per_lane: Vec<Vec<Vec<FlushItem>>> = (0..lanes).map(|_| Vec::new()).collect();
+        let masters = match &self.route {
+            Route::Single(_) => 1,
+            Route::Cluster(cluster) => cluster.masters().len().max(1),
+        };
+        let lanes = (FLUSH_CONNECTIONS * masters).min(chunks.len()).max(1);
+        let mut per_lane: Vec<Vec<Vec<(FlushItem, String)>>> =
+            (0..lanes).map(|_| Vec::new()).collect();
         for (i, chunk) in chunks.into_iter().enumerate() {
             per_lane[i % lanes].push(chunk);
         }
@@ -331,59 +719,47 @@ impl Store {
 
     async fn flush_lane(
         &self,
-        chunks: Vec<Vec<FlushItem>>,
+        chunks: Vec<Vec<(FlushItem, String)>>,
     ) -> Vec<(FlushItem, Result<Flushed, Arc<SessionError>>)> {
         let mut out = Vec::new();
-        let mut conn = None;
         for chunk in chunks {
-            let result = match conn.take() {
-                Some(c) => Ok(c),
-                None => self.checkout().await,
-            };
-            let result = match result {
-                Ok(mut c) => match self.flush_chunk(&mut c, &chunk).await {
-                    Ok(flushed) => {
-                        conn = Some(c);
-                        Ok(flushed)
+            let chunk_ref = &chunk;
+            let result = self
+                .on_key(chunk[0].1.as_bytes(), "flush", |node, asking| async move {
+                    let mut conn = node.checkout().await?;
+                    let result = Self::flush_chunk(&mut conn, asking, chunk_ref).await;
+                    if !matches!(result, Err(OpError::Redis(_))) {
+                        node.checkin(conn);
                     }
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
+                    result
+                })
+                .await;
+            let items = chunk.into_iter().map(|(item, _)| item);
             match result {
-                Ok(flushed) => out.extend(chunk.into_iter().zip(flushed.into_iter().map(Ok))),
+                Ok(flushed) => out.extend(items.zip(flushed.into_iter().map(Ok))),
                 Err(e) => {
                     let e = Arc::new(e);
-                    out.extend(chunk.into_iter().map(|item| (item, Err(Arc::clone(&e)))));
+                    out.extend(items.map(|item| (item, Err(Arc::clone(&e)))));
                 }
             }
-        }
-        if let Some(c) = conn {
-            self.checkin(c);
         }
         out
     }
 
     async fn flush_chunk(
-        &self,
         conn: &mut MultiplexedConnection,
-        chunk: &[FlushItem],
-    ) -> Result<Vec<Flushed>, SessionError> {
-        let keys: Vec<String> = chunk.iter().map(|item| self.key(&item.id)).collect();
+        asking: bool,
+        chunk: &[(FlushItem, String)],
+    ) -> Result<Vec<Flushed>, OpError> {
+        let keys: Vec<&str> = chunk.iter().map(|(_, key)| key.as_str()).collect();
         for attempts in 1..=COMMIT_ATTEMPTS {
-            let (raws,): (Vec<Option<Vec<u8>>>,) = redis::pipe()
-                .cmd("WATCH")
-                .arg(&keys)
-                .ignore()
-                .cmd("MGET")
-                .arg(&keys)
-                .query_async(conn)
-                .await
-                .map_err(self.store_error("flush"))?;
+            let mut read = asked(asking);
+            read.cmd("WATCH").arg(&keys).ignore();
+            ask_again(&mut read, asking).cmd("MGET").arg(&keys);
+            let (raws,): (Vec<Option<Vec<u8>>>,) = read.query_async(conn).await?;
             let mut results = Vec::with_capacity(chunk.len());
-            let mut write = redis::pipe();
-            write.atomic();
-            for ((item, key), raw) in chunk.iter().zip(&keys).zip(raws) {
+            let mut write = transaction(asking);
+            for ((item, key), raw) in chunk.iter().zip(raws) {
                 let stored_version = match raw.as_deref().map(codec::decode_version) {
                     None => Some(0),
                     Some(Ok((version, _))) => Some(version),
@@ -422,19 +798,33 @@ impl Store {
                     .ignore();
                 results.push(flushed);
             }
-            let exec: RedisValue = write
-                .query_async(conn)
-                .await
-                .map_err(self.store_error("flush"))?;
-            if exec != RedisValue::Nil {
+            if exec(write, conn).await? != RedisValue::Nil {
                 return Ok(results);
             }
             backoff(attempts).await;
         }
-        Err(SessionError::Contention {
+        Err(OpError::Session(SessionError::Contention {
             attempts: COMMIT_ATTEMPTS,
-        })
+        }))
     }
+}
+
+/// `ASKING` applies to the next command only (outside MULTI): a redirected
+/// pipeline repeats it before each keyed command.
+fn ask_again(pipe: &mut redis::Pipeline, asking: bool) -> &mut redis::Pipeline {
+    if asking {
+        pipe.cmd("ASKING").ignore();
+    }
+    pipe
+}
+
+/// Whether the server behind `node` is a Redis Cluster node.
+async fn is_cluster(node: &Node) -> bool {
+    let info: Result<String, _> = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut node.shared())
+        .await;
+    info.is_ok_and(|info| info.lines().any(|l| l.trim() == "cluster_enabled:1"))
 }
 
 /// After a lost round: a random pause in 0 .. 50 µs × 2^attempt, capped at

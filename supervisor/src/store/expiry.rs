@@ -2,9 +2,11 @@
 //! notifications that tell other processes a session ended), and starts log
 //! rewrites.
 //!
-//! It sleeps until the earliest deadline in any namespace, at most a second (the
-//! rewrite check runs once a second). A command that gives a key an earlier
-//! deadline wakes it through [`PurgeAlarm`](super::keyspace::PurgeAlarm). Each
+//! It sleeps until the earliest deadline in any namespace — with no deadline,
+//! until told: an idle store never wakes up. A command that gives a key an
+//! earlier deadline wakes it through [`PurgeAlarm`](super::keyspace::PurgeAlarm)
+//! (so does BGREWRITEAOF), and the log's writer wakes it when the log reaches the
+//! size at which a rewrite may be due. Each
 //! round removes at most [`ROUND`] keys with the lock held, then yields, so a
 //! million keys expiring at once never stall the event loop for long.
 
@@ -17,7 +19,6 @@ use tokio::sync::watch;
 use super::server::{now_ms, Inner};
 
 const ROUND: usize = 1000;
-const MAX_SLEEP_MS: u64 = 1000;
 
 pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     let alarm = inner.lock().alarm.clone();
@@ -31,7 +32,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             }
             let next = ks.dbs.iter().filter_map(|db| db.next_deadline()).min();
             let busy = next.is_some_and(|at| at <= now);
-            let wake_at = next.unwrap_or(u64::MAX).min(now + MAX_SLEEP_MS);
+            let wake_at = next.unwrap_or(u64::MAX);
             alarm.at.store(wake_at, Ordering::Relaxed);
             inner.maybe_rewrite(&mut ks, now);
             (wake_at, busy)
@@ -40,10 +41,16 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
             tokio::task::yield_now().await;
             continue;
         }
-        let sleep = Duration::from_millis(wake_at.saturating_sub(now));
+        let deadline = async {
+            match wake_at {
+                u64::MAX => std::future::pending().await,
+                at => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await,
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
+            _ = deadline => {}
             _ = alarm.notify.notified() => {}
+            _ = inner.state.log.size_reached.notified() => {}
             _ = stop.changed() => return,
         }
     }

@@ -82,6 +82,8 @@ pub(crate) fn now_ms() -> u64 {
 /// answered with an error) rather than cutting the connection: room for a key and
 /// for a value a little too large.
 const BULK_SLACK: u64 = 64 * 1024;
+/// While a rewrite runs, the purge task looks again after this much more log.
+const REWRITE_RECHECK: u64 = 1 << 20;
 /// One request may not claim more than this in total.
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 
@@ -93,17 +95,30 @@ impl Inner {
     }
 
     /// Starts a log rewrite if one is due or was asked for (purge task, locked).
+    /// If none is due, sets the log size at which one may be
+    /// ([`LogStatus::check_size`](super::aof::LogStatus)): the log's writer
+    /// wakes the purge task then, so an idle store has no reason to wake up.
     pub fn maybe_rewrite(&self, ks: &mut Keyspace, now: u64) {
         let Some(writer) = &self.writer else { return };
         let log = &self.state.log;
+        let size = log.size.load(Ordering::Relaxed);
         if log.rewriting.load(Ordering::Relaxed) {
+            log.check_size
+                .store(size.saturating_add(REWRITE_RECHECK), Ordering::Relaxed);
             return;
         }
         let requested = log.rewrite_requested.swap(false, Ordering::Relaxed);
-        let size = log.size.load(Ordering::Relaxed);
         let live = ks.memory() as u64;
-        if !requested && (size < self.rewrite_min_size || size < 2 * live) {
-            return;
+        let due_at = self.rewrite_min_size.max(2 * live);
+        if !requested && size < due_at {
+            // Deletions that make it due sooner grow the log too, and expiries
+            // run this task anyway. SeqCst, with the writer's store of the size
+            // and load of the mark: if it appended past `due_at` before seeing
+            // the new mark, this load sees its size.
+            log.check_size.store(due_at, Ordering::SeqCst);
+            if log.size.load(Ordering::SeqCst) < due_at {
+                return;
+            }
         }
         // Records of the current batch must precede the snapshot in the queue.
         if !ks.log.is_empty() {

@@ -41,7 +41,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use appvisor_config::Persist;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::keyspace::Entry;
 use super::resp::encode_command;
@@ -71,6 +71,11 @@ pub(crate) struct LogStatus {
     pub rewriting: AtomicBool,
     /// BGREWRITEAOF asked for a rewrite; the purge task starts it.
     pub rewrite_requested: AtomicBool,
+    /// The log size at which the purge task wants to look at it again (a
+    /// rewrite may be due); u64::MAX once it has been told.
+    pub check_size: AtomicU64,
+    /// Tells the purge task that the log reached `check_size`.
+    pub size_reached: Notify,
 }
 
 /// A keyspace snapshot: every live entry and its app.
@@ -399,9 +404,13 @@ impl WriterThread {
             let before = status.size.load(Ordering::Relaxed);
             match self.file.write_all(data) {
                 Ok(()) => {
-                    status
-                        .size
-                        .store(before + data.len() as u64, Ordering::Relaxed);
+                    let size = before + data.len() as u64;
+                    // SeqCst: see `Inner::maybe_rewrite`.
+                    status.size.store(size, Ordering::SeqCst);
+                    if size >= status.check_size.load(Ordering::SeqCst) {
+                        status.check_size.store(u64::MAX, Ordering::Relaxed);
+                        status.size_reached.notify_one();
+                    }
                     self.unsynced = true;
                     self.recovered();
                     return;

@@ -15,10 +15,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 use tokio::sync::Notify;
 
@@ -133,7 +134,7 @@ impl Db {
         Db {
             name,
             table: HashTable::new(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             expiring: 0,
             deadlines: BinaryHeap::new(),
             data_bytes: 0,

@@ -8,7 +8,12 @@
 #   N=200000 MEMORY=0 bench/store/run.sh  # requests per test; skip the 1M-key memory test
 #
 # Each throughput row is the median of ROUNDS (default 3) alternating runs, so
-# that load from other processes hits both servers alike.
+# that load from other processes hits both servers alike. PIN=1 runs both servers
+# on CPU 1 and redis-benchmark on CPU 0 (taskset): the scheduler then cannot put
+# client and server on one core for some runs and on two for others, which swings
+# the -c 1 rows by ±10 %. Pinned, the -c 50 rows measure the client more than the
+# server (see docs/BENCHMARKS.md), so the default (PIN=0) leaves placement to the
+# kernel, as a deployment would.
 set -euo pipefail
 
 PERSIST=${PERSIST:-no}
@@ -16,6 +21,11 @@ N=${N:-200000}
 ROUNDS=${ROUNDS:-3}
 MEMORY=${MEMORY:-1}
 KEYS=${KEYS:-1000000}
+PIN=${PIN:-0}
+server_cpu=(); client_cpu=()
+if [[ $PIN == 1 ]] && (( $(nproc) >= 2 )) && command -v taskset >/dev/null; then
+    server_cpu=(taskset -c 1); client_cpu=(taskset -c 0)
+fi
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d /tmp/appvisor-store-bench.XXXXXX)
 pids=()
@@ -42,14 +52,14 @@ start_redis() {
         no) args+=(--appendonly no) ;;
         everysec|always) args+=(--appendonly yes --appendfsync "$PERSIST") ;;
     esac
-    redis-server "${args[@]}" &
+    "${server_cpu[@]}" redis-server "${args[@]}" &
     redis_pid=$!
     pids+=("$redis_pid")
 }
 start_store() {
     local args=(--socket "$work/store.sock" --app "bench:$PASS")
     if [[ $PERSIST != no ]]; then args+=(--aof "$work/store.aof" --persist "$PERSIST"); fi
-    "$store_bin" "${args[@]}" > "$work/store.out" 2>&1 &
+    "${server_cpu[@]}" "$store_bin" "${args[@]}" > "$work/store.out" 2>&1 &
     store_pid=$!
     pids+=("$store_pid")
 }
@@ -69,25 +79,32 @@ redis_args=(-s "$work/redis.sock")
 store_args=(-s "$work/store.sock" --user bench -a "$PASS")
 
 # bench ARGS… → "SET rps p99\nGET rps p99" (csv: test,rps,avg,min,p50,p95,p99,max)
-bench() {
-    redis-benchmark "$@" -t set,get -d 1024 -n "$N" --csv 2>/dev/null |
+bench() { # requests ARGS…
+    local n=$1; shift
+    "${client_cpu[@]}" redis-benchmark "$@" -t set,get -d 1024 -n "$n" --csv 2>/dev/null |
         awk -F, 'NR > 1 { gsub(/"/, ""); print $1, $2, $7 }'
 }
 calc() { awk "BEGIN { print $1 }"; }
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-printf '\nredis-benchmark -t set,get -d 1024 -n %s, unix socket, persistence: %s (redis: %s)\n' \
+printf '\nredis-benchmark -t set,get -d 1024 -n %s (x10 with -P 16), unix socket, persistence: %s (redis: %s)\n' \
     "$N" "$PERSIST" "$([[ $PERSIST == no ]] && echo "--save '' --appendonly no" || echo "--save '' --appendonly yes --appendfsync $PERSIST")"
-printf 'median of %s alternating rounds\n\n' "$ROUNDS"
+printf 'median of %s alternating rounds%s\n\n' "$ROUNDS" "$([[ ${#server_cpu[@]} -gt 0 ]] && echo '; servers on CPU 1, client on CPU 0')"
 printf '| %-14s | %-4s | %12s | %12s | %6s | %11s | %11s |\n' clients test "redis rps" "store rps" ratio "redis p99" "store p99"
 printf '|%s|%s|%s|%s|%s|%s|%s|\n' ---------------- ------ -------------- -------------- -------- ------------- -------------
 for mode in "-c 50" "-c 50 -P 16" "-c 1"; do
     : > "$work/r.txt"; : > "$work/s.txt"
+    # About a second per run: a pipelined run of N requests would last ~0.1 s,
+    # short enough for start-up and scheduling noise to swing it by ±20 %.
+    case $mode in
+        *-P*) n=$((N * 10)) ;;
+        *) n=$N ;;
+    esac
     for _ in $(seq "$ROUNDS"); do
         # shellcheck disable=SC2086
-        bench "${redis_args[@]}" $mode >> "$work/r.txt"
+        bench "$n" "${redis_args[@]}" $mode >> "$work/r.txt"
         # shellcheck disable=SC2086
-        bench "${store_args[@]}" $mode >> "$work/s.txt"
+        bench "$n" "${store_args[@]}" $mode >> "$work/s.txt"
     done
     for t in SET GET; do
         r_rps=$(awk -v t=$t '$1 == t { print $2 }' "$work/r.txt" | median)

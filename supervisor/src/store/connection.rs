@@ -96,10 +96,13 @@ where
             let pass = run_requests(&inner, &mut client, rbuf.data(), &mut args, &mut wbuf);
             rbuf.consume(pass.consumed);
             need = pass.need - pass.consumed;
-            if let Some(seq) = pass.log_seq {
-                if let Some(writer) = inner.writer.as_ref().filter(|w| w.mode == Persist::Always) {
+            if let (Some(seq), Some(writer)) = (pass.log_seq, inner.writer.as_ref()) {
+                if writer.mode == Persist::Always {
                     // `always`: nothing is acknowledged before it is on disk.
                     writer.durable(seq).await;
+                } else {
+                    // `everysec`: nothing waits, unless the disk lags far behind.
+                    writer.throttle(seq).await;
                 }
             }
             if !wbuf.is_empty() && stream.write_all(&wbuf).await.is_err() {

@@ -82,8 +82,6 @@ pub(crate) fn now_ms() -> u64 {
 /// answered with an error) rather than cutting the connection: room for a key and
 /// for a value a little too large.
 const BULK_SLACK: u64 = 64 * 1024;
-/// While a rewrite runs, the purge task looks again after this much more log.
-const REWRITE_RECHECK: u64 = 1 << 20;
 /// One request may not claim more than this in total.
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 
@@ -103,8 +101,7 @@ impl Inner {
         let log = &self.state.log;
         let size = log.size.load(Ordering::Relaxed);
         if log.rewriting.load(Ordering::Relaxed) {
-            log.check_size
-                .store(size.saturating_add(REWRITE_RECHECK), Ordering::Relaxed);
+            // The writer wakes this task again when the rewrite is over.
             return;
         }
         let requested = log.rewrite_requested.swap(false, Ordering::Relaxed);

@@ -100,13 +100,14 @@ pub(crate) async fn subscribe(store: Arc<Store>) -> Result<SessionEnds, SessionE
                 url: name.clone(),
                 source,
             })?;
-        subscribers.spawn(forward(
-            store.prefix().to_owned(),
-            name.clone(),
+        watch_server(
+            &store,
+            &mut subscribers,
+            &mut subscribed,
+            name,
             messages,
-            tx.clone(),
-        ));
-        subscribed.insert(name);
+            &tx,
+        );
     }
     let task = tokio::spawn(keep_subscribed(store, channel, subscribers, subscribed, tx));
     Ok(SessionEnds {
@@ -187,6 +188,20 @@ async fn connect(node: &Node, channel: &str) -> Result<PubSubStream, redis::Redi
             format!("no SUBSCRIBE answer within {CONNECT_TIMEOUT:?}"),
         ))),
     }
+}
+
+/// Starts the subscriber of the server `name` and notes that it has one.
+fn watch_server(
+    store: &Store,
+    subscribers: &mut JoinSet<Option<String>>,
+    subscribed: &mut HashSet<String>,
+    name: String,
+    messages: PubSubStream,
+    tx: &mpsc::Sender<SessionId>,
+) {
+    let prefix = store.prefix().to_owned();
+    subscribers.spawn(forward(prefix, name.clone(), messages, tx.clone()));
+    subscribed.insert(name);
 }
 
 /// One subscriber: forwards ids until its connection ends (returns the
@@ -272,13 +287,14 @@ async fn keep_subscribed(
                                         "appvisor-worker: session end events: reconnected to {name}"
                                     );
                                 }
-                                subscribers.spawn(forward(
-                                    store.prefix().to_owned(),
-                                    name.clone(),
+                                watch_server(
+                                    &store,
+                                    &mut subscribers,
+                                    &mut subscribed,
+                                    name,
                                     messages,
-                                    tx.clone(),
-                                ));
-                                subscribed.insert(name);
+                                    &tx,
+                                );
                             }
                             Err(e) => failed = Some(format!("cannot subscribe at {name}: {e}")),
                         }

@@ -594,8 +594,11 @@ impl Store {
     }
 
     pub(crate) async fn delete(&self, id: &SessionId) -> Result<(), SessionError> {
-        let key = &self.key(id);
-        self.on_key(key.as_bytes(), "abandon", |node, asking| async move {
+        self.del(&self.key(id), "abandon").await
+    }
+
+    async fn del(&self, key: &str, op: &'static str) -> Result<(), SessionError> {
+        self.on_key(key.as_bytes(), op, |node, asking| async move {
             let () = asked(asking)
                 .cmd("DEL")
                 .arg(key)
@@ -634,17 +637,7 @@ impl Store {
     /// Removes a marker: a new worker clears the one a long-gone worker
     /// with the same (reused) pid may have left.
     pub(crate) async fn clear_handoff_mark(&self, pid: u32) -> Result<(), SessionError> {
-        let key = &self.marker_key(pid);
-        self.on_key(key.as_bytes(), "handoff", |node, asking| async move {
-            let () = asked(asking)
-                .cmd("DEL")
-                .arg(key)
-                .ignore()
-                .query_async(&mut node.shared())
-                .await?;
-            Ok(())
-        })
-        .await
+        self.del(&self.marker_key(pid), "handoff").await
     }
 
     /// For each pid, whether its marker says `flushed` (one MGET per slot:

@@ -94,11 +94,16 @@ fn inproc_sessions_are_lost_on_recycle_as_documented() {
     let port = free_port();
     sb.config(&counter_app(port, 1, "inproc"));
     let sv = sb.start();
-    sv.wait_running("counter", 1);
+    let old = sv.wait_running("counter", 1)[0];
     let users = create_users(port, 20);
     let (_, body, _) = get(port, "/counter", Some(&users[0].cookie)).unwrap();
     assert_eq!(counter_of(&body), Some(2));
     sv.ok(&["recycle", "counter"]);
+    // `recycle` returns once the new generation serves; the old one may still
+    // accept a connection or two until it handles its stop signal.
+    sv.wait_event("the old generation to exit", Duration::from_secs(10), |e| {
+        e["kind"] == "retired" && e["pid"] == old
+    });
     // The new generation never saw these sessions: every user starts over.
     for u in &users {
         let (_, body, _) = get(port, "/counter", Some(&u.cookie)).unwrap();

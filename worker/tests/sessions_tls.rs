@@ -2,6 +2,9 @@
 //! server certificate made here with the `openssl` command, and the CA handed to
 //! the client the standard OpenSSL way (`SSL_CERT_FILE`).
 
+mod common;
+use common::free_port;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,14 +96,6 @@ impl Drop for TlsRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(dir: &Path) -> TlsRedis {

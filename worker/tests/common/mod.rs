@@ -290,7 +290,7 @@ impl RedisCluster {
 }
 
 /// A TCP port nobody listens on now (the kernel's pick).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -26,8 +26,19 @@ pub enum Backend {
     },
     Redis {
         url: String,
-        reachable: Result<(), String>,
+        reachable: Result<RedisKind, String>,
     },
+}
+
+/// What answered at the Redis URL, as far as the supervisor can tell without
+/// credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisKind {
+    Standalone,
+    /// `cluster_enabled:1`: workers route by hash slot.
+    Cluster,
+    /// It answered, but INFO needs credentials (or TLS hides it).
+    Unknown,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +84,15 @@ impl Backend {
             StoreBackend::Redis { url } => {
                 let reachable = check_redis(url).await;
                 match &reachable {
-                    Ok(()) => eprintln!("appvisor: session store: {} answers PING", redact(url)),
+                    Ok(kind) => eprintln!(
+                        "appvisor: session store: {} answers PING{}",
+                        redact(url),
+                        if *kind == RedisKind::Cluster {
+                            " (a Redis Cluster node: workers route by slot)"
+                        } else {
+                            ""
+                        }
+                    ),
                     Err(e) => eprintln!(
                         "appvisor: warning: session store {} is not reachable: {e}; workers will retry",
                         redact(url)
@@ -135,7 +154,10 @@ impl Backend {
                 )
             }
             Backend::Redis { url, reachable } => match reachable {
-                Ok(()) => format!("redis {} (reachable at start)", redact(url)),
+                Ok(RedisKind::Cluster) => {
+                    format!("redis cluster {} (reachable at start)", redact(url))
+                }
+                Ok(_) => format!("redis {} (reachable at start)", redact(url)),
                 Err(e) => format!("redis {} (NOT reachable at start: {e})", redact(url)),
             },
         }
@@ -177,9 +199,9 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Connects to the Redis named by `url` and sends PING. An auth error still proves
-/// the server is there.
-async fn check_redis(url: &str) -> Result<(), String> {
+/// Connects to the Redis named by `url` and sends PING and INFO cluster. An auth
+/// error still proves the server is there.
+async fn check_redis(url: &str) -> Result<RedisKind, String> {
     let (scheme, rest) = url.split_once("://").ok_or("not a URL")?;
     let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
     let timeout = Duration::from_secs(3);
@@ -205,7 +227,7 @@ async fn check_redis(url: &str) -> Result<(), String> {
                 )
                 .await
                 {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(_)) => Ok(RedisKind::Unknown),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("no answer within {timeout:?}")),
                 };
@@ -221,7 +243,7 @@ async fn check_redis(url: &str) -> Result<(), String> {
                 || reply.contains("NOAUTH")
                 || reply.contains("WRONGPASS") =>
         {
-            Ok(())
+            Ok(kind_of(&reply))
         }
         Ok(Ok(reply)) => Err(format!("unexpected answer to PING: {reply:?}")),
     }
@@ -241,17 +263,80 @@ async fn ping_unix(path: &Path) -> Result<String, String> {
     ping(s).await
 }
 
-/// Sends an inline PING and returns the first bytes of the answer.
+/// Sends inline `PING` and `INFO cluster`; returns both answers once complete
+/// (or what came before the server closed the connection).
 async fn ping<S: AsyncReadExt + AsyncWriteExt + Unpin>(mut s: S) -> Result<String, String> {
-    s.write_all(b"PING\r\n").await.map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 128];
-    let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    s.write_all(b"PING\r\nINFO cluster\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answers_complete(&buf) && buf.len() < 64 * 1024 {
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Whether `buf` holds the reply to PING (one line) and the whole reply to INFO
+/// (an error line, or a bulk string of the length its header says).
+fn answers_complete(buf: &[u8]) -> bool {
+    let line_end = |from: usize| {
+        buf.get(from..)?
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| from + i + 2)
+    };
+    let Some(second) = line_end(0) else {
+        return false;
+    };
+    let Some(header_end) = line_end(second) else {
+        return false;
+    };
+    if buf[second] != b'$' {
+        return true;
+    }
+    let len: usize = std::str::from_utf8(&buf[second + 1..header_end - 2])
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    buf.len() >= header_end + len + 2
+}
+
+fn kind_of(answers: &str) -> RedisKind {
+    if answers.contains("cluster_enabled:1") {
+        RedisKind::Cluster
+    } else if answers.contains("cluster_enabled:0") {
+        RedisKind::Standalone
+    } else {
+        RedisKind::Unknown
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[test]
+    fn ping_and_info_answers_are_read_whole() {
+        use super::{answers_complete, kind_of, RedisKind};
+        let info = "# Cluster\r\ncluster_enabled:1\r\n";
+        let full = format!("+PONG\r\n${}\r\n{info}\r\n", info.len());
+        assert!(answers_complete(full.as_bytes()));
+        assert!(!answers_complete(&full.as_bytes()[..full.len() - 5]));
+        assert!(!answers_complete(b"+PONG\r\n"));
+        assert!(answers_complete(b"-NOAUTH x\r\n-NOAUTH x\r\n"));
+        assert!(answers_complete(b"+PONG\r\n$0\r\n\r\n"));
+        assert_eq!(kind_of(&full), RedisKind::Cluster);
+        assert_eq!(
+            kind_of("+PONG\r\n$20\r\ncluster_enabled:0"),
+            RedisKind::Standalone
+        );
+        assert_eq!(kind_of("-NOAUTH\r\n-NOAUTH\r\n"), RedisKind::Unknown);
+    }
 
     #[test]
     fn passwords_never_reach_logs() {

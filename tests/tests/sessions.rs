@@ -281,10 +281,10 @@ fn sessions_survive_recycles_with_a_real_redis_server_as_the_store() {
         counter_app(port, 2, "store")
     ));
     let sv = sb.start();
+    let store = sv.status()["store"].as_str().unwrap().to_owned();
     assert!(
-        sv.status()["store"].as_str().unwrap().contains("reachable"),
-        "{}",
-        sv.status()
+        store.starts_with("redis unix://") && store.contains("reachable"),
+        "{store}"
     );
     survive_recycles(&sb, &sv, port, 2);
     // The sessions really are in that redis-server.
@@ -405,6 +405,11 @@ fn sessions_survive_recycles_with_a_redis_cluster_as_the_store() {
         counter_app(port, 2, "store")
     ));
     let sv = sb.start();
+    let store = sv.status()["store"].as_str().unwrap().to_owned();
+    assert!(
+        store.starts_with("redis cluster redis://127.0.0.1:"),
+        "{store}"
+    );
     survive_recycles(&sb, &sv, port, 2);
     // The sessions are spread over every master.
     let per_master: Vec<u64> = cluster

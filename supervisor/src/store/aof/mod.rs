@@ -636,3 +636,71 @@ impl WriterThread {
         self.written.send_replace(seq);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::io::Read;
+    use std::time::Duration;
+
+    /// A disk that lags, played by a FIFO whose reader reads nothing until told:
+    /// the writer thread blocks in `write` once the pipe's buffer is full, so
+    /// connections must be held back at [`MAX_BACKLOG`], and let go once it
+    /// drains.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lagging_disk_holds_writers_back_at_the_backlog_bound() {
+        let dir = std::env::temp_dir().join(format!("appvisor-aof-backlog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("store.aof");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo (coreutils)");
+        assert!(made.success());
+        // Opening a FIFO blocks until both ends are open: the reader opens in a
+        // thread, and reads only when `drain` says so.
+        let (drain_tx, drain_rx) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut file = File::open(&fifo).unwrap();
+                drain_rx.recv().unwrap();
+                let mut all = Vec::new();
+                file.read_to_end(&mut all).unwrap();
+                all.len()
+            })
+        };
+        let writer =
+            LogWriter::start(&fifo, Persist::EverySec, Arc::new(LogStatus::default())).unwrap();
+
+        let record = vec![b'x'; 1 << 20];
+        let mut seq = 0;
+        for _ in 0..20 {
+            seq = writer.submit(&mut record.clone());
+        }
+        assert_eq!(seq, 20 << 20);
+        // Within the bound: no wait, whatever the disk does.
+        tokio::time::timeout(Duration::from_secs(10), writer.throttle(MAX_BACKLOG))
+            .await
+            .expect("a backlog within the bound holds no one back");
+        // Past it: held back. Nothing has been written (the pipe holds 64 KiB and
+        // nobody reads), so this stays pending however long it is polled.
+        let held = writer.throttle(seq);
+        tokio::pin!(held);
+        assert!(
+            std::future::poll_fn(|cx| std::task::Poll::Ready(held.as_mut().poll(cx).is_pending()))
+                .await,
+            "20 MiB unwritten must hold the writer back"
+        );
+        // The disk catches up: let go.
+        drain_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), held)
+            .await
+            .expect("a drained log lets the writer go");
+        writer.close().await;
+        assert_eq!(reader.join().unwrap(), 20 << 20);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

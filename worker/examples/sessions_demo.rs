@@ -72,9 +72,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
 
-        // Session_End: every worker that subscribes gets every end, so
-        // only worker 0 does.
-        if sessions.mode() != SessionMode::Inproc && worker.index().unwrap_or(0) == 0 {
+        // Session_End: from the store every worker that subscribes gets
+        // every end, so only worker 0 does; in inproc mode each worker
+        // reports the sessions of its own memory.
+        if sessions.mode() == SessionMode::Inproc || worker.index().unwrap_or(0) == 0 {
             match sessions.on_end().await {
                 Ok(mut ends) => {
                     tokio::spawn(async move {

@@ -250,14 +250,38 @@ async fn the_subscriber_reconnects_after_the_connection_is_killed() {
     }
 }
 
+/// `inproc`: no store, so the worker's own memory reports the ends of the
+/// sessions it expires, and not of one still in use.
 #[tokio::test]
-async fn inproc_has_no_session_ends() {
-    let sessions = Sessions::new(None, SessionMode::Inproc, Duration::from_secs(1))
+async fn inproc_sessions_end_in_the_worker() {
+    let timeout = Duration::from_millis(300);
+    let sessions = Sessions::new(None, SessionMode::Inproc, timeout)
         .await
         .unwrap();
-    let err = sessions.on_end().await.unwrap_err();
-    assert!(
-        matches!(err, SessionError::EndEventsNeedStore { .. }),
-        "{err}"
-    );
+    let mut ends = sessions.on_end().await.unwrap();
+    let first = stored_session(&sessions).await;
+    let second = stored_session(&sessions).await;
+    let kept = stored_session(&sessions).await;
+    // A user who keeps clicking: each load renews the sliding expiry.
+    let keeper = {
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            loop {
+                sessions.load(&kept).await.unwrap();
+                tokio::time::sleep(timeout / 10).await;
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = std::collections::HashSet::new();
+    while !(got.contains(&first) && got.contains(&second)) {
+        let end = next_end(&mut ends, deadline)
+            .await
+            .expect("both idle sessions reported ended within 20 s");
+        assert_ne!(end, kept, "a session in use was reported ended");
+        got.insert(end);
+    }
+    keeper.abort();
+    let gone = sessions.load(&first).await.unwrap();
+    assert_eq!(gone.get::<String>("user").unwrap(), None);
 }

@@ -45,8 +45,8 @@ use super::error::SessionError;
 use super::id::SessionId;
 use super::store::{Node, Store};
 
-/// Ids buffered between the subscriber task and the app.
-const BUFFER: usize = 1024;
+/// Ids buffered between the subscriber task (or the memory table) and the app.
+pub(crate) const BUFFER: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -59,7 +59,8 @@ const RESYNC: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct SessionEnds {
     ids: mpsc::Receiver<SessionId>,
-    task: tokio::task::AbortHandle,
+    /// The store subscriber; None for in-memory (`inproc`) ends.
+    task: Option<tokio::task::AbortHandle>,
 }
 
 impl SessionEnds {
@@ -78,8 +79,16 @@ impl SessionEnds {
 
 impl Drop for SessionEnds {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
+}
+
+/// Ends of sessions kept in worker memory (`inproc`), fed by the memory
+/// table as entries expire.
+pub(crate) fn in_memory(ids: mpsc::Receiver<SessionId>) -> SessionEnds {
+    SessionEnds { ids, task: None }
 }
 
 /// Makes sure the store publishes expiry events, subscribes, and starts the
@@ -112,7 +121,7 @@ pub(crate) async fn subscribe(store: Arc<Store>) -> Result<SessionEnds, SessionE
     let task = tokio::spawn(keep_subscribed(store, channel, subscribers, subscribed, tx));
     Ok(SessionEnds {
         ids,
-        task: task.abort_handle(),
+        task: Some(task.abort_handle()),
     })
 }
 

@@ -19,8 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 
 use super::changes::ChangeSet;
+use super::ends::BUFFER;
 use super::id::SessionId;
 use super::session::Session;
 use super::CommitOutcome;
@@ -63,6 +65,8 @@ pub(crate) struct MemoryTable {
     shards: Box<[Mutex<HashMap<SessionId, Entry>>]>,
     /// Handoff keeps `pending` change sets; inproc never needs them.
     track_pending: bool,
+    /// Where the ids of expired sessions go (`inproc` session ends).
+    listeners: Mutex<Vec<mpsc::Sender<SessionId>>>,
 }
 
 impl MemoryTable {
@@ -70,7 +74,32 @@ impl MemoryTable {
         MemoryTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             track_pending,
+            listeners: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A receiver of the ids of sessions that expire here from now on:
+    /// found expired on access, replaced by a commit after expiring, or
+    /// swept. A receiver that falls [`BUFFER`] ids behind misses the newer
+    /// ones; a dropped one is forgotten.
+    pub(crate) fn listen(&self) -> mpsc::Receiver<SessionId> {
+        let (tx, rx) = mpsc::channel(BUFFER);
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+
+    fn ended(&self, ids: &[SessionId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        listeners.retain(|tx| {
+            ids.iter()
+                .all(|id| !matches!(tx.try_send(*id), Err(mpsc::error::TrySendError::Closed(_))))
+        });
     }
 
     fn shard(&self, id: &SessionId) -> MutexGuard<'_, HashMap<SessionId, Entry>> {
@@ -95,6 +124,8 @@ impl MemoryTable {
         let entry = shard.get_mut(id)?;
         if entry.expires_at <= now {
             shard.remove(id);
+            drop(shard);
+            self.ended(&[*id]);
             return None;
         }
         entry.expires_at = now + timeout;
@@ -202,6 +233,10 @@ impl MemoryTable {
         let live = shard
             .get(session.id())
             .is_some_and(|entry| entry.expires_at > now);
+        if !live && shard.contains_key(session.id()) {
+            // An expired entry the sweeper has not reached yet: it ended.
+            self.ended(&[*session.id()]);
+        }
         if !live {
             // Brand new, or it expired / was abandoned while the request ran:
             // start over from nothing plus this request's changes.
@@ -260,14 +295,19 @@ impl MemoryTable {
     /// Drops expired entries; returns how many.
     pub(crate) fn sweep(&self) -> usize {
         let now = Instant::now();
-        let mut removed = 0;
+        let mut ended = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let before = shard.len();
-            shard.retain(|_, entry| entry.expires_at > now);
-            removed += before - shard.len();
+            shard.retain(|id, entry| {
+                let live = entry.expires_at > now;
+                if !live {
+                    ended.push(*id);
+                }
+                live
+            });
         }
-        removed
+        self.ended(&ended);
+        ended.len()
     }
 
     /// Live sessions held.
@@ -343,5 +383,49 @@ impl MemoryTable {
             entry.pending = pending;
             entry.dirty = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(table: &MemoryTable, timeout: Duration) -> SessionId {
+        let mut session = Session::fresh(SessionId::generate().unwrap());
+        session.set("user", "ada").unwrap();
+        table.commit(&session, timeout);
+        *session.id()
+    }
+
+    /// Every way an entry ends here reaches a listener, once: found expired
+    /// by a read, replaced by a commit after expiring, or swept. A live one
+    /// does not.
+    #[test]
+    fn expired_sessions_reach_the_listeners() {
+        let table = MemoryTable::new(false);
+        let mut ends = table.listen();
+        // A zero timeout: expired from the moment it is written.
+        let read = committed(&table, Duration::ZERO);
+        let rewritten = committed(&table, Duration::ZERO);
+        let swept = committed(&table, Duration::ZERO);
+        let live = committed(&table, Duration::from_secs(60));
+
+        assert!(table.get(&read, Duration::from_secs(60)).is_none());
+        assert_eq!(ends.try_recv().ok(), Some(read));
+
+        let again = Session::fresh(rewritten);
+        table.commit(&again, Duration::from_secs(60));
+        assert_eq!(ends.try_recv().ok(), Some(rewritten));
+
+        assert_eq!(table.sweep(), 1);
+        assert_eq!(ends.try_recv().ok(), Some(swept));
+        assert!(ends.try_recv().is_err(), "nothing else ended");
+        assert!(table.get(&live, Duration::from_secs(60)).is_some());
+
+        // A dropped listener is forgotten, not an error.
+        drop(ends);
+        committed(&table, Duration::ZERO);
+        assert_eq!(table.sweep(), 1);
+        assert!(table.listeners.lock().unwrap().is_empty());
     }
 }

@@ -168,7 +168,11 @@
 //! subscriber is disconnected (it reconnects with backoff) are lost, as are
 //! ends while no worker runs. In `handoff` mode only sessions that reached
 //! the store are reported: one that lived and expired in memory alone has
-//! no key to expire.
+//! no key to expire. In `inproc` mode there is no store: `on_end` reports
+//! the sessions this worker's memory expires — when a request finds one
+//! expired, or when the background sweep (every quarter of the timeout,
+//! 1 s to 60 s) removes it — and, as ASP.NET's InProc, not those lost with
+//! the worker.
 
 mod changes;
 mod cluster;
@@ -392,17 +396,20 @@ impl Sessions {
         self.inner.timeout
     }
 
-    /// Subscribes to session ends: the ids of this app's sessions whose
-    /// store keys expire from now on (see *Session end* in the module docs,
-    /// including why every worker receives every end). Needs a store
-    /// (`store` or `handoff` mode). On a Redis whose `notify-keyspace-events`
-    /// lacks `E` or `x` it tries `CONFIG SET`, and fails with
-    /// [`SessionError::ExpiryEventsOff`] if refused. Each call opens its own
-    /// connection; dropping the [`SessionEnds`] closes it.
+    /// Subscribes to session ends: the ids of this app's sessions that
+    /// expire from now on (see *Session end* in the module docs, including
+    /// why every worker receives every end). With a store (`store`,
+    /// `handoff`), its key expiry events: on a Redis whose
+    /// `notify-keyspace-events` lacks `E` or `x` it tries `CONFIG SET`, and
+    /// fails with [`SessionError::ExpiryEventsOff`] if refused; each call
+    /// opens its own connection, and dropping the [`SessionEnds`] closes it.
+    /// In `inproc` mode, this worker's own sessions as its memory expires
+    /// them (as ASP.NET's InProc `Session_End`).
     pub async fn on_end(&self) -> Result<SessionEnds, SessionError> {
-        match &self.inner.store {
-            Some(store) => ends::subscribe(Arc::clone(store)).await,
-            None => Err(SessionError::EndEventsNeedStore {
+        match (&self.inner.store, &self.inner.memory) {
+            (Some(store), _) => ends::subscribe(Arc::clone(store)).await,
+            (None, Some(memory)) => Ok(ends::in_memory(memory.listen())),
+            (None, None) => Err(SessionError::EndEventsNeedStore {
                 mode: self.inner.mode,
             }),
         }

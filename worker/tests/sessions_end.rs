@@ -285,3 +285,66 @@ async fn inproc_sessions_end_in_the_worker() {
     let gone = sessions.load(&first).await.unwrap();
     assert_eq!(gone.get::<String>("user").unwrap(), None);
 }
+
+/// `handoff`: between hand-offs a session lives in this worker's memory and
+/// its store copy (left by an earlier generation) is not renewed. That copy
+/// lapsing is not an end while the user is active; memory expiring the
+/// session is.
+#[tokio::test]
+async fn handoff_reports_the_end_from_memory_not_from_a_lapsed_store_copy() {
+    let store = TestStore::start().await;
+    let timeout = Duration::from_millis(400);
+    let mut config = SessionsConfig::new(Some(&store.url), SessionMode::Handoff, timeout);
+    config.key_prefix = store.prefix.clone();
+    let sessions = Sessions::with_config(config).await.unwrap();
+    let mut ends = sessions.on_end().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+
+    // What an earlier generation's hand-off left in the store.
+    let held = SessionId::generate().unwrap();
+    let held_key = format!("{}{}", store.prefix, held.as_str());
+    let _: () = redis::cmd("SET")
+        .arg(&held_key)
+        .arg("as1 1\n{\"user\":\"ada\"}")
+        .arg("PX")
+        .arg(timeout.as_millis() as u64)
+        .query_async(&mut store.raw().await)
+        .await
+        .unwrap();
+    // This worker takes it over, and the user keeps using it (from memory).
+    let taken = sessions.load(&held).await.unwrap();
+    assert_eq!(taken.get::<String>("user").unwrap().as_deref(), Some("ada"));
+    let keeper = {
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            loop {
+                sessions.load(&held).await.unwrap();
+                tokio::time::sleep(timeout / 10).await;
+            }
+        })
+    };
+    // The store copy lapses (EXISTS also expires it lazily, publishing the
+    // event if the server had not yet).
+    while store.exists(&held_key).await {
+        assert!(Instant::now() < deadline, "the store copy never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A session nobody holds, expiring now: its end comes after any end
+    // published for the lapsed copy (one server, one subscription, in order).
+    let nobodys = SessionId::generate().unwrap();
+    store
+        .set_px(&format!("{}{}", store.prefix, nobodys.as_str()), 1)
+        .await;
+    loop {
+        let end = next_end(&mut ends, deadline)
+            .await
+            .expect("the expiry of a session nobody holds is reported");
+        assert_ne!(end, held, "a session in use was reported ended");
+        if end == nobodys {
+            break;
+        }
+    }
+    // The user leaves: memory expires the session, and that is its end.
+    keeper.abort();
+    assert_eq!(next_end(&mut ends, deadline).await, Some(held));
+}

@@ -43,6 +43,7 @@ use tokio::task::JoinSet;
 
 use super::error::SessionError;
 use super::id::SessionId;
+use super::memory::MemoryTable;
 use super::store::{Node, Store};
 
 /// Ids buffered between the subscriber task (or the memory table) and the app.
@@ -91,15 +92,38 @@ pub(crate) fn in_memory(ids: mpsc::Receiver<SessionId>) -> SessionEnds {
     SessionEnds { ids, task: None }
 }
 
+/// Where subscribers send ids, and which ids they keep.
+#[derive(Clone)]
+struct Sink {
+    /// This app's session key prefix.
+    prefix: String,
+    /// `handoff`: the worker's memory; a store expiry of a session it holds
+    /// live is not an end (only the unrenewed store copy lapsed).
+    memory: Option<Arc<MemoryTable>>,
+    tx: mpsc::Sender<SessionId>,
+}
+
 /// Makes sure the store publishes expiry events, subscribes, and starts the
-/// task that forwards this app's expired session ids.
-pub(crate) async fn subscribe(store: Arc<Store>) -> Result<SessionEnds, SessionError> {
+/// task that forwards this app's expired session ids. With `memory`
+/// (`handoff`), the ids its own expiries report go to the same receiver.
+pub(crate) async fn subscribe(
+    store: Arc<Store>,
+    memory: Option<Arc<MemoryTable>>,
+) -> Result<SessionEnds, SessionError> {
     let masters = store.masters().await?;
     for (name, node) in &masters {
         ensure_expiry_events(&store, name, node).await?;
     }
     let channel = format!("__keyevent@{}__:expired", store.db());
     let (tx, ids) = mpsc::channel(BUFFER);
+    if let Some(memory) = &memory {
+        memory.listen_with(tx.clone());
+    }
+    let sink = Sink {
+        prefix: store.prefix().to_owned(),
+        memory,
+        tx,
+    };
     let mut subscribers = JoinSet::new();
     let mut subscribed = HashSet::new();
     for (name, node) in masters {
@@ -109,16 +133,15 @@ pub(crate) async fn subscribe(store: Arc<Store>) -> Result<SessionEnds, SessionE
                 url: name.clone(),
                 source,
             })?;
-        watch_server(
-            &store,
-            &mut subscribers,
-            &mut subscribed,
-            name,
-            messages,
-            &tx,
-        );
+        watch_server(&sink, &mut subscribers, &mut subscribed, name, messages);
     }
-    let task = tokio::spawn(keep_subscribed(store, channel, subscribers, subscribed, tx));
+    let task = tokio::spawn(keep_subscribed(
+        store,
+        channel,
+        sink,
+        subscribers,
+        subscribed,
+    ));
     Ok(SessionEnds {
         ids,
         task: Some(task.abort_handle()),
@@ -201,26 +224,20 @@ async fn connect(node: &Node, channel: &str) -> Result<PubSubStream, redis::Redi
 
 /// Starts the subscriber of the server `name` and notes that it has one.
 fn watch_server(
-    store: &Store,
+    sink: &Sink,
     subscribers: &mut JoinSet<Option<String>>,
     subscribed: &mut HashSet<String>,
     name: String,
     messages: PubSubStream,
-    tx: &mpsc::Sender<SessionId>,
 ) {
-    let prefix = store.prefix().to_owned();
-    subscribers.spawn(forward(prefix, name.clone(), messages, tx.clone()));
+    subscribers.spawn(forward(sink.clone(), name.clone(), messages));
     subscribed.insert(name);
 }
 
 /// One subscriber: forwards ids until its connection ends (returns the
 /// server's name) or the receiver goes away (returns None).
-async fn forward(
-    prefix: String,
-    name: String,
-    mut messages: PubSubStream,
-    tx: mpsc::Sender<SessionId>,
-) -> Option<String> {
+async fn forward(sink: Sink, name: String, mut messages: PubSubStream) -> Option<String> {
+    let Sink { prefix, memory, tx } = sink;
     loop {
         let next = tokio::select! {
             next = next_message(&mut messages) => next,
@@ -233,6 +250,9 @@ async fn forward(
             continue;
         };
         if let Some(id) = session_of(&prefix, &key) {
+            if memory.as_ref().is_some_and(|m| m.is_live(&id)) {
+                continue;
+            }
             if tx.send(id).await.is_err() {
                 return None;
             }
@@ -247,10 +267,11 @@ async fn forward(
 async fn keep_subscribed(
     store: Arc<Store>,
     channel: String,
+    sink: Sink,
     mut subscribers: JoinSet<Option<String>>,
     mut subscribed: HashSet<String>,
-    tx: mpsc::Sender<SessionId>,
 ) {
+    let tx = sink.tx.clone();
     let mut backoff = FIRST_BACKOFF;
     let mut warned = false;
     let mut outage = false;
@@ -297,12 +318,11 @@ async fn keep_subscribed(
                                     );
                                 }
                                 watch_server(
-                                    &store,
+                                    &sink,
                                     &mut subscribers,
                                     &mut subscribed,
                                     name,
                                     messages,
-                                    &tx,
                                 );
                             }
                             Err(e) => failed = Some(format!("cannot subscribe at {name}: {e}")),

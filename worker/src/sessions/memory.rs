@@ -84,11 +84,24 @@ impl MemoryTable {
     /// ones; a dropped one is forgotten.
     pub(crate) fn listen(&self) -> mpsc::Receiver<SessionId> {
         let (tx, rx) = mpsc::channel(BUFFER);
+        self.listen_with(tx);
+        rx
+    }
+
+    /// Like [`listen`](Self::listen), into an existing channel.
+    pub(crate) fn listen_with(&self, tx: mpsc::Sender<SessionId>) {
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(tx);
-        rx
+    }
+
+    /// Whether `id` is held here and not expired.
+    pub(crate) fn is_live(&self, id: &SessionId) -> bool {
+        let now = Instant::now();
+        self.shard(id)
+            .get(id)
+            .is_some_and(|entry| entry.expires_at > now)
     }
 
     fn ended(&self, ids: &[SessionId]) {

@@ -166,13 +166,16 @@
 //! subscribe in one worker only (e.g. when `APPVISOR_WORKER` is `0`, as
 //! the `sessions_demo` example does). Ends that happen while the
 //! subscriber is disconnected (it reconnects with backoff) are lost, as are
-//! ends while no worker runs. In `handoff` mode only sessions that reached
-//! the store are reported: one that lived and expired in memory alone has
-//! no key to expire. In `inproc` mode there is no store: `on_end` reports
-//! the sessions this worker's memory expires — when a request finds one
-//! expired, or when the background sweep (every quarter of the timeout,
+//! ends while no worker runs. In `inproc` mode there is no store: `on_end`
+//! reports the sessions this worker's memory expires — when a request finds
+//! one expired, or when the background sweep (every quarter of the timeout,
 //! 1 s to 60 s) removes it — and, as ASP.NET's InProc, not those lost with
-//! the worker.
+//! the worker. In `handoff` mode a session lives in memory between
+//! hand-offs while its store copy (if an earlier generation flushed one)
+//! is not renewed, so a store expiry of a session this worker holds live is
+//! not an end and is dropped; the end is reported when memory expires it
+//! (and again if a store copy flushed after the last request outlives the
+//! memory entry: end handlers must be idempotent anyway).
 
 mod changes;
 mod cluster;
@@ -304,7 +307,7 @@ pub struct Sessions {
 struct Inner {
     mode: SessionMode,
     timeout: Duration,
-    memory: Option<MemoryTable>,
+    memory: Option<Arc<MemoryTable>>,
     store: Option<Arc<Store>>,
     /// `handoff` mode only: the protocol state between generations.
     handoff: Option<Handoff>,
@@ -355,8 +358,8 @@ impl Sessions {
         };
         let memory = match config.mode {
             SessionMode::Store => None,
-            SessionMode::Inproc => Some(MemoryTable::new(false)),
-            SessionMode::Handoff => Some(MemoryTable::new(true)),
+            SessionMode::Inproc => Some(Arc::new(MemoryTable::new(false))),
+            SessionMode::Handoff => Some(Arc::new(MemoryTable::new(true))),
         };
         let handoff = match (config.mode, &store) {
             (SessionMode::Handoff, Some(store)) => {
@@ -404,10 +407,12 @@ impl Sessions {
     /// fails with [`SessionError::ExpiryEventsOff`] if refused; each call
     /// opens its own connection, and dropping the [`SessionEnds`] closes it.
     /// In `inproc` mode, this worker's own sessions as its memory expires
-    /// them (as ASP.NET's InProc `Session_End`).
+    /// them (as ASP.NET's InProc `Session_End`); in `handoff` mode both: the
+    /// store's expiries of sessions this worker does not hold live, and the
+    /// ones its memory expires.
     pub async fn on_end(&self) -> Result<SessionEnds, SessionError> {
         match (&self.inner.store, &self.inner.memory) {
-            (Some(store), _) => ends::subscribe(Arc::clone(store)).await,
+            (Some(store), memory) => ends::subscribe(Arc::clone(store), memory.clone()).await,
             (None, Some(memory)) => Ok(ends::in_memory(memory.listen())),
             (None, None) => Err(SessionError::EndEventsNeedStore {
                 mode: self.inner.mode,
@@ -654,7 +659,7 @@ impl Sessions {
 
     /// Sessions held in this worker's memory (0 in store mode).
     pub fn resident(&self) -> usize {
-        self.inner.memory.as_ref().map_or(0, MemoryTable::len)
+        self.inner.memory.as_ref().map_or(0, |m| m.len())
     }
 
     /// Counters since start.

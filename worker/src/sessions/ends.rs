@@ -25,6 +25,11 @@
 //! The first subscription happens before [`subscribe`] returns: every key
 //! that expires after that is reported (while connected).
 //!
+//! *Memory.* In `inproc` mode the ids come from the worker's memory table
+//! as it expires sessions (no store, no task). In `handoff` mode both feed
+//! one receiver, and a store expiry of a session the memory holds live is
+//! dropped: between hand-offs its store copy is not renewed.
+//!
 //! *Cluster.* A node publishes the expiry of its own keys only, so on a
 //! Redis Cluster every master is checked (and `CONFIG SET` if needed) and
 //! gets a subscriber; the masters are looked up again when a subscriber

@@ -8,9 +8,8 @@
 #![cfg(feature = "sessions")]
 
 mod common;
-use common::RedisServer;
+use common::{wait_until, TestStore};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use appvisor_worker::sessions::{
@@ -18,16 +17,6 @@ use appvisor_worker::sessions::{
 };
 
 // ---------------------------------------------------------------- harness
-
-/// A store for one test: its URL, a key prefix of its own, and (when we
-/// started it) the redis-server process, killed on drop.
-struct TestStore {
-    url: String,
-    prefix: String,
-    server: Option<RedisServer>,
-}
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// What `notify-keyspace-events` a server we start begins with.
 #[derive(Clone, Copy)]
@@ -38,41 +27,24 @@ enum Events {
     Off,
 }
 
-impl TestStore {
-    /// The configured test store if there is one, else a fresh server.
-    async fn start() -> TestStore {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        if let Ok(url) = std::env::var("APPVISOR_TEST_STORE_URL") {
-            if !url.is_empty() {
-                return TestStore {
-                    url,
-                    prefix: format!("t{}-{n}:s:", std::process::id()),
-                    server: None,
-                };
-            }
-        }
-        TestStore::own(Events::On).await
-    }
-
-    /// Always a redis-server of our own.
-    async fn own(events: Events) -> TestStore {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("t{}-{n}:s:", std::process::id());
-        let flags = match events {
+impl Events {
+    fn flags(self) -> &'static str {
+        match self {
             Events::On => "Ex",
             Events::Off => "",
-        };
-        let server = RedisServer::start(
-            &format!("ends-{}-{n}", std::process::id()),
-            &["--notify-keyspace-events", flags],
-        )
-        .await;
-        let url = server.url.clone();
-        TestStore {
-            url,
-            prefix,
-            server: Some(server),
         }
+    }
+}
+
+impl TestStore {
+    /// Always a redis-server of our own, starting with `events`.
+    async fn own_with(events: Events) -> TestStore {
+        TestStore::own("ends", &["--notify-keyspace-events", events.flags()]).await
+    }
+
+    /// The configured test store if there is one, else a fresh server.
+    async fn any() -> TestStore {
+        TestStore::start("ends", &["--notify-keyspace-events", Events::On.flags()]).await
     }
 
     async fn sessions_at(&self, url: &str, timeout: Duration) -> Result<Sessions, SessionError> {
@@ -83,15 +55,6 @@ impl TestStore {
 
     async fn sessions(&self, timeout: Duration) -> Sessions {
         self.sessions_at(&self.url, timeout).await.unwrap()
-    }
-
-    /// A plain Redis client on the same store, to look behind the SDK.
-    async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
     }
 
     async fn set_px(&self, key: &str, ms: u64) {
@@ -138,7 +101,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn an_expired_session_is_reported_and_other_keys_are_not() {
-    let store = TestStore::start().await;
+    let store = TestStore::any().await;
     let sessions = store.sessions(Duration::from_secs(1)).await;
     let id = stored_session(&sessions).await;
     let mut ends = sessions.on_end().await.unwrap();
@@ -175,7 +138,7 @@ async fn an_expired_session_is_reported_and_other_keys_are_not() {
 
 #[tokio::test]
 async fn a_store_without_expiry_events_gets_them_switched_on() {
-    let store = TestStore::own(Events::Off).await;
+    let store = TestStore::own_with(Events::Off).await;
     let sessions = store.sessions(Duration::from_secs(1)).await;
     let mut ends = sessions.on_end().await.unwrap();
     let (_, flags): (String, String) = redis::cmd("CONFIG")
@@ -195,7 +158,7 @@ async fn a_store_without_expiry_events_gets_them_switched_on() {
 
 #[tokio::test]
 async fn a_store_that_refuses_config_set_is_reported_clearly() {
-    let store = TestStore::own(Events::Off).await;
+    let store = TestStore::own_with(Events::Off).await;
     let _: () = redis::cmd("ACL")
         .arg("SETUSER")
         .arg("app")
@@ -223,7 +186,7 @@ async fn a_store_that_refuses_config_set_is_reported_clearly() {
 
 #[tokio::test]
 async fn the_subscriber_reconnects_after_the_connection_is_killed() {
-    let store = TestStore::own(Events::On).await;
+    let store = TestStore::own_with(Events::On).await;
     let sessions = store.sessions(Duration::from_secs(1)).await;
     let mut ends = sessions.on_end().await.unwrap();
     let mut raw = store.raw().await;
@@ -292,7 +255,7 @@ async fn inproc_sessions_end_in_the_worker() {
 /// session is.
 #[tokio::test]
 async fn handoff_reports_the_end_from_memory_not_from_a_lapsed_store_copy() {
-    let store = TestStore::start().await;
+    let store = TestStore::any().await;
     let timeout = Duration::from_millis(400);
     let mut config = SessionsConfig::new(Some(&store.url), SessionMode::Handoff, timeout);
     config.key_prefix = store.prefix.clone();
@@ -325,10 +288,10 @@ async fn handoff_reports_the_end_from_memory_not_from_a_lapsed_store_copy() {
     };
     // The store copy lapses (EXISTS also expires it lazily, publishing the
     // event if the server had not yet).
-    while store.exists(&held_key).await {
-        assert!(Instant::now() < deadline, "the store copy never expired");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the store copy expired", async || {
+        !store.exists(&held_key).await
+    })
+    .await;
     // A session nobody holds, expiring now: its end comes after any end
     // published for the lapsed copy (one server, one subscription, in order).
     let nobodys = SessionId::generate().unwrap();

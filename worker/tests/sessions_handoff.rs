@@ -11,7 +11,7 @@
 #![cfg(feature = "sessions")]
 
 mod common;
-use common::RedisServer;
+use common::TestStore;
 
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,37 +29,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- harness
 
-struct TestStore {
-    url: String,
-    prefix: String,
-    _server: Option<RedisServer>,
-}
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
 impl TestStore {
-    async fn start() -> TestStore {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("h{}-{n}:s:", std::process::id());
-        if let Ok(url) = std::env::var("APPVISOR_TEST_STORE_URL") {
-            if !url.is_empty() {
-                return TestStore {
-                    url,
-                    prefix,
-                    _server: None,
-                };
-            }
-        }
-        let server =
-            RedisServer::start(&format!("sessions-handoff-{}-{n}", std::process::id()), &[]).await;
-        let url = server.url.clone();
-        TestStore {
-            url,
-            prefix,
-            _server: Some(server),
-        }
-    }
-
     fn config(&self) -> SessionsConfig {
         let mut config = SessionsConfig::new(Some(&self.url), SessionMode::Handoff, MINUTE);
         config.key_prefix = self.prefix.clone();
@@ -80,14 +50,6 @@ impl TestStore {
         config.predecessors = vec![predecessor];
         config.predecessor_wait = wait;
         Sessions::with_config(config).await.unwrap()
-    }
-
-    async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
     }
 
     async fn get(&self, key: &str) -> Option<String> {
@@ -161,7 +123,7 @@ async fn session_at(sessions: &Sessions, value: i64) -> SessionId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successor_load_waits_for_the_handoff_and_sees_the_latest_value() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("h", &[]).await;
     let stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     // The store has an old copy (n = 5); the newest (n = 10) is dirty in N.
@@ -224,7 +186,7 @@ async fn successor_load_waits_for_the_handoff_and_sees_the_latest_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_session_alternating_between_generations_stays_monotonic() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("h", &[]).await;
     let mut stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     let id = session_at(&old, 0).await;
@@ -268,7 +230,7 @@ async fn a_hot_session_alternating_between_generations_stays_monotonic() {
 async fn users_served_by_both_generations_through_a_recycle_see_every_increment_in_order() {
     const USERS: usize = 16;
     const REQUESTS: usize = 200;
-    let store = TestStore::start().await;
+    let store = TestStore::start("h", &[]).await;
     let mut stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     let mut users = Vec::new();
@@ -378,7 +340,7 @@ async fn wait_until(progress: &Notify, what: &str, done: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_predecessor_does_not_block() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("h", &[]).await;
     let mut stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     let id = session_at(&old, 7).await;
@@ -418,7 +380,7 @@ async fn a_dead_predecessor_does_not_block() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wait_for_a_silent_predecessor_is_bounded() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("h", &[]).await;
     let stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     let id = session_at(&old, 3).await;
@@ -452,7 +414,7 @@ async fn the_wait_for_a_silent_predecessor_is_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handed_off_worker_writes_through_and_drain_alone_also_hands_off() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("h", &[]).await;
     let stand_in = StandIn::spawn();
 
     // An app that only calls drain() (the pre-protocol way) still marks.
@@ -495,7 +457,7 @@ async fn handed_off_worker_writes_through_and_drain_alone_also_hands_off() {
 /// changes over it and the next load from memory would not see it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_answered_during_the_handoff_flush_stay_monotonic() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("h", &[]).await;
     let stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     let id = session_at(&old, 0).await;

@@ -9,13 +9,13 @@
 #![cfg(all(feature = "sessions", feature = "http"))]
 
 mod common;
-use common::RedisServer;
+use common::TestStore;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,51 +33,11 @@ use tokio::sync::Barrier;
 
 // ---------------------------------------------------------------- harness
 
-/// A store for one test: its URL, a key prefix of its own, and (when we
-/// started it) the redis-server process, killed on drop.
-struct TestStore {
-    url: String,
-    prefix: String,
-    _server: Option<RedisServer>,
-}
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
 impl TestStore {
-    async fn start() -> TestStore {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("t{}-{n}:s:", std::process::id());
-        if let Ok(url) = std::env::var("APPVISOR_TEST_STORE_URL") {
-            if !url.is_empty() {
-                return TestStore {
-                    url,
-                    prefix,
-                    _server: None,
-                };
-            }
-        }
-        let server = RedisServer::start(&format!("sessions-{}-{n}", std::process::id()), &[]).await;
-        let url = server.url.clone();
-        TestStore {
-            url,
-            prefix,
-            _server: Some(server),
-        }
-    }
-
     async fn sessions(&self, mode: SessionMode, timeout: Duration) -> Sessions {
         let mut config = SessionsConfig::new(Some(&self.url), mode, timeout);
         config.key_prefix = self.prefix.clone();
         Sessions::with_config(config).await.unwrap()
-    }
-
-    /// A plain Redis client on the same store, to look behind the SDK.
-    async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
     }
 
     fn key(&self, id: &SessionId) -> String {
@@ -152,7 +112,7 @@ fn ids_are_long_random_and_strictly_parsed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_mode_round_trip_writes_through() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     let sessions = store.sessions(SessionMode::Store, MINUTE).await;
     let mut s = sessions.new_session().unwrap();
     assert!(s.is_new());
@@ -195,7 +155,7 @@ async fn store_mode_round_trip_writes_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_slides_on_load_and_commit() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     let timeout = Duration::from_secs(600);
     let sessions = store.sessions(SessionMode::Store, timeout).await;
     let mut s = sessions.new_session().unwrap();
@@ -304,20 +264,20 @@ async fn concurrent_increments_merge(mode: SessionMode, store: &TestStore) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_increments_both_count_in_store_mode() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     concurrent_increments_merge(SessionMode::Store, &store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_increments_both_count_in_handoff_mode() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     concurrent_increments_merge(SessionMode::Handoff, &store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_writers_in_store_mode_lose_nothing() {
     // 8 tasks × 25 increments on one session, racing through WATCH/EXEC.
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     let sessions = store.sessions(SessionMode::Store, MINUTE).await;
     let mut s = sessions.new_session().unwrap();
     s.set("n", &0).unwrap();
@@ -344,7 +304,7 @@ async fn many_concurrent_writers_in_store_mode_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handoff_sessions_survive_a_recycle_via_drain() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     let gen1 = store.sessions(SessionMode::Handoff, MINUTE).await;
     let mut ids = Vec::new();
     for i in 0..500 {
@@ -389,7 +349,7 @@ async fn handoff_sessions_survive_a_recycle_via_drain() {
 async fn overlapping_generations_merge_at_flush() {
     // Overlapped recycle: the old generation still holds unflushed changes
     // while the new one already serves the same user from the store copy.
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     let old = store.sessions(SessionMode::Handoff, MINUTE).await;
     let mut s = old.new_session().unwrap();
     s.set("n", &1).unwrap();
@@ -426,7 +386,7 @@ async fn overlapping_generations_merge_at_flush() {
 /// made anywhere ends up in the store exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushes_racing_commits_and_another_generation_lose_nothing() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     let old = store.sessions(SessionMode::Handoff, MINUTE).await;
     let new = store.sessions(SessionMode::Handoff, MINUTE).await;
     let mut ids = Vec::new();
@@ -504,7 +464,7 @@ async fn flushes_racing_commits_and_another_generation_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inproc_sessions_do_not_survive_a_recycle() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     // inproc ignores the store entirely (it does not even connect).
     let gen1 = store.sessions(SessionMode::Inproc, MINUTE).await;
     let mut s = gen1.new_session().unwrap();
@@ -549,7 +509,7 @@ async fn config_errors_say_what_to_do() {
     assert!(err.contains("not a usable Redis URL"), "{err}");
 
     // A value under a session key that this SDK did not write.
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     let sessions = store.sessions(SessionMode::Store, MINUTE).await;
     let id = SessionId::generate().unwrap();
     let _: () = redis::cmd("SET")
@@ -693,7 +653,7 @@ fn cookie_of(reply: &Reply) -> String {
 }
 
 async fn http_commits_only_successful_requests(mode: SessionMode) {
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     let sessions = store.sessions(mode, MINUTE).await;
     let addr = serve_app(sessions.clone()).await;
 
@@ -760,7 +720,7 @@ async fn http_inproc_mode_commits_only_successful_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_session_survives_a_handoff_recycle() {
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     let gen1 = store.sessions(SessionMode::Handoff, MINUTE).await;
     let addr1 = serve_app(gen1.clone()).await;
     let r = get(addr1, "/incr", None).await.unwrap();
@@ -816,7 +776,7 @@ async fn axum_app_gets_survivable_sessions_in_one_line() {
         addr
     }
 
-    let store = TestStore::start().await;
+    let store = TestStore::start("t", &[]).await;
     let gen1 = store.sessions(SessionMode::Handoff, MINUTE).await;
     let addr = axum_app(gen1.clone()).await;
     let r = get(addr, "/incr", None).await.unwrap();

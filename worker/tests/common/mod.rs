@@ -1,13 +1,66 @@
 //! Shared by the session test binaries: a real `redis-server` on a unix socket
 //! in a temp dir, or a real three-master Redis Cluster, ready before it is
-//! returned, killed on drop.
+//! returned, killed on drop; and [`TestStore`], the store one test uses.
 
 // Each test binary uses a part of this.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// A store for one test: its URL, a key prefix of its own (so tests sharing
+/// a store never see each other's keys), and — when the test started it —
+/// the redis-server process, killed on drop.
+pub struct TestStore {
+    pub url: String,
+    pub prefix: String,
+    pub server: Option<RedisServer>,
+}
+
+static NEXT_STORE: AtomicUsize = AtomicUsize::new(0);
+
+impl TestStore {
+    /// The store named by `APPVISOR_TEST_STORE_URL` (e.g. appvisor's
+    /// embedded one) if set, else [`own`](Self::own).
+    pub async fn start(tag: &str, extra: &[&str]) -> TestStore {
+        match std::env::var("APPVISOR_TEST_STORE_URL") {
+            Ok(url) if !url.is_empty() => TestStore {
+                url,
+                prefix: Self::next_prefix(tag).1,
+                server: None,
+            },
+            _ => Self::own(tag, extra).await,
+        }
+    }
+
+    /// Always a redis-server of its own, started with `extra` config
+    /// arguments; `tag` names its directory and the key prefix.
+    pub async fn own(tag: &str, extra: &[&str]) -> TestStore {
+        let (n, prefix) = Self::next_prefix(tag);
+        let server = RedisServer::start(&format!("{tag}-{}-{n}", std::process::id()), extra).await;
+        TestStore {
+            url: server.url.clone(),
+            prefix,
+            server: Some(server),
+        }
+    }
+
+    fn next_prefix(tag: &str) -> (usize, String) {
+        let n = NEXT_STORE.fetch_add(1, Ordering::SeqCst);
+        (n, format!("{tag}{}-{n}:s:", std::process::id()))
+    }
+
+    /// A plain Redis client on the same store, to look behind the SDK.
+    pub async fn raw(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
 
 pub struct RedisServer {
     child: Child,

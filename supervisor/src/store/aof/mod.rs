@@ -170,12 +170,8 @@ impl LogWriter {
         let (written_tx, written) = watch::channel(0);
         let syncer = match mode {
             Persist::EverySec => Some(
-                syncer::Syncer::start(
-                    path.display().to_string(),
-                    shared.status.clone(),
-                    durable_tx.clone(),
-                )
-                .map_err(|source| StoreError::Log {
+                syncer::Syncer::start(path.to_owned(), shared.status.clone(), durable_tx.clone())
+                    .map_err(|source| StoreError::Log {
                     path: path.to_owned(),
                     source,
                 })?,
@@ -362,11 +358,11 @@ impl Health {
         self.warned = true;
     }
 
-    fn recovered(&mut self, status: &LogStatus, path: &str) {
+    fn recovered(&mut self, status: &LogStatus, path: &Path) {
         if self.warned {
             self.warned = false;
             status.failed.store(false, Ordering::Relaxed);
-            eprintln!("appvisor: store: {path} is writable again");
+            eprintln!("appvisor: store: {} is writable again", path.display());
         }
     }
 }
@@ -499,8 +495,7 @@ impl WriterThread {
                         status.size_reached.notify_one();
                     }
                     self.unsynced = true;
-                    self.health
-                        .recovered(&status, &self.path.display().to_string());
+                    self.health.recovered(&status, &self.path);
                     return;
                 }
                 Err(e) => {
@@ -541,8 +536,7 @@ impl WriterThread {
         match self.file.sync_data() {
             Ok(()) => {
                 self.unsynced = false;
-                self.health
-                    .recovered(&self.shared.status, &self.path.display().to_string());
+                self.health.recovered(&self.shared.status, &self.path);
                 publish_durable(&self.durable, self.appended);
             }
             Err(e) => {

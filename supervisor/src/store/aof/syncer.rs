@@ -10,6 +10,7 @@
 //! everysec fsync while the previous one is still running).
 
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -36,7 +37,7 @@ struct Shared {
 
 impl Syncer {
     pub fn start(
-        path: String,
+        path: PathBuf,
         status: Arc<LogStatus>,
         durable: Arc<watch::Sender<u64>>,
     ) -> std::io::Result<Syncer> {
@@ -88,7 +89,7 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, (Option<(File, u64)>, bool
     shared.request.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn run(shared: &Shared, path: &str, status: &LogStatus, durable: &watch::Sender<u64>) {
+fn run(shared: &Shared, path: &Path, status: &LogStatus, durable: &watch::Sender<u64>) {
     let mut health = Health::default();
     loop {
         let (file, written) = {
@@ -112,7 +113,7 @@ fn run(shared: &Shared, path: &str, status: &LogStatus, durable: &watch::Sender<
                     publish_durable(durable, written);
                     break;
                 }
-                Err(e) => health.failed(status, &format!("cannot sync {path}: {e}")),
+                Err(e) => health.failed(status, &format!("cannot sync {}: {e}", path.display())),
             }
             let request = lock(shared);
             let (request, _) = shared

@@ -11,6 +11,8 @@ use std::ops::{Range, RangeInclusive};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use appvisor_contract as contract;
+
 use crate::diagnostic::{app_label, closest, field_label, ConfigError, Location, Problem};
 use crate::duration::{format_duration, parse_duration};
 use crate::raw::*;
@@ -47,17 +49,6 @@ pub const DEFAULT_WATCH_IGNORE: &[&str] = &[
     "node_modules/**",
     "**/node_modules/**",
     "**/__pycache__/**",
-];
-
-/// Environment variables appvisor sets for each worker; the user may not override
-/// them (a wrong `LISTEN_FDS` would make the app misread its sockets).
-const RESERVED_ENV: &[&str] = &[
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
 ];
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
@@ -504,7 +495,10 @@ impl<'a> Resolver<'a> {
                     field,
                     format!("{k:?} is not a valid environment variable name; it must be non-empty and contain no '=' or NUL"),
                 );
-            } else if RESERVED_ENV.contains(&k.as_str()) || k.starts_with("APPVISOR_") {
+            } else if contract::env::is_reserved(k) {
+                // appvisor sets these for each worker; a user value would be
+                // overridden at best (a wrong `LISTEN_FDS` would make the app
+                // misread its sockets), so it is refused.
                 self.report(
                     Some(key.span()),
                     field,

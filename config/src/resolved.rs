@@ -85,6 +85,8 @@ pub struct AppConfig {
     pub command: Vec<String>,
     /// Absolute working directory (default: the config file's directory).
     pub cwd: PathBuf,
+    /// Extra environment for every worker. Never holds a name appvisor sets itself
+    /// ([`appvisor_contract::env::is_reserved`]): validation refuses those.
     pub env: BTreeMap<String, String>,
     /// Worker processes (default 1).
     pub processes: u32,

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use appvisor_config::{Config, StoreBackend};
+use appvisor_contract as contract;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
@@ -112,7 +113,7 @@ impl Backend {
             Backend::Embedded { handle, .. } => handle.url_for(app),
             Backend::Redis { url, .. } => Some(url.clone()),
         };
-        url.map(|u| vec![("APPVISOR_STORE_URL".to_string(), u)])
+        url.map(|u| vec![(contract::env::APPVISOR_STORE_URL.to_string(), u)])
             .unwrap_or_default()
     }
 

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use appvisor_config::Config;
+use appvisor_contract as contract;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -143,7 +144,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         daemon: dtx,
     };
     let control_task = tokio::spawn(control::serve(listener, state));
-    notify_own_parent("READY=1\nSTATUS=supervising");
+    notify_own_parent(&format!(
+        "{}\n{}=supervising",
+        contract::notify::READY,
+        contract::notify::STATUS
+    ));
     eprintln!(
         "appvisor: supervising {} app(s) from {}; state in {}",
         config.apps.len(),
@@ -186,7 +191,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
 
     eprintln!("appvisor: stopping every app");
-    notify_own_parent("STOPPING=1");
+    notify_own_parent(contract::notify::STOPPING);
     let handles: Vec<PoolHandle> = pools.lock().unwrap().values().cloned().collect();
     let mut stops = tokio::task::JoinSet::new();
     for h in handles {
@@ -423,7 +428,7 @@ fn watch_config_file(
 
 /// sd_notify to whoever started the supervisor (systemd `Type=notify`).
 fn notify_own_parent(msg: &str) {
-    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+    let Ok(path) = std::env::var(contract::env::NOTIFY_SOCKET) else {
         return;
     };
     let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {

@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use appvisor_contract::notify as key;
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
@@ -37,12 +38,12 @@ impl NotifyMessage {
                 continue;
             };
             match k {
-                "READY" => m.ready = v == "1",
-                "STOPPING" => m.stopping = v == "1",
-                "WATCHDOG" => m.watchdog = v == "1",
-                "STATUS" => m.status = Some(v.to_string()),
-                "X_APPVISOR_REQUESTS" => m.requests = v.trim().parse().ok(),
-                "X_APPVISOR_SESSIONS" => m.sessions = v.trim().parse().ok(),
+                key::READY_KEY => m.ready = v == key::ON,
+                key::STOPPING_KEY => m.stopping = v == key::ON,
+                key::WATCHDOG_KEY => m.watchdog = v == key::ON,
+                key::STATUS => m.status = Some(v.to_string()),
+                key::X_APPVISOR_REQUESTS => m.requests = v.trim().parse().ok(),
+                key::X_APPVISOR_SESSIONS => m.sessions = v.trim().parse().ok(),
                 _ => {}
             }
         }

@@ -21,10 +21,12 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use appvisor_contract as contract;
+
 use crate::error::WorkerError;
 
 /// The first fd number the supervisor passes, as in systemd.
-pub const LISTEN_FDS_START: RawFd = 3;
+pub const LISTEN_FDS_START: RawFd = contract::LISTEN_FDS_START;
 
 /// The raw values of the three socket-activation variables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,9 +52,9 @@ impl ListenVars {
     /// Reads the three variables from the process environment.
     pub fn from_env() -> ListenVars {
         ListenVars {
-            pid: std::env::var("LISTEN_PID").ok(),
-            fds: std::env::var("LISTEN_FDS").ok(),
-            names: std::env::var("LISTEN_FDNAMES").ok(),
+            pid: std::env::var(contract::env::LISTEN_PID).ok(),
+            fds: std::env::var(contract::env::LISTEN_FDS).ok(),
+            names: std::env::var(contract::env::LISTEN_FDNAMES).ok(),
         }
     }
 
@@ -64,7 +66,7 @@ impl ListenVars {
         let pid: u32 = match pid.trim().parse() {
             Ok(0) | Err(_) => {
                 return Err(WorkerError::InvalidEnv {
-                    var: "LISTEN_PID",
+                    var: contract::env::LISTEN_PID,
                     value: pid.to_owned(),
                     reason: "not a positive process id",
                 })
@@ -78,7 +80,7 @@ impl ListenVars {
             return Ok(Vec::new());
         };
         let count: usize = fds.trim().parse().map_err(|_| WorkerError::InvalidEnv {
-            var: "LISTEN_FDS",
+            var: contract::env::LISTEN_FDS,
             value: fds.to_owned(),
             reason: "not a non-negative number",
         })?;
@@ -88,7 +90,7 @@ impl ListenVars {
             .and_then(|n| n.checked_add(LISTEN_FDS_START));
         if last.is_none() {
             return Err(WorkerError::InvalidEnv {
-                var: "LISTEN_FDS",
+                var: contract::env::LISTEN_FDS,
                 value: fds.to_owned(),
                 reason: "too many fds",
             });
@@ -211,7 +213,11 @@ pub fn take_inherited() -> Result<Vec<InheritedSocket>, WorkerError> {
         return Ok(Vec::new());
     }
     let vars = ListenVars::from_env();
-    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+    for var in [
+        contract::env::LISTEN_PID,
+        contract::env::LISTEN_FDS,
+        contract::env::LISTEN_FDNAMES,
+    ] {
         std::env::remove_var(var);
     }
     let passed = vars.parse(std::process::id())?;

@@ -8,6 +8,8 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use appvisor_contract::env;
+
 /// Why the worker SDK could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -28,8 +30,10 @@ pub enum WorkerError {
 
     /// `LISTEN_FDNAMES` has a different number of names than `LISTEN_FDS` has fds.
     #[error(
-        "LISTEN_FDNAMES has {names} name(s) but LISTEN_FDS says {fds} fd(s); \
-         the supervisor must name every passed socket or none"
+        "{names_var} has {names} name(s) but {fds_var} says {fds} fd(s); \
+         the supervisor must name every passed socket or none",
+        names_var = env::LISTEN_FDNAMES,
+        fds_var = env::LISTEN_FDS
     )]
     FdNamesMismatch {
         /// How many colon-separated names `LISTEN_FDNAMES` holds.
@@ -39,7 +43,10 @@ pub enum WorkerError {
     },
 
     /// A passed file descriptor is not open or cannot be inspected.
-    #[error("inherited fd {fd} (LISTEN_FDS) cannot be used: {source}; the supervisor passed a closed fd")]
+    #[error(
+        "inherited fd {fd} ({var}) cannot be used: {source}; the supervisor passed a closed fd",
+        var = env::LISTEN_FDS
+    )]
     BadFd {
         /// The descriptor number.
         fd: RawFd,
@@ -50,8 +57,9 @@ pub enum WorkerError {
 
     /// A passed file descriptor is not a listening stream socket.
     #[error(
-        "inherited fd {fd} (LISTEN_FDS) is not a listening stream socket ({what}); \
-         configure the app's socket as a TCP or unix stream listener"
+        "inherited fd {fd} ({var}) is not a listening stream socket ({what}); \
+         configure the app's socket as a TCP or unix stream listener",
+        var = env::LISTEN_FDS
     )]
     NotAListener {
         /// The descriptor number.
@@ -91,8 +99,9 @@ pub enum WorkerError {
 
     /// A notification could not be sent to `NOTIFY_SOCKET`.
     #[error(
-        "cannot send {message:?} to NOTIFY_SOCKET {socket}: {source}; \
-         is the supervisor still running?"
+        "cannot send {message:?} to {var} {socket}: {source}; \
+         is the supervisor still running?",
+        var = env::NOTIFY_SOCKET
     )]
     Notify {
         /// The socket path as found in `NOTIFY_SOCKET`.

@@ -184,7 +184,7 @@ impl Server {
         // Best effort: the supervisor already knows it sent the signal. If
         // its queue is full, wait for room on a blocking-pool thread: a
         // supervisor slow to read must not hold up the drain.
-        if let Ok(false) = self.notifier.try_send("STOPPING=1") {
+        if let Ok(false) = self.notifier.try_send(appvisor_contract::notify::STOPPING) {
             let notifier = self.notifier.clone();
             tokio::task::spawn_blocking(move || notifier.stopping());
         }

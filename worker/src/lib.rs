@@ -21,6 +21,7 @@
 //! | [`worker`] | [`Worker`]: everything above, read from the environment in one call |
 //! | [`http`] (feature `http`, default) | [`http::Server`]: hyper HTTP/1.1 with a drain that drops nothing |
 //! | [`error`] | [`WorkerError`]: every failure, naming the variable, fd or socket |
+//! | [`contract`] | re-export of `appvisor-contract`: every variable and notify key by name, shared with the supervisor |
 //!
 //! # Theory of operation
 //!
@@ -82,6 +83,10 @@ pub mod requests;
 pub mod shutdown;
 pub mod watchdog;
 pub mod worker;
+
+/// The names this SDK and the supervisor agree on (environment variables,
+/// notify keys), for a worker that reads or sends one itself.
+pub use appvisor_contract as contract;
 
 pub use activation::{Family, InheritedSocket};
 pub use error::WorkerError;

@@ -30,6 +30,8 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::Arc;
 use std::time::Duration;
 
+use appvisor_contract as contract;
+
 use crate::error::WorkerError;
 
 /// The longest a send waits for room in the supervisor's queue.
@@ -55,7 +57,7 @@ struct Target {
 impl Notifier {
     /// From `NOTIFY_SOCKET`; disabled when it is unset or empty.
     pub fn from_env() -> Result<Notifier, WorkerError> {
-        match std::env::var("NOTIFY_SOCKET") {
+        match std::env::var(contract::env::NOTIFY_SOCKET) {
             Ok(path) if !path.is_empty() => Notifier::to_socket(&path),
             _ => Ok(Notifier::disabled()),
         }
@@ -69,7 +71,7 @@ impl Notifier {
     /// Sends to the given socket: a path, or `@name` for an abstract socket.
     pub fn to_socket(path: &str) -> Result<Notifier, WorkerError> {
         let invalid = |reason| WorkerError::InvalidEnv {
-            var: "NOTIFY_SOCKET",
+            var: contract::env::NOTIFY_SOCKET,
             value: path.to_owned(),
             reason,
         };
@@ -150,31 +152,38 @@ impl Notifier {
     /// `READY=1`: the worker accepts requests; the supervisor may retire the
     /// previous generation.
     pub fn ready(&self) -> Result<(), WorkerError> {
-        self.send("READY=1")
+        self.send(contract::notify::READY)
     }
 
     /// `STOPPING=1`: the worker has begun draining.
     pub fn stopping(&self) -> Result<(), WorkerError> {
-        self.send("STOPPING=1")
+        self.send(contract::notify::STOPPING)
     }
 
     /// `WATCHDOG=1`: a liveness ping. Never blocks; `Ok(false)` when the
     /// queue was full.
     pub fn watchdog(&self) -> Result<bool, WorkerError> {
-        self.try_send("WATCHDOG=1")
+        self.try_send(contract::notify::WATCHDOG)
     }
 
     /// `STATUS=…`: a one-line human status. Newlines would start a new
     /// assignment, so they are replaced by spaces.
     pub fn status(&self, status: &str) -> Result<(), WorkerError> {
-        self.send(&format!("STATUS={}", status.replace('\n', " ")))
+        self.send(&format!(
+            "{}={}",
+            contract::notify::STATUS,
+            status.replace('\n', " ")
+        ))
     }
 
     /// `X_APPVISOR_REQUESTS=n`: the cumulative number of requests served,
     /// which the supervisor compares with the app's `requests` limit.
     /// Never blocks; `Ok(false)` when the queue was full (see [`try_send`](Notifier::try_send)).
     pub fn requests(&self, count: u64) -> Result<bool, WorkerError> {
-        self.try_send(&format!("X_APPVISOR_REQUESTS={count}"))
+        self.try_send(&format!(
+            "{}={count}",
+            contract::notify::X_APPVISOR_REQUESTS
+        ))
     }
 }
 

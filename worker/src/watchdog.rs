@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use appvisor_contract as contract;
 use tokio::sync::watch;
 
 use crate::error::WorkerError;
@@ -22,16 +23,16 @@ use crate::notify::Notifier;
 /// Reads `WATCHDOG_USEC`/`WATCHDOG_PID`: `Some(interval)` when the
 /// supervisor expects pings from this process.
 pub fn interval_from_env(our_pid: u32) -> Result<Option<Duration>, WorkerError> {
-    let Ok(usec) = std::env::var("WATCHDOG_USEC") else {
+    let Ok(usec) = std::env::var(contract::env::WATCHDOG_USEC) else {
         return Ok(None);
     };
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+    if let Ok(pid) = std::env::var(contract::env::WATCHDOG_PID) {
         match pid.trim().parse::<u32>() {
             Ok(pid) if pid == our_pid => {}
             Ok(_) => return Ok(None),
             Err(_) => {
                 return Err(WorkerError::InvalidEnv {
-                    var: "WATCHDOG_PID",
+                    var: contract::env::WATCHDOG_PID,
                     value: pid,
                     reason: "not a process id",
                 })
@@ -42,7 +43,7 @@ pub fn interval_from_env(our_pid: u32) -> Result<Option<Duration>, WorkerError> 
         Ok(0) => Ok(None),
         Ok(us) => Ok(Some(Duration::from_micros(us))),
         Err(_) => Err(WorkerError::InvalidEnv {
-            var: "WATCHDOG_USEC",
+            var: contract::env::WATCHDOG_USEC,
             value: usec,
             reason: "not a number of microseconds",
         }),

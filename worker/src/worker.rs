@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use appvisor_contract as contract;
 use tokio::task::JoinHandle;
 
 use crate::activation::{self, InheritedSocket};
@@ -47,13 +48,15 @@ impl Worker {
         let watchdog_interval = watchdog::interval_from_env(pid)?;
         // Like the LISTEN_* variables these are for this process only: a
         // child that saw them would think the supervisor expects its pings.
-        for var in ["WATCHDOG_USEC", "WATCHDOG_PID"] {
+        for var in [contract::env::WATCHDOG_USEC, contract::env::WATCHDOG_PID] {
             std::env::remove_var(var);
         }
         Ok(Worker {
-            app: std::env::var("APPVISOR_APP").ok().filter(|s| !s.is_empty()),
-            generation: parse_env_number("APPVISOR_GENERATION")?,
-            index: parse_env_number("APPVISOR_WORKER")?,
+            app: std::env::var(contract::env::APPVISOR_APP)
+                .ok()
+                .filter(|s| !s.is_empty()),
+            generation: parse_env_number(contract::env::APPVISOR_GENERATION)?,
+            index: parse_env_number(contract::env::APPVISOR_WORKER)?,
             sockets,
             notifier: Notifier::from_env()?,
             requests: RequestCounter::new(),

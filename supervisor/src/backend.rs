@@ -47,16 +47,22 @@ pub enum BackendError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("cannot draw a random token for the store: {0}")]
-    Random(std::io::Error),
+    Random(#[source] getrandom::Error),
 }
 
+/// A fresh store password for one app: 24 bytes (192 bits) from the kernel's
+/// CSPRNG (`getrandom(2)`, which also works where `/dev` is not mounted, and
+/// blocks only until the pool is first seeded), as 48 lowercase hex digits.
 fn token() -> Result<String, BackendError> {
-    use std::io::Read;
+    use std::fmt::Write;
     let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(BackendError::Random)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    getrandom::fill(&mut bytes).map_err(BackendError::Random)?;
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{b:02x}");
+    }
+    Ok(hex)
 }
 
 impl Backend {
@@ -346,5 +352,17 @@ mod tests {
             "redis://app:***@db:6379/0"
         );
         assert_eq!(redact("redis://db:6379"), "redis://db:6379");
+    }
+
+    #[test]
+    fn tokens_are_48_hex_digits_and_differ() {
+        let a = super::token().unwrap();
+        let b = super::token().unwrap();
+        assert_eq!(a.len(), 48, "{a}");
+        assert!(
+            a.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+            "{a}"
+        );
+        assert_ne!(a, b);
     }
 }

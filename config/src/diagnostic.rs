@@ -3,11 +3,19 @@
 //!
 //! Serde stops at the first type error, so those arrive one at a time; everything the
 //! resolver checks afterwards is collected and reported together.
+//!
+//! Two renderings, on purpose. [`ConfigError`]'s `Display` is one line per problem
+//! (`file:line:col: field: message`): it goes into `events.jsonl`
+//! (`config_rejected`), the reload reply and anything that greps it.
+//! [`ConfigError::annotated`] adds, under each line, the offending source line
+//! with a caret under the spot (drawn by `annotate-snippets`); the CLI prints that
+//! one, for a person at a terminal.
 
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use annotate_snippets::{AnnotationKind, Group, Level, Renderer, Snippet};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -34,6 +42,51 @@ impl ConfigError {
             ConfigError::Read { .. } => &[],
             ConfigError::Invalid { problems } => problems,
         }
+    }
+
+    /// The same text as `Display`, each problem followed by its source line with a
+    /// caret under the offending spot:
+    ///
+    /// ```text
+    /// appvisor.toml:4:13: app "web" field processes: found string "two", expected a non-negative integer
+    ///   |
+    /// 4 | processes = "two"
+    ///   |             ^^^^^
+    /// ```
+    ///
+    /// A problem without a place (a missing file, a missing key reported at no
+    /// span) is its one line, as in `Display`.
+    pub fn annotated(&self) -> Annotated<'_> {
+        Annotated(self)
+    }
+}
+
+/// [`ConfigError`] with source excerpts; see [`ConfigError::annotated`].
+#[derive(Debug)]
+pub struct Annotated<'a>(&'a ConfigError);
+
+impl fmt::Display for Annotated<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ConfigError::Invalid { problems } = self.0 else {
+            return write!(f, "{}", self.0);
+        };
+        // Plain: the text goes to logs and pipes as often as to a terminal.
+        let renderer = Renderer::plain();
+        for (i, p) in problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+            if let Some(excerpt) = &p.excerpt {
+                let report = [Group::with_level(Level::ERROR).element(
+                    Snippet::source(excerpt.text.as_str())
+                        .line_start(excerpt.line)
+                        .annotation(AnnotationKind::Primary.span(excerpt.span.clone())),
+                )];
+                write!(f, "\n{}", renderer.render(&report))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -64,6 +117,60 @@ pub struct Problem {
     pub field: Option<String>,
     /// What is wrong and what to write instead.
     pub message: String,
+    /// The source line at `location`, for [`ConfigError::annotated`].
+    pub excerpt: Option<Excerpt>,
+}
+
+impl Problem {
+    /// A problem in `text` (the file's contents) at byte range `span`, if it has one.
+    pub(crate) fn new(
+        file: &Path,
+        text: &str,
+        span: Option<Range<usize>>,
+        field: Option<String>,
+        message: String,
+    ) -> Problem {
+        Problem {
+            file: file.to_owned(),
+            location: span.as_ref().map(|s| Location::of(text, s.start)),
+            field,
+            message,
+            excerpt: span.map(|s| Excerpt::of(text, s)),
+        }
+    }
+}
+
+/// The one source line a problem points at, and where on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Excerpt {
+    /// 1-based line number (the same as the problem's [`Location::line`]).
+    pub line: usize,
+    /// The whole line, without its line break.
+    pub text: String,
+    /// Byte range within `text` to underline: the problem's span, cut at the end of
+    /// the line when it runs on (a table, a multi-line array). Empty at the very
+    /// end of the file; the caret then sits just past the last character.
+    pub span: Range<usize>,
+}
+
+impl Excerpt {
+    /// The line of `text` where byte range `span` starts.
+    pub fn of(text: &str, span: Range<usize>) -> Excerpt {
+        let start = floor_char_boundary(text, span.start.min(text.len()));
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        // A CRLF file: the '\r' is not part of what the user sees on the line.
+        let line_text = text[line_start..line_end]
+            .strip_suffix('\r')
+            .unwrap_or(&text[line_start..line_end]);
+        let from = start - line_start;
+        let to = floor_char_boundary(text, span.end.clamp(start, line_end)) - line_start;
+        Excerpt {
+            line: text[..line_start].matches('\n').count() + 1,
+            text: line_text.to_owned(),
+            span: from.min(line_text.len())..to.min(line_text.len()),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -125,7 +232,6 @@ pub(crate) fn app_label(name: Option<&str>, index: usize) -> String {
 /// span falls in, and rewrite serde's Rust-flavoured wording into what to write.
 pub(crate) fn from_toml_error(file: &Path, text: &str, err: &toml::de::Error) -> Problem {
     let span = err.span();
-    let location = span.as_ref().map(|s| Location::of(text, s.start));
     let placed = span
         .as_ref()
         .and_then(|s| DeTable::parse(text).ok().map(|doc| locate(&doc, s)));
@@ -147,12 +253,7 @@ pub(crate) fn from_toml_error(file: &Path, text: &str, err: &toml::de::Error) ->
     } else {
         rewrite_serde_message(err.message(), last_key.as_deref())
     };
-    Problem {
-        file: file.to_owned(),
-        location,
-        field,
-        message,
-    }
+    Problem::new(file, text, span, field, message)
 }
 
 fn is_serde_message(m: &str) -> bool {
@@ -365,6 +466,23 @@ mod tests {
         assert_eq!(Location::of(text, 6), Location { line: 2, column: 1 });
         // 'é' is two bytes but one column.
         assert_eq!(Location::of(text, 9), Location { line: 2, column: 3 });
+    }
+
+    #[test]
+    fn an_excerpt_is_the_one_line_where_the_span_starts() {
+        let text = "a = 1\r\nbé = [\n  2,\n]\n";
+        // "[" starts on line 2 and the array runs on: underline to the line's end.
+        let at = text.find('[').unwrap();
+        let e = Excerpt::of(text, at..text.len() - 1);
+        assert_eq!(e.line, 2);
+        assert_eq!(e.text, "bé = [");
+        assert_eq!(&e.text[e.span.clone()], "[");
+        // The '\r' of a CRLF line is not shown, nor underlined.
+        let e = Excerpt::of(text, 4..7);
+        assert_eq!((e.line, e.text.as_str(), e.span), (1, "a = 1", 4..5));
+        // The end of the file: an empty line, an empty span.
+        let e = Excerpt::of(text, text.len()..text.len());
+        assert_eq!((e.line, e.text.as_str(), e.span), (5, "", 0..0));
     }
 
     #[test]

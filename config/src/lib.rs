@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::de::DeTable;
 
-pub use diagnostic::{ConfigError, Location, Problem};
+pub use diagnostic::{Annotated, ConfigError, Excerpt, Location, Problem};
 pub use duration::{format_duration, parse_duration, InvalidDuration};
 pub use resolve::{DEFAULT_WATCH_IGNORE, DEFAULT_WATCH_PATHS};
 pub use resolved::*;

@@ -133,12 +133,13 @@ impl<'a> Resolver<'a> {
     }
 
     fn report(&mut self, span: Option<Range<usize>>, field: String, message: String) {
-        self.problems.push(Problem {
-            file: self.file.to_owned(),
-            location: span.map(|s| Location::of(self.text, s.start)),
-            field: Some(field),
+        self.problems.push(Problem::new(
+            self.file,
+            self.text,
+            span,
+            Some(field),
             message,
-        });
+        ));
     }
 
     fn line_of(&self, span: &Range<usize>) -> usize {

@@ -496,3 +496,69 @@ fn handoff_sessions_with_several_workers_are_refused() {
         "{err}"
     );
 }
+
+/// The source line of `line_no` in `rendered` (`N | text`) and the caret line under
+/// it; the caret's column, counted in the source text, is returned with the text.
+fn excerpt_of(rendered: &str, line_no: usize) -> (String, usize, usize) {
+    let lines: Vec<&str> = rendered.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(&format!("{line_no} |")))
+        .unwrap_or_else(|| panic!("no source line {line_no} in:\n{rendered}"));
+    let (gutter, source) = lines[at].split_once(" | ").expect("a gutter");
+    let caret_line = lines.get(at + 1).expect("a caret line");
+    let first = caret_line
+        .find('^')
+        .unwrap_or_else(|| panic!("no caret in:\n{rendered}"));
+    let width = caret_line[first..]
+        .chars()
+        .take_while(|&c| c == '^')
+        .count();
+    // Columns in the source text, from 1, as in the file:line:col header.
+    let column = first - (gutter.len() + " | ".len()) + 1;
+    (source.to_owned(), column, width)
+}
+
+#[test]
+fn annotated_errors_show_the_source_line_and_a_caret_under_the_column() {
+    let text = format!("{APP}processes = \"two\"\n");
+    let err = parse(&text, Path::new("appvisor.toml")).unwrap_err();
+    let rendered = err.annotated().to_string();
+    // The first line is exactly today's message, header and wording included.
+    assert_eq!(rendered.lines().next(), Some(err.to_string().as_str()));
+    assert!(
+        rendered.starts_with("appvisor.toml:4:13: app \"web\" field processes"),
+        "{rendered}"
+    );
+    let (source, column, width) = excerpt_of(&rendered, 4);
+    assert_eq!(source, "processes = \"two\"", "{rendered}");
+    assert_eq!(column, 13, "caret under the value:\n{rendered}");
+    assert_eq!(
+        width,
+        "\"two\"".len(),
+        "the whole value underlined:\n{rendered}"
+    );
+}
+
+#[test]
+fn annotated_errors_show_every_problem_with_its_own_line() {
+    let text = format!("{APP}processes = 0\n[app.recycle]\nstartup_timeout = \"soon\"\n");
+    let err = parse(&text, Path::new("appvisor.toml")).unwrap_err();
+    assert_eq!(err.problems().len(), 2, "{err}");
+    let rendered = err.annotated().to_string();
+    let headers: Vec<&str> = rendered
+        .lines()
+        .filter(|l| l.starts_with("appvisor.toml:"))
+        .collect();
+    assert_eq!(headers, err.to_string().lines().collect::<Vec<_>>());
+    assert_eq!(excerpt_of(&rendered, 4), ("processes = 0".into(), 13, 1));
+    let (source, column, _) = excerpt_of(&rendered, 6);
+    assert_eq!(source, "startup_timeout = \"soon\"");
+    assert_eq!(column, 19, "{rendered}");
+}
+
+#[test]
+fn an_error_without_a_place_renders_as_its_one_line() {
+    let err = appvisor_config::load(Path::new("/nonexistent/appvisor.toml")).unwrap_err();
+    assert_eq!(err.annotated().to_string(), err.to_string());
+}

@@ -169,3 +169,23 @@ fn a_valid_config_prints_every_default() {
         assert!(text.contains(key), "missing {key} in\n{text}");
     }
 }
+
+#[test]
+fn the_cli_shows_the_offending_line_with_a_caret_under_the_column() {
+    let sb = Sandbox::new("caret");
+    sb.config(&format!("{OK_APP}processes = \"two\"\n"));
+    for cmd in ["check", "run"] {
+        let out = sb.cli(&[cmd]);
+        assert!(!out.status.success(), "`appvisor {cmd}` accepted it");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Today's one-line message first, then the line and a caret under column 13.
+        assert!(
+            stderr.starts_with("appvisor: appvisor.toml:4:13: app \"web\" field processes: "),
+            "`appvisor {cmd}` said {stderr:?}"
+        );
+        assert!(
+            stderr.contains("\n  |\n4 | processes = \"two\"\n  |             ^^^^^\n"),
+            "`appvisor {cmd}` said {stderr:?}"
+        );
+    }
+}

@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use appvisor_worker::contract::{env, notify};
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -101,7 +103,7 @@ fn run_once(
         while let Ok(n) = notify.recv(&mut buf) {
             if buf[..n]
                 .split(|&b| b == b'\n')
-                .any(|line| line == b"READY=1")
+                .any(|line| line == notify::READY.as_bytes())
                 && ready_tx.send(()).is_err()
             {
                 return;
@@ -192,9 +194,9 @@ fn spawn(
         .arg("-c")
         .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
         .arg(worker)
-        .env("LISTEN_FDS", "1")
-        .env("NOTIFY_SOCKET", notify)
-        .env("APPVISOR_GENERATION", generation.to_string())
+        .env(env::LISTEN_FDS, "1")
+        .env(env::NOTIFY_SOCKET, notify)
+        .env(env::APPVISOR_GENERATION, generation.to_string())
         .stdout(Stdio::null())
         .process_group(0);
     // SAFETY: runs between fork and exec; dup2 and fcntl are

@@ -34,6 +34,7 @@
 
 use std::convert::Infallible;
 
+use appvisor_worker::contract::notify::X_APPVISOR_SESSIONS;
 use appvisor_worker::sessions::{self, SessionHandle, SessionMode, Sessions};
 use appvisor_worker::{http, Listener, Shutdown, Worker};
 use http_body_util::Full;
@@ -136,7 +137,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         );
         if let Err(e) = worker
             .notifier()
-            .send(&format!("X_APPVISOR_SESSIONS={handed}"))
+            .send(&format!("{X_APPVISOR_SESSIONS}={handed}"))
         {
             eprintln!("sessions-demo: cannot report the handoff to appvisor: {e}");
         }

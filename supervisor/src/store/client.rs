@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::command::Args;
+use super::args::Args;
 use super::keyspace::Keyspace;
 use super::pubsub::{Push, Subscriber, QUEUE_DEPTH};
 

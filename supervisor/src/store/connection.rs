@@ -13,11 +13,12 @@ use std::io::Read;
 use appvisor_config::Persist;
 use bytes::BytesMut;
 
+use super::args::Args;
 use super::client::Client;
-use super::command::{execute, Args, Ctx};
+use super::command::{execute, Ctx};
 use super::pubsub::Push;
 use super::resp::{parse_request, FrameLimits, Parse, Reply};
-use super::server::{now_ms, Inner};
+use super::state::{now_ms, Shared};
 use super::transport::{ReadBuffer, Socket, Transport};
 
 /// Replies buffered past this are written before more requests run, so a client
@@ -52,7 +53,7 @@ struct Pass {
 }
 
 /// Serves one connection until it closes, errs, or is aborted at shutdown.
-pub(crate) async fn serve<S: Socket>(inner: Arc<Inner>, socket: S, mut client: Client)
+pub(crate) async fn serve<S: Socket>(inner: Arc<Shared>, socket: S, mut client: Client)
 where
     for<'a> &'a S: Read,
 {
@@ -130,7 +131,7 @@ where
 /// locked once, then hands the pass's log records to the writer (still locked,
 /// so the log's order is the order the changes were made).
 fn run_requests(
-    inner: &Inner,
+    inner: &Shared,
     client: &mut Client,
     rbuf: &[u8],
     args: &mut Vec<Range<usize>>,

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::server::{now_ms, Inner};
+use super::state::{now_ms, Shared};
 
 const ROUND: usize = 1000;
 
-pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(inner: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let alarm = inner.lock().alarm.clone();
     loop {
         let now = now_ms();

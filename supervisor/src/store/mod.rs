@@ -9,12 +9,16 @@
 //!   expiry heap, WATCH flags, pub/sub channels.
 //! - [`command`]: the command table, the checks every request passes, and the
 //!   handlers by theme.
+//! - [`args`]: one request's words, as ranges of a buffer.
 //! - [`client`]: per-connection state (login, protocol, MULTI, WATCH, subscriptions).
+//! - [`state`]: what every task shares: the locked keyspace, settings and
+//!   counters, the log's writer.
 //! - [`connection`]: the per-connection task: read, run a batch, write.
 //! - [`expiry`]: the task that removes keys as their time comes and starts log
 //!   rewrites.
 //! - [`aof`]: the append-only log (writer thread, rewrite, replay at start).
-//! - [`server`]: sockets, the shared state, start and shutdown.
+//! - [`server`]: sockets, accept loops, start and shutdown.
+//! - [`options`], [`error`]: what a caller passes in and gets back.
 //! - [`transport`]: socket reads and writes without write-readiness wake-ups.
 //! - [`url`]: the `APPVISOR_STORE_URL` given to workers.
 //!
@@ -39,121 +43,31 @@
 //! the key) and `__keyspace@0__:<key>` (payload: `expired`) in the app's namespace.
 
 mod aof;
+mod args;
 mod client;
 mod command;
 mod connection;
+mod error;
 mod expiry;
 mod glob;
 mod keyspace;
+mod options;
 mod pubsub;
 mod resp;
 mod server;
+mod state;
 mod transport;
 mod url;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use appvisor_config::{EmbeddedStore, Persist};
-
 pub use aof::{LoadReport, Truncation};
-
-/// An app's login: username = the app's name, password = its token.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AppCredential {
-    pub app: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for AppCredential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the token.
-        f.debug_struct("AppCredential")
-            .field("app", &self.app)
-            .finish_non_exhaustive()
-    }
-}
-
-/// How to run the store.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// The main socket (mode 0600); AUTH is required on it.
-    pub unix_path: PathBuf,
-    /// If set, each app also gets `<dir>/<app>.sock`, whose connections are logged
-    /// in as that app without AUTH. This is what [`StoreHandle::url_for`] hands
-    /// out: no unix-socket URL carrying credentials is read the same way by the
-    /// Rust `redis` crate and by redis-py (see [`url`]).
-    pub app_socket_dir: Option<PathBuf>,
-    /// Also listen on TCP (AUTH required); None by default.
-    pub tcp: Option<SocketAddr>,
-    /// The append-only log; None keeps nothing across restarts.
-    pub aof_path: Option<PathBuf>,
-    pub persist: Persist,
-    pub max_memory: Option<u64>,
-    pub max_value_size: u64,
-    pub max_clients: u32,
-    pub apps: Vec<AppCredential>,
-    /// The log is compacted once larger than this and twice the live data
-    /// (default 64 MiB, as Redis's `auto-aof-rewrite-min-size`).
-    pub rewrite_min_size: u64,
-}
-
-/// Default for [`StoreOptions::rewrite_min_size`].
-pub const DEFAULT_REWRITE_MIN_SIZE: u64 = 64 * 1024 * 1024;
-
-impl StoreOptions {
-    /// Options for `[store] backend = "embedded"`: the main socket at
-    /// `<state_dir>/store.sock`, per-app sockets in `<state_dir>/store/`, the log at
-    /// `<state_dir>/store.aof`.
-    pub fn from_config(
-        state_dir: &Path,
-        config: &EmbeddedStore,
-        apps: Vec<AppCredential>,
-    ) -> StoreOptions {
-        StoreOptions {
-            unix_path: state_dir.join("store.sock"),
-            app_socket_dir: Some(state_dir.join("store")),
-            tcp: config.tcp,
-            aof_path: Some(state_dir.join("store.aof")),
-            persist: config.persist,
-            max_memory: config.max_memory,
-            max_value_size: config.max_value_size,
-            max_clients: config.max_clients,
-            apps,
-            rewrite_min_size: DEFAULT_REWRITE_MIN_SIZE,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store: cannot listen on {}: {source}", path.display())]
-    Bind {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("store: {} exists and is not a socket; move it away or choose another state_dir", path.display())]
-    NotASocket { path: PathBuf },
-    #[error("store: cannot listen on tcp {addr}: {source} (check [store] tcp)")]
-    BindTcp {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("store: append-only log {}: {source}", path.display())]
-    Log {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "store: app name '{app}' cannot name a socket file (use letters, digits, '-', '_', '.')"
-    )]
-    AppName { app: String },
-    #[error("store: {what}")]
-    Internal { what: String },
-}
+pub use error::StoreError;
+pub use options::{AppCredential, StoreOptions, DEFAULT_REWRITE_MIN_SIZE};
 
 /// Figures for `appvisor status` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +98,7 @@ pub async fn serve(
 /// A running store. Cheap to clone.
 #[derive(Clone)]
 pub struct StoreHandle {
-    inner: Arc<server::Inner>,
+    inner: Arc<server::Server>,
 }
 
 impl std::fmt::Debug for StoreHandle {
@@ -204,12 +118,13 @@ impl StoreHandle {
     }
 
     pub fn stats(&self) -> StoreStats {
-        let ks = self.inner.lock();
-        let log = &self.inner.state.log;
+        let shared = &self.inner.shared;
+        let ks = shared.lock();
+        let log = &shared.state.log;
         StoreStats {
             keys: ks.keys() as u64,
             memory: ks.memory() as u64,
-            clients: self.inner.state.clients.load(Ordering::Relaxed),
+            clients: shared.state.clients.load(Ordering::Relaxed),
             log_size: log.size.load(Ordering::Relaxed),
             log_failed: log.failed.load(Ordering::Relaxed),
         }
@@ -229,7 +144,7 @@ impl StoreHandle {
     /// A `redis://app:token@host:port/0` URL, when TCP is enabled.
     pub fn tcp_url_for(&self, app: &str) -> Option<String> {
         let password = self.inner.password(app)?;
-        let addr = self.inner.state.tcp?;
+        let addr = self.inner.shared.state.tcp?;
         Some(url::tcp_url(addr, app, &password))
     }
 
@@ -240,7 +155,7 @@ impl StoreHandle {
 
     /// The TCP address actually bound (port 0 in the options picks one).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.inner.state.tcp
+        self.inner.shared.state.tcp
     }
 
     /// What the replay of the log found at start.

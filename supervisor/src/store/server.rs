@@ -1,13 +1,13 @@
-//! Listening sockets, the shared state of a running store, and its start and stop.
+//! Listening sockets, the accept loops, and a store's start and stop. The state
+//! its tasks share is in [`state`](super::state).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use appvisor_config::Persist;
@@ -15,34 +15,15 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
-use super::aof::{LoadReport, LogStatus, LogWriter};
+use super::aof::{self, LoadReport, LogStatus, LogWriter};
 use super::client::Client;
+use super::error::StoreError;
 use super::keyspace::Keyspace;
+use super::options::{AppCredential, StoreOptions};
 use super::resp::{FrameLimits, MAX_ARGS, MAX_BULK_HARD};
+use super::state::{now_ms, ServerState, Shared};
 use super::transport::Socket;
-use super::{connection, expiry, AppCredential, StoreError, StoreOptions};
-
-/// Settings and counters that commands read.
-#[derive(Debug)]
-pub(crate) struct ServerState {
-    pub max_memory: Option<u64>,
-    pub max_value_size: u64,
-    pub max_clients: u32,
-    pub persist: Persist,
-    /// Whether a log is kept at all.
-    pub logging: bool,
-    pub log: Arc<LogStatus>,
-    pub clients: AtomicU32,
-    pub next_client_id: AtomicU64,
-    pub started: Instant,
-    pub tcp: Option<SocketAddr>,
-}
-
-impl ServerState {
-    pub fn over_memory(&self, ks: &Keyspace) -> bool {
-        self.max_memory.is_some_and(|max| ks.memory() as u64 > max)
-    }
-}
+use super::{connection, expiry};
 
 /// A per-app socket: connections on it are logged in as that app.
 struct AppSocket {
@@ -50,13 +31,10 @@ struct AppSocket {
     accept: AbortHandle,
 }
 
-/// Everything a running store shares between its tasks.
-pub(crate) struct Inner {
-    keyspace: Mutex<Keyspace>,
-    pub state: ServerState,
-    pub limits: FrameLimits,
-    pub writer: Option<LogWriter>,
-    rewrite_min_size: u64,
+/// A running store: the [`Shared`] state its tasks use, plus what only the accept
+/// loops and start/stop need (sockets, credentials, open connections, signals).
+pub(crate) struct Server {
+    pub shared: Arc<Shared>,
     unix_path: PathBuf,
     app_socket_dir: Option<PathBuf>,
     app_sockets: Mutex<HashMap<String, AppSocket>>,
@@ -70,14 +48,6 @@ pub(crate) struct Inner {
     runtime: tokio::runtime::Handle,
 }
 
-/// Unix time in milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Slack over max_value_size that a bulk string may claim and still be read (and
 /// answered with an error) rather than cutting the connection: room for a key and
 /// for a value a little too large.
@@ -85,58 +55,17 @@ const BULK_SLACK: u64 = 64 * 1024;
 /// One request may not claim more than this in total.
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 
-impl Inner {
-    pub fn lock(&self) -> MutexGuard<'_, Keyspace> {
-        // Handlers do not panic on client input; if one ever did, the keyspace is
-        // still structurally sound, so keep serving rather than poison every client.
-        self.keyspace.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Starts a log rewrite if one is due or was asked for (purge task, locked).
-    /// If none is due, sets the log size at which one may be
-    /// ([`LogStatus::check_size`](super::aof::LogStatus)): the log's writer
-    /// wakes the purge task then, so an idle store has no reason to wake up.
-    pub fn maybe_rewrite(&self, ks: &mut Keyspace, now: u64) {
-        let Some(writer) = &self.writer else { return };
-        let log = &self.state.log;
-        let size = log.size.load(Ordering::Relaxed);
-        if log.rewriting.load(Ordering::Relaxed) {
-            // The writer wakes this task again when the rewrite is over.
-            return;
-        }
-        let requested = log.rewrite_requested.swap(false, Ordering::Relaxed);
-        let live = ks.memory() as u64;
-        let due_at = self.rewrite_min_size.max(2 * live);
-        if !requested && size < due_at {
-            // Deletions that make it due sooner grow the log too, and expiries
-            // run this task anyway. SeqCst, with the writer's store of the size
-            // and load of the mark: if it appended past `due_at` before seeing
-            // the new mark, this load sees its size.
-            log.check_size.store(due_at, Ordering::SeqCst);
-            if log.size.load(Ordering::SeqCst) < due_at {
-                return;
-            }
-        }
-        // Records of the current batch must precede the snapshot in the queue.
-        if !ks.log.is_empty() {
-            writer.submit(&mut ks.log);
-        }
-        let mut snapshot = Vec::with_capacity(ks.keys());
-        for db in &ks.dbs {
-            db.snapshot(now, &mut snapshot);
-        }
-        writer.rewrite(snapshot);
-    }
-
+impl Server {
     fn spawn_connection<S: Socket>(self: &Arc<Self>, stream: S, db: Option<usize>)
     where
         for<'a> &'a S: Read + Write,
     {
-        let inner = self.clone();
-        let id = self.state.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let admitted = self.state.clients.fetch_add(1, Ordering::Relaxed) < self.state.max_clients;
+        let shared = self.shared.clone();
+        let state = &shared.state;
+        let id = state.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let admitted = state.clients.fetch_add(1, Ordering::Relaxed) < state.max_clients;
         let guard = ConnectionGuard {
-            inner: self.clone(),
+            server: self.clone(),
             id,
         };
         if !admitted {
@@ -151,7 +80,7 @@ impl Inner {
         let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         let task = tokio::spawn(async move {
             let _guard = guard;
-            connection::serve(inner.clone(), stream, Client::new(id, db)).await;
+            connection::serve(shared, stream, Client::new(id, db)).await;
         });
         conns.insert(id, task.abort_handle());
     }
@@ -186,7 +115,7 @@ impl Inner {
                 let _rt = self.runtime.enter();
                 bind_unix(&path)?
             };
-            let db = self.lock().db_id(&cred.app);
+            let db = self.shared.lock().db_id(&cred.app);
             let accept = self
                 .runtime
                 .spawn(accept_unix(self.clone(), listener, Some(db)))
@@ -197,7 +126,8 @@ impl Inner {
     }
 
     pub fn set_apps(self: &Arc<Self>, apps: &[AppCredential]) -> Result<(), StoreError> {
-        self.lock()
+        self.shared
+            .lock()
             .set_apps(apps.iter().map(|a| (a.app.as_str(), a.password.as_str())));
         *self.credentials.lock().unwrap_or_else(|e| e.into_inner()) = apps.to_vec();
         self.sync_app_sockets(apps)
@@ -228,19 +158,26 @@ impl Inner {
 
 /// Counts a connection for max_clients and forgets it when it ends.
 struct ConnectionGuard {
-    inner: Arc<Inner>,
+    server: Arc<Server>,
     id: u64,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.inner
+        self.server
             .connections
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
-        if self.inner.state.clients.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.inner.idle.notify_waiters();
+        if self
+            .server
+            .shared
+            .state
+            .clients
+            .fetch_sub(1, Ordering::Relaxed)
+            == 1
+        {
+            self.server.idle.notify_waiters();
         }
     }
 }
@@ -298,7 +235,7 @@ fn bind_unix(path: &Path) -> Result<UnixListener, StoreError> {
 /// Accept errors (EMFILE, ENFILE…) are waited out rather than spun on.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-async fn accept_unix(inner: Arc<Inner>, listener: UnixListener, db: Option<usize>) {
+async fn accept_unix(inner: Arc<Server>, listener: UnixListener, db: Option<usize>) {
     let mut stop = inner.stop.subscribe();
     loop {
         tokio::select! {
@@ -317,7 +254,7 @@ async fn accept_unix(inner: Arc<Inner>, listener: UnixListener, db: Option<usize
     }
 }
 
-async fn accept_tcp(inner: Arc<Inner>, listener: TcpListener) {
+async fn accept_tcp(inner: Arc<Server>, listener: TcpListener) {
     let mut stop = inner.stop.subscribe();
     loop {
         tokio::select! {
@@ -343,7 +280,7 @@ async fn accept_tcp(inner: Arc<Inner>, listener: TcpListener) {
 pub(crate) async fn start(
     opts: StoreOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<Arc<Inner>, StoreError> {
+) -> Result<Arc<Server>, StoreError> {
     let logging = opts.aof_path.is_some() && opts.persist != Persist::No;
     let aof_path = opts.aof_path.clone().filter(|_| logging);
 
@@ -353,7 +290,7 @@ pub(crate) async fn start(
         tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let mut ks = Keyspace::new(logging);
             let report = match &path {
-                Some(path) => super::aof::replay(path, &mut ks, now_ms())?,
+                Some(path) => aof::replay(path, &mut ks, now_ms())?,
                 None => LoadReport::default(),
             };
             Ok((ks, report))
@@ -394,7 +331,7 @@ pub(crate) async fn start(
         .min(MAX_BULK_HARD as u64) as usize;
     let (stop, _) = watch::channel(false);
     let (closed, _) = watch::channel(false);
-    let inner = Arc::new(Inner {
+    let shared = Arc::new(Shared {
         keyspace: Mutex::new(keyspace),
         state: ServerState {
             max_memory: opts.max_memory,
@@ -415,6 +352,9 @@ pub(crate) async fn start(
         },
         writer,
         rewrite_min_size: opts.rewrite_min_size,
+    });
+    let inner = Arc::new(Server {
+        shared: shared.clone(),
         unix_path: opts.unix_path.clone(),
         app_socket_dir: opts.app_socket_dir.clone(),
         app_sockets: Mutex::new(HashMap::new()),
@@ -432,16 +372,16 @@ pub(crate) async fn start(
     if let Some(tcp) = tcp {
         tokio::spawn(accept_tcp(inner.clone(), tcp));
     }
-    tokio::spawn(expiry::run(inner.clone(), inner.stop.subscribe()));
-    if inner
+    tokio::spawn(expiry::run(shared.clone(), inner.stop.subscribe()));
+    if shared
         .writer
         .as_ref()
         .is_some_and(|w| w.mode == Persist::Always)
     {
-        let kicker = inner.clone();
+        let stop = inner.stop.subscribe();
         tokio::spawn(async move {
-            if let Some(writer) = &kicker.writer {
-                writer.run_kicker(kicker.stop.subscribe()).await;
+            if let Some(writer) = &shared.writer {
+                writer.run_kicker(stop).await;
             }
         });
     }
@@ -456,7 +396,7 @@ pub(crate) async fn start(
 /// How long shutdown waits for aborted connections to unwind.
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
-impl Inner {
+impl Server {
     /// Stops accepting, drops every connection, flushes and syncs the log, removes
     /// the socket files.
     async fn shut_down(self: &Arc<Self>) {
@@ -482,16 +422,16 @@ impl Inner {
                 let idle = self.idle.notified();
                 tokio::pin!(idle);
                 idle.as_mut().enable();
-                if self.state.clients.load(Ordering::Relaxed) == 0 {
+                if self.shared.state.clients.load(Ordering::Relaxed) == 0 {
                     break;
                 }
                 idle.await;
             }
         })
         .await;
-        if let Some(writer) = &self.writer {
+        if let Some(writer) = &self.shared.writer {
             {
-                let mut ks = self.lock();
+                let mut ks = self.shared.lock();
                 if !ks.log.is_empty() {
                     writer.submit(&mut ks.log);
                 }

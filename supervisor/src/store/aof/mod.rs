@@ -47,9 +47,9 @@ use std::time::{Duration, Instant};
 use appvisor_config::Persist;
 use tokio::sync::{watch, Notify};
 
+use super::error::StoreError;
 use super::keyspace::Entry;
 use super::resp::encode_command;
-use super::StoreError;
 
 pub(crate) use replay::replay;
 pub use replay::{LoadReport, Truncation};

@@ -13,9 +13,9 @@ use std::io::{Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use super::super::error::StoreError;
 use super::super::keyspace::Keyspace;
 use super::super::resp::{parse_i64, parse_request, FrameLimits, Parse, MAX_BULK_HARD};
-use super::super::StoreError;
 
 /// What a replay found; kept on the store handle for the supervisor to show.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

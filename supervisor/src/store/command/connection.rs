@@ -1,6 +1,7 @@
 //! Connection commands: AUTH, HELLO, PING, ECHO, SELECT, CLIENT, QUIT, RESET.
 
-use super::{is, parse_int, Args, Ctx, NOT_AN_INTEGER, SYNTAX};
+use super::super::args::Args;
+use super::ctx::{is, parse_int, Ctx, NOT_AN_INTEGER, SYNTAX};
 
 /// The Redis version announced by HELLO and INFO. Clients gate features on it;
 /// the store implements the 7.0 behaviour of the commands it has.

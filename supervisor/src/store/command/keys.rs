@@ -2,8 +2,9 @@
 //! appends its effect to the log with absolute expiry times, so replaying the log
 //! later does not stretch TTLs by the downtime.
 
+use super::super::args::Args;
 use super::super::glob;
-use super::{is, parse_int, Args, Ctx, NOT_AN_INTEGER, SYNTAX};
+use super::ctx::{is, parse_int, Ctx, NOT_AN_INTEGER, SYNTAX};
 
 /// The TTL part of SET/GETEX, before it is made absolute.
 enum Ttl {

@@ -6,90 +6,18 @@
 //! name, `n < 0` means at least `-n`.
 
 mod connection;
+mod ctx;
 mod keys;
 mod server;
 mod subscribe;
 mod transaction;
 
-use std::ops::Range;
 use std::sync::atomic::Ordering;
 
-use super::client::{Client, Queued};
-use super::keyspace::{Db, Keyspace};
-use super::resp::Reply;
-use super::server::ServerState;
+use super::args::Args;
+use super::client::Queued;
 
-/// One request's words, as ranges of a buffer (the read buffer, or a queued copy).
-#[derive(Clone, Copy)]
-pub(crate) struct Args<'a> {
-    pub buf: &'a [u8],
-    pub ranges: &'a [Range<usize>],
-}
-
-impl<'a> Args<'a> {
-    pub fn len(&self) -> usize {
-        self.ranges.len()
-    }
-
-    pub fn get(&self, i: usize) -> &'a [u8] {
-        &self.buf[self.ranges[i].clone()]
-    }
-
-    /// Words `from..`.
-    pub fn rest(&self, from: usize) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let buf = self.buf;
-        self.ranges[from..].iter().map(move |r| &buf[r.clone()])
-    }
-}
-
-/// Everything a handler may touch while the keyspace is locked.
-pub(crate) struct Ctx<'a> {
-    pub ks: &'a mut Keyspace,
-    pub client: &'a mut Client,
-    pub out: Reply<'a>,
-    /// Unix ms, read once per batch of requests.
-    pub now: u64,
-    pub server: &'a ServerState,
-}
-
-impl<'a> Ctx<'a> {
-    /// The caller's namespace (only for commands that require authentication).
-    fn db_id(&self) -> usize {
-        self.client
-            .db
-            .expect("the dispatcher only runs data commands once authenticated")
-    }
-
-    /// The caller's namespace and the reply writer, borrowed together.
-    fn db_out(&mut self) -> (&mut Db, &mut Reply<'a>) {
-        let id = self.db_id();
-        (&mut self.ks.dbs[id], &mut self.out)
-    }
-
-    /// Appends a record to the log (`parts[0]` is the op; the app is inserted).
-    fn log(&mut self, op: &[u8], rest: &[&[u8]]) {
-        if !self.ks.logging {
-            return;
-        }
-        let id = self.db_id();
-        let name = self.ks.dbs[id].name.clone();
-        let mut parts: [&[u8]; 6] = [op, name.as_bytes(), b"", b"", b"", b""];
-        parts[2..2 + rest.len()].copy_from_slice(rest);
-        super::resp::encode_command(&mut self.ks.log, &parts[..2 + rest.len()]);
-    }
-
-    fn log_set(&mut self, key: &[u8], value: &[u8], expires_at: u64) {
-        if expires_at == 0 {
-            self.log(b"SET", &[key, value]);
-        } else {
-            let mut digits = itoa::Buffer::new();
-            self.log(
-                b"SET",
-                &[key, value, b"PXAT", digits.format(expires_at).as_bytes()],
-            );
-        }
-    }
-}
+pub(crate) use ctx::Ctx;
 
 type Handler = fn(&mut Ctx<'_>, Args<'_>);
 
@@ -340,16 +268,4 @@ fn unknown_command(args: Args<'_>) -> String {
 /// An argument quoted in an error, cut at 128 bytes, lossy UTF-8.
 fn shown(arg: &[u8]) -> String {
     String::from_utf8_lossy(&arg[..arg.len().min(128)]).into_owned()
-}
-
-/// Case-insensitive equality with an upper-case ASCII option name.
-fn is(arg: &[u8], option: &str) -> bool {
-    arg.eq_ignore_ascii_case(option.as_bytes())
-}
-
-const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
-const SYNTAX: &str = "ERR syntax error";
-
-fn parse_int(arg: &[u8]) -> Option<i64> {
-    super::resp::parse_i64(arg)
 }

@@ -7,9 +7,11 @@ use std::sync::atomic::Ordering;
 
 use appvisor_config::Persist;
 
+use super::super::args::Args;
 use super::super::glob;
 use super::connection::REDIS_COMPAT_VERSION;
-use super::{is, Args, Ctx, Spec, COMMANDS};
+use super::ctx::{is, Ctx};
+use super::{Spec, COMMANDS};
 
 pub(super) fn info(ctx: &mut Ctx<'_>, args: Args<'_>) {
     let all = args.len() == 1

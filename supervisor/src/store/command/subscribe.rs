@@ -1,7 +1,8 @@
 //! SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE, PUBLISH — within the caller's
 //! namespace, so one app never hears another's keys expire.
 
-use super::{Args, Ctx};
+use super::super::args::Args;
+use super::ctx::Ctx;
 
 /// `kind channel count` confirmation, a push frame in RESP3.
 fn confirm(ctx: &mut Ctx<'_>, kind: &str, channel: Option<&[u8]>) {

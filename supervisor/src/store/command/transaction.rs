@@ -6,8 +6,10 @@
 
 use std::sync::atomic::Ordering;
 
+use super::super::args::Args;
 use super::super::client::Multi;
-use super::{execute, Args, Ctx};
+use super::ctx::Ctx;
+use super::execute;
 
 pub(super) fn multi(ctx: &mut Ctx<'_>, _args: Args<'_>) {
     if ctx.client.multi.is_some() {

@@ -14,7 +14,7 @@ use appvisor_config::{Config, StoreBackend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::store::{self, AppCredential, StoreHandle, StoreOptions};
+use appvisor_store::{self as store, AppCredential, StoreHandle, StoreOptions};
 
 /// The running backend.
 #[derive(Debug)]

@@ -1,21 +1,33 @@
-//! Runs only the embedded session store, on a current-thread runtime as in the
-//! supervisor, for benchmarks (`bench/store/run.sh`) and manual poking:
+//! The embedded store on its own, on a current-thread runtime as in the
+//! supervisor: for benchmarks (`bench/store/run.sh`) and for pointing `redis-cli`
+//! (or any Redis client) at it.
 //!
 //! ```text
-//! cargo run --release -p appvisor --example store_server -- \
+//! cargo run --release -p appvisor-store --example serve -- \
 //!     --socket /tmp/s.sock --app bench:secret [--aof /tmp/s.aof --persist everysec] [--tcp 127.0.0.1:6390]
+//! redis-cli -s /tmp/s.sock --user bench --pass secret set k v
+//! RUST_LOG=debug cargo run -p appvisor-store --example serve -- …   # the store's decisions
 //! ```
 //!
 //! It prints `ready <pid>` once listening and stops on SIGTERM or SIGINT (syncing
-//! the log).
+//! the log). Log events go to stderr, filtered by `RUST_LOG` (default `info`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use appvisor::store::{self, AppCredential, StoreOptions};
 use appvisor_config::Persist;
+use appvisor_store::{self as store, AppCredential, StoreOptions};
 
 fn main() -> anyhow::Result<()> {
+    // The store emits `tracing` events and installs nothing; a host (here this
+    // example, in production the supervisor binary) decides where they go.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let mut opts = StoreOptions {
         unix_path: PathBuf::from("/tmp/appvisor-store.sock"),
         app_socket_dir: None,

@@ -1,7 +1,36 @@
-//! The embedded session store: a Redis-protocol server inside the supervisor, so
-//! session state outlives every worker and any language's Redis client can use it.
+//! appvisor's embedded session store: a Redis-protocol server that the supervisor
+//! runs on its own runtime thread, so session state outlives every worker and any
+//! language's Redis client can use it. [`serve`] starts it on any tokio runtime;
+//! `examples/serve.rs` runs it alone, for `redis-cli` and benchmarks.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), appvisor_store::StoreError> {
+//! use appvisor_store::{serve, AppCredential, StoreOptions, DEFAULT_REWRITE_MIN_SIZE};
+//! let opts = StoreOptions {
+//!     unix_path: "/tmp/store.sock".into(),
+//!     app_socket_dir: None,
+//!     tcp: None,
+//!     aof_path: None,
+//!     persist: appvisor_config::Persist::No,
+//!     max_memory: None,
+//!     max_value_size: 1 << 20,
+//!     max_clients: 1000,
+//!     apps: vec![AppCredential { app: "web".into(), password: "secret".into() }],
+//!     rewrite_min_size: DEFAULT_REWRITE_MIN_SIZE,
+//! };
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let store = serve(opts, async { let _ = stopped.await; }).await?;
+//! let url = store.url_for("web"); // what a worker gets as APPVISOR_STORE_URL
+//! # drop((stop, url));
+//! # Ok(()) }
+//! ```
 //!
 //! # Layout
+//!
+//! Modules only import downwards: `server` (accept loops, start, shutdown) uses
+//! `connection` and `expiry`, which use `state` (what every task shares) and
+//! `command`; `command` uses `client`, `keyspace` and `resp`. No module imports
+//! this root, which only re-exports and holds the handle.
 //!
 //! - [`resp`]: request parsing (in place, no allocation) and reply encoding, RESP2
 //!   and RESP3.
@@ -37,6 +66,11 @@
 //! expiry notifications. A connection to a per-app socket (`app_socket_dir`) is
 //! logged in as that app from the start, because the socket's path (mode 0600, in a
 //! 0700 directory) already says who it is for.
+//!
+//! *Logging.* The store emits `tracing` events and installs no subscriber: log
+//! replay and rewrites, a log that cannot be written, refused clients and accept
+//! errors at `info`/`warn`; at `debug`, its decisions (purge rounds, rewrite due,
+//! a client refused for max_clients).
 //!
 //! *Expiry.* Absolute unix-millisecond deadlines, removed lazily on access and
 //! actively by [`expiry`]; every removal publishes `__keyevent@0__:expired` (payload:

@@ -16,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use appvisor::store::{self, AppCredential, StoreError, StoreHandle, StoreOptions};
 use appvisor_config::Persist;
+use appvisor_store::{self as store, AppCredential, StoreError, StoreHandle, StoreOptions};
 
 // ---------------------------------------------------------------------------
 // Harness

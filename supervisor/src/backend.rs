@@ -74,7 +74,7 @@ impl Backend {
                 })
                 .await?;
                 let report = handle.load_report();
-                eprintln!("appvisor: session store: {report:?}");
+                eprintln!("appvisor: session store: {report}");
                 Ok(Backend::Embedded {
                     handle,
                     credentials,

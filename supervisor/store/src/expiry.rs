@@ -28,10 +28,17 @@ pub(crate) async fn run(inner: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             let mut ks = inner.lock();
             let mut budget = ROUND;
             for db in &mut ks.dbs {
-                budget = budget.saturating_sub(db.purge(now, budget));
+                let removed = db.purge(now, budget);
+                if removed > 0 {
+                    tracing::debug!("app {}: {removed} keys expired and removed", db.name);
+                }
+                budget = budget.saturating_sub(removed);
             }
             let next = ks.dbs.iter().filter_map(|db| db.next_deadline()).min();
             let busy = next.is_some_and(|at| at <= now);
+            if busy {
+                tracing::debug!("more than {ROUND} keys expired at once: yielding between rounds");
+            }
             let wake_at = next.unwrap_or(u64::MAX);
             alarm.at.store(wake_at, Ordering::Relaxed);
             inner.maybe_rewrite(&mut ks, now);

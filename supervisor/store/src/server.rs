@@ -69,6 +69,10 @@ impl Server {
             id,
         };
         if !admitted {
+            tracing::debug!(
+                "refused a client: {} connections is max_clients",
+                state.max_clients
+            );
             // A fresh connection's socket buffer always has room for this line.
             let _ = (&stream).write_all(b"-ERR max number of clients reached\r\n");
             drop(stream);
@@ -100,6 +104,7 @@ impl Server {
         sockets.retain(|app, socket| {
             let keep = apps.iter().any(|a| &a.app == app);
             if !keep {
+                tracing::debug!("app {app} was removed: closing {}", socket.path.display());
                 socket.accept.abort();
                 let _ = std::fs::remove_file(&socket.path);
             }
@@ -120,6 +125,11 @@ impl Server {
                 .runtime
                 .spawn(accept_unix(self.clone(), listener, Some(db)))
                 .abort_handle();
+            tracing::debug!(
+                "app {} logs in without AUTH on {}",
+                cred.app,
+                path.display()
+            );
             sockets.insert(cred.app.clone(), AppSocket { path, accept });
         }
         Ok(())
@@ -242,10 +252,10 @@ async fn accept_unix(inner: Arc<Server>, listener: UnixListener, db: Option<usiz
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => match stream.into_std() {
                     Ok(stream) => inner.spawn_connection(stream, db),
-                    Err(e) => eprintln!("appvisor: store: cannot take over an accepted socket: {e}"),
+                    Err(e) => tracing::warn!("cannot take over an accepted socket: {e}"),
                 },
                 Err(e) => {
-                    eprintln!("appvisor: store: accept on a unix socket failed: {e}");
+                    tracing::warn!("accept on a unix socket failed: {e}; trying again in 100 ms");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
@@ -263,11 +273,11 @@ async fn accept_tcp(inner: Arc<Server>, listener: TcpListener) {
                     let _ = stream.set_nodelay(true);
                     match stream.into_std() {
                         Ok(stream) => inner.spawn_connection(stream, None),
-                        Err(e) => eprintln!("appvisor: store: cannot take over an accepted socket: {e}"),
+                        Err(e) => tracing::warn!("cannot take over an accepted socket: {e}"),
                     }
                 }
                 Err(e) => {
-                    eprintln!("appvisor: store: accept on TCP failed: {e}");
+                    tracing::warn!("accept on TCP failed: {e}; trying again in 100 ms");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
@@ -367,6 +377,24 @@ pub(crate) async fn start(
         runtime: tokio::runtime::Handle::current(),
     });
     inner.set_apps(&opts.apps)?;
+    tracing::debug!(
+        "listening on {}{}; log: {}",
+        opts.unix_path.display(),
+        tcp_addr
+            .map(|a| format!(" and tcp {a}"))
+            .unwrap_or_default(),
+        match &aof_path {
+            Some(path) => format!(
+                "{}, {}",
+                path.display(),
+                match opts.persist {
+                    Persist::Always => "synced after every write",
+                    _ => "synced every second",
+                }
+            ),
+            None => "none".to_owned(),
+        }
+    );
 
     tokio::spawn(accept_unix(inner.clone(), unix, None));
     if let Some(tcp) = tcp {
@@ -400,6 +428,10 @@ impl Server {
     /// Stops accepting, drops every connection, flushes and syncs the log, removes
     /// the socket files.
     async fn shut_down(self: &Arc<Self>) {
+        tracing::debug!(
+            "shutting down: {} connections open",
+            self.shared.state.clients.load(Ordering::Relaxed)
+        );
         self.stop.send_replace(true);
         let sockets: Vec<AppSocket> = {
             let mut map = self.app_sockets.lock().unwrap_or_else(|e| e.into_inner());
@@ -438,6 +470,7 @@ impl Server {
             }
             writer.close().await;
         }
+        tracing::debug!("shut down; the log is synced");
         self.closed.send_replace(true);
     }
 }

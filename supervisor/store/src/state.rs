@@ -36,7 +36,15 @@ pub(crate) struct ServerState {
 
 impl ServerState {
     pub fn over_memory(&self, ks: &Keyspace) -> bool {
-        self.max_memory.is_some_and(|max| ks.memory() as u64 > max)
+        let over = self.max_memory.is_some_and(|max| ks.memory() as u64 > max);
+        if over {
+            tracing::debug!(
+                "refused a write: data holds {} bytes, over max_memory {}",
+                ks.memory(),
+                self.max_memory.unwrap_or(0)
+            );
+        }
+        over
     }
 }
 
@@ -89,6 +97,13 @@ impl Shared {
             if log.size.load(Ordering::SeqCst) < due_at {
                 return;
             }
+        }
+        if requested {
+            tracing::debug!("log rewrite asked for (BGREWRITEAOF): the log is {size} bytes");
+        } else {
+            tracing::debug!(
+                "log rewrite due: the log is {size} bytes, over {due_at} (the larger of the minimum and twice the {live} bytes of live data)"
+            );
         }
         // Records of the current batch must precede the snapshot in the queue.
         if !ks.log.is_empty() {

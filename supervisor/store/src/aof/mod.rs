@@ -353,7 +353,7 @@ struct Health {
 impl Health {
     fn failed(&mut self, status: &LogStatus, what: &str) {
         if !status.failed.swap(true, Ordering::Relaxed) {
-            eprintln!("appvisor: store: {what}; refusing writes until the log can be written");
+            tracing::error!("{what}; refusing writes until the log can be written");
         }
         self.warned = true;
     }
@@ -362,7 +362,7 @@ impl Health {
         if self.warned {
             self.warned = false;
             status.failed.store(false, Ordering::Relaxed);
-            eprintln!("appvisor: store: {} is writable again", path.display());
+            tracing::info!("{} is writable again; writes are accepted", path.display());
         }
     }
 }
@@ -403,11 +403,21 @@ impl WriterThread {
                     self.append(&batch.data[..at]);
                     let tail = batch.data[at..].to_vec();
                     self.append(&tail);
-                    if let Err(e) = self.rewrite(snapshot, tail) {
-                        eprintln!(
-                            "appvisor: store: rewriting {} failed ({e}); still appending to the old log",
+                    let keys = snapshot.len();
+                    let before = self.shared.status.size.load(Ordering::Relaxed);
+                    tracing::debug!(
+                        "rewriting {} ({before} bytes) from a snapshot of {keys} keys",
+                        self.path.display()
+                    );
+                    match self.rewrite(snapshot, tail) {
+                        Ok(written) => tracing::info!(
+                            "compacted {}: {before} bytes to {written} ({keys} keys)",
                             self.path.display()
-                        );
+                        ),
+                        Err(e) => tracing::warn!(
+                            "rewriting {} failed ({e}); still appending to the old log",
+                            self.path.display()
+                        ),
                     }
                     self.shared.status.rewriting.store(false, Ordering::Relaxed);
                     // The purge task sets the size at which to look again.
@@ -503,8 +513,8 @@ impl WriterThread {
                     let what = format!("cannot append to {}: {e}", self.path.display());
                     self.health.failed(&status, &what);
                     if self.shared.lock().stop {
-                        eprintln!(
-                            "appvisor: store: giving up on {} at shutdown; the last changes are lost",
+                        tracing::error!(
+                            "giving up on {} at shutdown; the last changes are lost",
                             self.path.display()
                         );
                         return;
@@ -548,7 +558,8 @@ impl WriterThread {
 
     /// Writes `snapshot` to a temporary file, then the records that arrived
     /// meanwhile, and renames it over the log.
-    fn rewrite(&mut self, snapshot: Snapshot, mut tail: Vec<u8>) -> std::io::Result<()> {
+    /// Returns the new log's size.
+    fn rewrite(&mut self, snapshot: Snapshot, mut tail: Vec<u8>) -> std::io::Result<u64> {
         use std::os::unix::fs::OpenOptionsExt;
         let tmp_path = self.path.with_extension("rewrite.tmp");
         let mut tmp = std::fs::OpenOptions::new()
@@ -607,7 +618,7 @@ impl WriterThread {
         let status = &self.shared.status;
         status.size.store(written, Ordering::Relaxed);
         status.base_size.store(written, Ordering::Relaxed);
-        Ok(())
+        Ok(written)
     }
 
     /// During a rewrite: moves queued records to the old log (so a crash loses

@@ -30,6 +30,47 @@ pub struct LoadReport {
     pub truncated: Option<Truncation>,
 }
 
+/// One sentence for the supervisor's log: `loaded 310 keys from 1204 log records
+/// (12 had expired while the store was down)`, plus the cut, if there was one.
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.records == 0 && self.truncated.is_none() {
+            f.write_str("nothing to load (no log yet, or an empty one)")?;
+        } else {
+            write!(
+                f,
+                "loaded {} keys from {} log records",
+                self.keys, self.records
+            )?;
+            if self.expired > 0 {
+                write!(
+                    f,
+                    " ({} had expired while the store was down)",
+                    self.expired
+                )?;
+            }
+        }
+        if let Some(cut) = &self.truncated {
+            write!(f, "; {cut}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Truncation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the log was cut at byte {} ({} bytes dropped: {})",
+            self.at, self.dropped, self.reason
+        )?;
+        if let Some(saved) = &self.saved_to {
+            write!(f, ", the dropped bytes saved to {}", saved.display())?;
+        }
+        Ok(())
+    }
+}
+
 /// A cut at the end of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Truncation {
@@ -62,9 +103,14 @@ pub(crate) fn replay(path: &Path, ks: &mut Keyspace, now: u64) -> Result<LoadRep
         .open(path)
     {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LoadReport::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!("no log at {} yet: starting empty", path.display());
+            return Ok(LoadReport::default());
+        }
         Err(e) => return Err(io_err(e)),
     };
+    let started = std::time::Instant::now();
+    tracing::debug!("replaying the log {}", path.display());
     let mut report = LoadReport::default();
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut args: Vec<Range<usize>> = Vec::new();
@@ -132,10 +178,13 @@ pub(crate) fn replay(path: &Path, ks: &mut Keyspace, now: u64) -> Result<LoadRep
         };
         file.set_len(base).map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
-        eprintln!(
-            "appvisor: store: {}: {reason}; truncated the log at byte {base}, dropping {dropped} bytes{}",
+        tracing::warn!(
+            "{}: {reason}; truncated the log at byte {base}, dropping {dropped} bytes{}",
             path.display(),
-            saved_to.as_ref().map(|p| format!(" (saved to {})", p.display())).unwrap_or_default()
+            saved_to
+                .as_ref()
+                .map(|p| format!(" (saved to {})", p.display()))
+                .unwrap_or_default()
         );
         report.truncated = Some(Truncation {
             at: base,
@@ -148,6 +197,11 @@ pub(crate) fn replay(path: &Path, ks: &mut Keyspace, now: u64) -> Result<LoadRep
         report.expired += db.purge(now, usize::MAX) as u64;
     }
     report.keys = ks.keys() as u64;
+    tracing::debug!(
+        "replayed {} in {} ms: {report}",
+        path.display(),
+        started.elapsed().as_millis()
+    );
     Ok(report)
 }
 

@@ -12,6 +12,12 @@ const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is dis
 /// Logs the connection in; on failure it keeps its previous login.
 fn login(ctx: &mut Ctx<'_>, user: Option<&[u8]>, password: &[u8]) -> bool {
     let Some(db) = ctx.ks.authenticate(user, password) else {
+        // The user name only: never the password.
+        tracing::debug!(
+            "refused a login as {:?}: unknown app or wrong token",
+            user.map(String::from_utf8_lossy)
+                .unwrap_or("default".into())
+        );
         return false;
     };
     if ctx.client.db != Some(db) {

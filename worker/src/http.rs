@@ -255,7 +255,7 @@ async fn accept_loop<S, B>(
                 // (EMFILE, ENOBUFS): keep accepting. When out of fds, pause
                 // briefly instead of spinning, and say so at most once a second.
                 if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                    eprintln!("appvisor-worker: accept on {listener}: {e}");
+                    tracing::warn!("accept on {listener}: {e}");
                     warned_at = Some(Instant::now());
                 }
                 if matches!(

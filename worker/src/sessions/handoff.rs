@@ -191,7 +191,7 @@ impl Handoff {
 
     /// Returns once a store read may start: every predecessor has exited or
     /// marked its sessions flushed, or [`wait_bound`](Self::new) has passed
-    /// since the first wait began (then it says so once on stderr and lets
+    /// since the first wait began (then it says so once, as a `tracing` warning, and lets
     /// reads go on). One waiter polls; concurrent ones wait for its answer.
     pub(crate) async fn settle(&self, store: &Store) -> Result<(), SessionError> {
         if self.settled.initialized() {
@@ -218,12 +218,17 @@ impl Handoff {
                 return Ok(());
             }
             if started.elapsed() >= self.wait_bound {
-                eprintln!(
-                    "appvisor-worker sessions: the previous generation (pid {pending:?}) neither \
-                     exited nor handed off its sessions within {:?}; loading from the store \
-                     anyway, so sessions it still holds may look older. Does that worker call \
-                     Sessions::begin_handoff (or drain) when it is told to stop?",
-                    self.wait_bound
+                let pids = pending
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                tracing::warn!(
+                    "the previous generation (pid {pids}) neither exited nor handed off its \
+                     sessions within {} ms; loading from the store anyway, so sessions it still \
+                     holds may look older. Does that worker call Sessions::begin_handoff (or \
+                     drain) when it is told to stop?",
+                    self.wait_bound.as_millis()
                 );
                 return Ok(());
             }

@@ -114,7 +114,7 @@
 //!    `flushed`, polling every millisecond (one MGET of the markers, one
 //!    `kill` per pid). Only reads wait: sessions already in memory, and new
 //!    sessions, never do. The wait is bounded ([`SessionsConfig::predecessor_wait`],
-//!    10 s): then reads go on and one warning goes to stderr, since a
+//!    10 s): then reads go on and one `tracing` warning says so, since a
 //!    predecessor that neither flushes nor exits (an old binary, a hung
 //!    drain) must not stall the app. Once satisfied it is never checked
 //!    again.

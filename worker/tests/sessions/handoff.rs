@@ -1,17 +1,14 @@
 //! The handoff protocol of overlapped recycles (see "Overlapped recycles" in
-//! `appvisor_worker::sessions`), against a real store: a `redis-server` each
-//! test starts on a unix socket in a temp dir, or the one named by
-//! `APPVISOR_TEST_STORE_URL`, with a key prefix per test.
+//! `appvisor_worker::sessions`), against a real store, once per backend (the
+//! embedded store in this process, and a `redis-server` or the one named by
+//! `APPVISOR_TEST_STORE_URL`), with a key prefix per test.
 //!
 //! Two `Sessions` in this process play generation N and N+1. N's pid is
 //! played by a real child process (`sleep`), so N+1's liveness checks look at
 //! a real process that the test kills when N "exits"; N writes its marker
 //! under that pid.
 
-#![cfg(feature = "sessions")]
-
-mod common;
-use common::TestStore;
+use crate::harness::{per_backend, Backend, TestStore};
 
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -121,9 +118,8 @@ async fn session_at(sessions: &Sessions, value: i64) -> SessionId {
 
 // ------------------------------------------------------------------ tests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn successor_load_waits_for_the_handoff_and_sees_the_latest_value() {
-    let store = TestStore::start("h", &[]).await;
+async fn successor_load_waits_for_the_handoff_and_sees_the_latest_value(backend: Backend) {
+    let store = TestStore::start(backend, "h", &[]).await;
     let stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     // The store has an old copy (n = 5); the newest (n = 10) is dirty in N.
@@ -184,9 +180,8 @@ async fn successor_load_waits_for_the_handoff_and_sees_the_latest_value() {
     assert_eq!(old.drain().await.unwrap().flushed, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hot_session_alternating_between_generations_stays_monotonic() {
-    let store = TestStore::start("h", &[]).await;
+async fn a_hot_session_alternating_between_generations_stays_monotonic(backend: Backend) {
+    let store = TestStore::start(backend, "h", &[]).await;
     let mut stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     let id = session_at(&old, 0).await;
@@ -226,11 +221,12 @@ async fn a_hot_session_alternating_between_generations_stays_monotonic() {
 /// generation at random — N+1 gets some before N is even told to stop —
 /// while N hands off mid-stream and later exits: every response is exactly
 /// the previous one plus one, and the store ends with every increment.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn users_served_by_both_generations_through_a_recycle_see_every_increment_in_order() {
+async fn users_served_by_both_generations_through_a_recycle_see_every_increment_in_order(
+    backend: Backend,
+) {
     const USERS: usize = 16;
     const REQUESTS: usize = 200;
-    let store = TestStore::start("h", &[]).await;
+    let store = TestStore::start(backend, "h", &[]).await;
     let mut stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     let mut users = Vec::new();
@@ -338,9 +334,8 @@ async fn wait_until(progress: &Notify, what: &str, done: impl Fn() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_predecessor_does_not_block() {
-    let store = TestStore::start("h", &[]).await;
+async fn a_dead_predecessor_does_not_block(backend: Backend) {
+    let store = TestStore::start(backend, "h", &[]).await;
     let mut stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     let id = session_at(&old, 7).await;
@@ -378,9 +373,8 @@ async fn a_dead_predecessor_does_not_block() {
     assert_eq!(s.get::<i64>("n").unwrap(), Some(7));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_wait_for_a_silent_predecessor_is_bounded() {
-    let store = TestStore::start("h", &[]).await;
+async fn the_wait_for_a_silent_predecessor_is_bounded(backend: Backend) {
+    let store = TestStore::start(backend, "h", &[]).await;
     let stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     let id = session_at(&old, 3).await;
@@ -412,9 +406,8 @@ async fn the_wait_for_a_silent_predecessor_is_bounded() {
     assert_eq!(new.resident(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handed_off_worker_writes_through_and_drain_alone_also_hands_off() {
-    let store = TestStore::start("h", &[]).await;
+async fn handed_off_worker_writes_through_and_drain_alone_also_hands_off(backend: Backend) {
+    let store = TestStore::start(backend, "h", &[]).await;
     let stand_in = StandIn::spawn();
 
     // An app that only calls drain() (the pre-protocol way) still marks.
@@ -455,9 +448,8 @@ async fn handed_off_worker_writes_through_and_drain_alone_also_hands_off() {
 /// memory (the newest copy), and its commit waits for the flush and then
 /// writes through — were it to write at once, the flush would lay older
 /// changes over it and the next load from memory would not see it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_answered_during_the_handoff_flush_stay_monotonic() {
-    let store = TestStore::start("h", &[]).await;
+async fn requests_answered_during_the_handoff_flush_stay_monotonic(backend: Backend) {
+    let store = TestStore::start(backend, "h", &[]).await;
     let stand_in = StandIn::spawn();
     let old = store.old(stand_in.pid()).await;
     let id = session_at(&old, 0).await;
@@ -487,3 +479,14 @@ async fn requests_answered_during_the_handoff_flush_stay_monotonic() {
     n += 1;
     assert_eq!(bump(&new, &id).await, n);
 }
+
+per_backend!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    successor_load_waits_for_the_handoff_and_sees_the_latest_value,
+    a_hot_session_alternating_between_generations_stays_monotonic,
+    users_served_by_both_generations_through_a_recycle_see_every_increment_in_order,
+    a_dead_predecessor_does_not_block,
+    the_wait_for_a_silent_predecessor_is_bounded,
+    handed_off_worker_writes_through_and_drain_alone_also_hands_off,
+    requests_answered_during_the_handoff_flush_stay_monotonic,
+);

@@ -2,8 +2,7 @@
 //! server certificate made here with the `openssl` command, and the CA handed to
 //! the client the standard OpenSSL way (`SSL_CERT_FILE`).
 
-mod common;
-use common::free_port;
+use crate::harness::free_port;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -148,8 +147,43 @@ fn start(dir: &Path) -> TlsRedis {
     TlsRedis { child, port }
 }
 
+/// Set for the child process of [`sessions_round_trip_over_rediss`].
+const CHILD: &str = "APPVISOR_TLS_TEST_CHILD";
+
+/// The test runs in a process of its own: it sets `SSL_CERT_FILE` (OpenSSL reads
+/// the trusted CAs from the environment), and changing the environment is only
+/// sound while no other thread reads it — this binary runs many tests at once.
+/// So it re-runs this binary with a filter that selects only
+/// [`rediss_round_trip_in_own_process`], and that process runs just it.
+#[test]
+fn sessions_round_trip_over_rediss() {
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new(exe)
+        .args([
+            "--exact",
+            "tls::rediss_round_trip_in_own_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the test binary again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the TLS round trip failed in its own process:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Not a test by itself: the body of [`sessions_round_trip_over_rediss`]'s child
+/// process. Without the environment variable it returns at once.
 #[tokio::test]
-async fn sessions_round_trip_over_rediss() {
+async fn rediss_round_trip_in_own_process() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
     let dir: PathBuf = std::env::temp_dir().join(format!("appvisor-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -167,7 +201,7 @@ async fn sessions_round_trip_over_rediss() {
         );
     }
 
-    // OpenSSL reads the trusted CAs from here; this test binary has one test.
+    // OpenSSL reads the trusted CAs from here; this process runs only this test.
     std::env::set_var("SSL_CERT_FILE", dir.join("ca.crt"));
 
     let writer = Sessions::new(Some(&url), SessionMode::Store, Duration::from_secs(60))

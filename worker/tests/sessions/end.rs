@@ -1,14 +1,11 @@
-//! Session ends (`Sessions::on_end`) against a real store: a `redis-server`
-//! each test starts itself on a unix socket in a temp dir, or — when
-//! `APPVISOR_TEST_STORE_URL` is set — that store (e.g. appvisor's embedded
-//! one), with a key prefix per test so tests never see each other's keys.
-//! Tests that need to control the server's configuration (ACLs, initial
-//! `notify-keyspace-events`) run only against a server of their own.
+//! Session ends (`Sessions::on_end`) against a real store, once per backend
+//! (the embedded store in this process, and a `redis-server` or the one named
+//! by `APPVISOR_TEST_STORE_URL`), with a key prefix per test so tests never see
+//! each other's keys. Tests that need to control the server's configuration
+//! (ACLs, initial `notify-keyspace-events`, killing its connections) run only
+//! against a `redis-server` of their own.
 
-#![cfg(feature = "sessions")]
-
-mod common;
-use common::{wait_until, TestStore};
+use crate::harness::{per_backend, wait_until, Backend, TestStore};
 
 use std::time::{Duration, Instant};
 
@@ -42,9 +39,14 @@ impl TestStore {
         TestStore::own("ends", &["--notify-keyspace-events", events.flags()]).await
     }
 
-    /// The configured test store if there is one, else a fresh server.
-    async fn any() -> TestStore {
-        TestStore::start("ends", &["--notify-keyspace-events", Events::On.flags()]).await
+    /// A store on `backend`; a redis-server starts with expiry events on.
+    async fn any(backend: Backend) -> TestStore {
+        TestStore::start(
+            backend,
+            "ends",
+            &["--notify-keyspace-events", Events::On.flags()],
+        )
+        .await
     }
 
     async fn sessions_at(&self, url: &str, timeout: Duration) -> Result<Sessions, SessionError> {
@@ -53,7 +55,7 @@ impl TestStore {
         Sessions::with_config(config).await
     }
 
-    async fn sessions(&self, timeout: Duration) -> Sessions {
+    async fn store_sessions(&self, timeout: Duration) -> Sessions {
         self.sessions_at(&self.url, timeout).await.unwrap()
     }
 
@@ -68,7 +70,7 @@ impl TestStore {
             .unwrap();
     }
 
-    async fn exists(&self, key: &str) -> bool {
+    async fn has_key(&self, key: &str) -> bool {
         let n: i64 = redis::cmd("EXISTS")
             .arg(key)
             .query_async(&mut self.raw().await)
@@ -99,10 +101,9 @@ const WAIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- tests
 
-#[tokio::test]
-async fn an_expired_session_is_reported_and_other_keys_are_not() {
-    let store = TestStore::any().await;
-    let sessions = store.sessions(Duration::from_secs(1)).await;
+async fn an_expired_session_is_reported_and_other_keys_are_not(backend: Backend) {
+    let store = TestStore::any(backend).await;
+    let sessions = store.store_sessions(Duration::from_secs(1)).await;
     let id = stored_session(&sessions).await;
     let mut ends = sessions.on_end().await.unwrap();
 
@@ -127,7 +128,10 @@ async fn an_expired_session_is_reported_and_other_keys_are_not() {
     // The decoys expired first; had any been reported it would come first.
     assert_eq!(ended, id, "something other than the session was reported");
     for key in &decoys {
-        assert!(!store.exists(key).await, "{key} should have expired by now");
+        assert!(
+            !store.has_key(key).await,
+            "{key} should have expired by now"
+        );
     }
     assert_eq!(
         ends.try_recv(),
@@ -139,7 +143,7 @@ async fn an_expired_session_is_reported_and_other_keys_are_not() {
 #[tokio::test]
 async fn a_store_without_expiry_events_gets_them_switched_on() {
     let store = TestStore::own_with(Events::Off).await;
-    let sessions = store.sessions(Duration::from_secs(1)).await;
+    let sessions = store.store_sessions(Duration::from_secs(1)).await;
     let mut ends = sessions.on_end().await.unwrap();
     let (_, flags): (String, String) = redis::cmd("CONFIG")
         .arg("GET")
@@ -166,7 +170,7 @@ async fn a_store_that_refuses_config_set_is_reported_clearly() {
         .query_async(&mut store.raw().await)
         .await
         .unwrap();
-    let socket = &store.server.as_ref().unwrap().socket;
+    let socket = &store.redis_server().socket;
     let url = format!("unix://{}?user=app&pass=secret", socket.display());
     let sessions = store
         .sessions_at(&url, Duration::from_secs(1))
@@ -187,7 +191,7 @@ async fn a_store_that_refuses_config_set_is_reported_clearly() {
 #[tokio::test]
 async fn the_subscriber_reconnects_after_the_connection_is_killed() {
     let store = TestStore::own_with(Events::On).await;
-    let sessions = store.sessions(Duration::from_secs(1)).await;
+    let sessions = store.store_sessions(Duration::from_secs(1)).await;
     let mut ends = sessions.on_end().await.unwrap();
     let mut raw = store.raw().await;
     // Drop every pub/sub connection; the subscriber must come back by
@@ -253,9 +257,8 @@ async fn inproc_sessions_end_in_the_worker() {
 /// its store copy (left by an earlier generation) is not renewed. That copy
 /// lapsing is not an end while the user is active; memory expiring the
 /// session is.
-#[tokio::test]
-async fn handoff_reports_the_end_from_memory_not_from_a_lapsed_store_copy() {
-    let store = TestStore::any().await;
+async fn handoff_reports_the_end_from_memory_not_from_a_lapsed_store_copy(backend: Backend) {
+    let store = TestStore::any(backend).await;
     let timeout = Duration::from_millis(400);
     let mut config = SessionsConfig::new(Some(&store.url), SessionMode::Handoff, timeout);
     config.key_prefix = store.prefix.clone();
@@ -289,7 +292,7 @@ async fn handoff_reports_the_end_from_memory_not_from_a_lapsed_store_copy() {
     // The store copy lapses (EXISTS also expires it lazily, publishing the
     // event if the server had not yet).
     wait_until("the store copy expired", async || {
-        !store.exists(&held_key).await
+        !store.has_key(&held_key).await
     })
     .await;
     // A session nobody holds, expiring now: its end comes after any end
@@ -311,3 +314,9 @@ async fn handoff_reports_the_end_from_memory_not_from_a_lapsed_store_copy() {
     keeper.abort();
     assert_eq!(next_end(&mut ends, deadline).await, Some(held));
 }
+
+per_backend!(
+    #[tokio::test]
+    an_expired_session_is_reported_and_other_keys_are_not,
+    handoff_reports_the_end_from_memory_not_from_a_lapsed_store_copy,
+);

@@ -1,15 +1,12 @@
-//! Sessions against a real store: a `redis-server` each test starts itself
-//! on a unix socket in a temp dir, or — when `APPVISOR_TEST_STORE_URL` is
-//! set — that store (e.g. appvisor's embedded one), with a key prefix per
-//! test so tests never see each other's keys.
+//! Sessions against a real store, once per backend (the embedded store in this
+//! process, and a `redis-server` of the test's own or the one named by
+//! `APPVISOR_TEST_STORE_URL`), with a key prefix per test so tests never see
+//! each other's keys.
 //!
 //! HTTP behaviour (commit only on success, cookies, concurrent requests of
 //! one user) goes through the real layer over real loopback TCP with hyper.
 
-#![cfg(all(feature = "sessions", feature = "http"))]
-
-mod common;
-use common::TestStore;
+use crate::harness::{per_backend, Backend, TestStore};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -110,9 +107,8 @@ fn ids_are_long_random_and_strictly_parsed() {
 
 // ---------------------------------------------------------------- API
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_mode_round_trip_writes_through() {
-    let store = TestStore::start("t", &[]).await;
+async fn store_mode_round_trip_writes_through(backend: Backend) {
+    let store = TestStore::start(backend, "t", &[]).await;
     let sessions = store.sessions(SessionMode::Store, MINUTE).await;
     let mut s = sessions.new_session().unwrap();
     assert!(s.is_new());
@@ -153,9 +149,8 @@ async fn store_mode_round_trip_writes_through() {
     assert!(sessions.load(s.id()).await.unwrap().is_new());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expiry_slides_on_load_and_commit() {
-    let store = TestStore::start("t", &[]).await;
+async fn expiry_slides_on_load_and_commit(backend: Backend) {
+    let store = TestStore::start(backend, "t", &[]).await;
     let timeout = Duration::from_secs(600);
     let sessions = store.sessions(SessionMode::Store, timeout).await;
     let mut s = sessions.new_session().unwrap();
@@ -262,22 +257,19 @@ async fn concurrent_increments_merge(mode: SessionMode, store: &TestStore) {
     assert!(sessions.stats().conflicts >= 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_increments_both_count_in_store_mode() {
-    let store = TestStore::start("t", &[]).await;
+async fn concurrent_increments_both_count_in_store_mode(backend: Backend) {
+    let store = TestStore::start(backend, "t", &[]).await;
     concurrent_increments_merge(SessionMode::Store, &store).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_increments_both_count_in_handoff_mode() {
-    let store = TestStore::start("t", &[]).await;
+async fn concurrent_increments_both_count_in_handoff_mode(backend: Backend) {
+    let store = TestStore::start(backend, "t", &[]).await;
     concurrent_increments_merge(SessionMode::Handoff, &store).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_concurrent_writers_in_store_mode_lose_nothing() {
+async fn many_concurrent_writers_in_store_mode_lose_nothing(backend: Backend) {
     // 8 tasks × 25 increments on one session, racing through WATCH/EXEC.
-    let store = TestStore::start("t", &[]).await;
+    let store = TestStore::start(backend, "t", &[]).await;
     let sessions = store.sessions(SessionMode::Store, MINUTE).await;
     let mut s = sessions.new_session().unwrap();
     s.set("n", &0).unwrap();
@@ -302,9 +294,8 @@ async fn many_concurrent_writers_in_store_mode_lose_nothing() {
     assert_eq!(n, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handoff_sessions_survive_a_recycle_via_drain() {
-    let store = TestStore::start("t", &[]).await;
+async fn handoff_sessions_survive_a_recycle_via_drain(backend: Backend) {
+    let store = TestStore::start(backend, "t", &[]).await;
     let gen1 = store.sessions(SessionMode::Handoff, MINUTE).await;
     let mut ids = Vec::new();
     for i in 0..500 {
@@ -345,11 +336,10 @@ async fn handoff_sessions_survive_a_recycle_via_drain() {
     assert_eq!(gen2.drain().await.unwrap().flushed, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overlapping_generations_merge_at_flush() {
+async fn overlapping_generations_merge_at_flush(backend: Backend) {
     // Overlapped recycle: the old generation still holds unflushed changes
     // while the new one already serves the same user from the store copy.
-    let store = TestStore::start("t", &[]).await;
+    let store = TestStore::start(backend, "t", &[]).await;
     let old = store.sessions(SessionMode::Handoff, MINUTE).await;
     let mut s = old.new_session().unwrap();
     s.set("n", &1).unwrap();
@@ -384,9 +374,8 @@ async fn overlapping_generations_merge_at_flush() {
 /// Two handoff generations serve the same users at once while both keep
 /// flushing (an overlapped recycle with periodic flushes): every increment
 /// made anywhere ends up in the store exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flushes_racing_commits_and_another_generation_lose_nothing() {
-    let store = TestStore::start("t", &[]).await;
+async fn flushes_racing_commits_and_another_generation_lose_nothing(backend: Backend) {
+    let store = TestStore::start(backend, "t", &[]).await;
     let old = store.sessions(SessionMode::Handoff, MINUTE).await;
     let new = store.sessions(SessionMode::Handoff, MINUTE).await;
     let mut ids = Vec::new();
@@ -462,9 +451,8 @@ async fn flushes_racing_commits_and_another_generation_lose_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inproc_sessions_do_not_survive_a_recycle() {
-    let store = TestStore::start("t", &[]).await;
+async fn inproc_sessions_do_not_survive_a_recycle(backend: Backend) {
+    let store = TestStore::start(backend, "t", &[]).await;
     // inproc ignores the store entirely (it does not even connect).
     let gen1 = store.sessions(SessionMode::Inproc, MINUTE).await;
     let mut s = gen1.new_session().unwrap();
@@ -484,8 +472,7 @@ async fn inproc_sessions_do_not_survive_a_recycle() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn config_errors_say_what_to_do() {
+async fn config_errors_say_what_to_do(backend: Backend) {
     let err = Sessions::new(None, SessionMode::Handoff, MINUTE)
         .await
         .unwrap_err()
@@ -509,7 +496,7 @@ async fn config_errors_say_what_to_do() {
     assert!(err.contains("not a usable Redis URL"), "{err}");
 
     // A value under a session key that this SDK did not write.
-    let store = TestStore::start("t", &[]).await;
+    let store = TestStore::start(backend, "t", &[]).await;
     let sessions = store.sessions(SessionMode::Store, MINUTE).await;
     let id = SessionId::generate().unwrap();
     let _: () = redis::cmd("SET")
@@ -652,8 +639,8 @@ fn cookie_of(reply: &Reply) -> String {
     header.split(';').next().unwrap().to_owned()
 }
 
-async fn http_commits_only_successful_requests(mode: SessionMode) {
-    let store = TestStore::start("t", &[]).await;
+async fn http_commits_only_successful_requests(mode: SessionMode, backend: Backend) {
+    let store = TestStore::start(backend, "t", &[]).await;
     let sessions = store.sessions(mode, MINUTE).await;
     let addr = serve_app(sessions.clone()).await;
 
@@ -703,24 +690,20 @@ async fn http_commits_only_successful_requests(mode: SessionMode) {
     assert_eq!(get(addr, "/get", Some(&cookie)).await.unwrap().body, "none");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_store_mode_commits_only_successful_requests() {
-    http_commits_only_successful_requests(SessionMode::Store).await;
+async fn http_store_mode_commits_only_successful_requests(backend: Backend) {
+    http_commits_only_successful_requests(SessionMode::Store, backend).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_handoff_mode_commits_only_successful_requests() {
-    http_commits_only_successful_requests(SessionMode::Handoff).await;
+async fn http_handoff_mode_commits_only_successful_requests(backend: Backend) {
+    http_commits_only_successful_requests(SessionMode::Handoff, backend).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_inproc_mode_commits_only_successful_requests() {
-    http_commits_only_successful_requests(SessionMode::Inproc).await;
+async fn http_inproc_mode_commits_only_successful_requests(backend: Backend) {
+    http_commits_only_successful_requests(SessionMode::Inproc, backend).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_session_survives_a_handoff_recycle() {
-    let store = TestStore::start("t", &[]).await;
+async fn http_session_survives_a_handoff_recycle(backend: Backend) {
+    let store = TestStore::start(backend, "t", &[]).await;
     let gen1 = store.sessions(SessionMode::Handoff, MINUTE).await;
     let addr1 = serve_app(gen1.clone()).await;
     let r = get(addr1, "/incr", None).await.unwrap();
@@ -753,8 +736,7 @@ fn layered_service_fits_the_sdk_server(sessions: Sessions) {
 /// The promise: an axum app gets survivable sessions in one line
 /// (`.layer(sessions::layer(sessions))`), and its counter carries on across
 /// a handoff recycle.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn axum_app_gets_survivable_sessions_in_one_line() {
+async fn axum_app_gets_survivable_sessions_in_one_line(backend: Backend) {
     use axum::routing::get as route_get;
     use axum::{Extension, Router};
 
@@ -776,7 +758,7 @@ async fn axum_app_gets_survivable_sessions_in_one_line() {
         addr
     }
 
-    let store = TestStore::start("t", &[]).await;
+    let store = TestStore::start(backend, "t", &[]).await;
     let gen1 = store.sessions(SessionMode::Handoff, MINUTE).await;
     let addr = axum_app(gen1.clone()).await;
     let r = get(addr, "/incr", None).await.unwrap();
@@ -791,3 +773,22 @@ async fn axum_app_gets_survivable_sessions_in_one_line() {
     let addr = axum_app(gen2).await;
     assert_eq!(get(addr, "/incr", Some(&cookie)).await.unwrap().body, "3");
 }
+
+per_backend!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    store_mode_round_trip_writes_through,
+    expiry_slides_on_load_and_commit,
+    concurrent_increments_both_count_in_store_mode,
+    concurrent_increments_both_count_in_handoff_mode,
+    many_concurrent_writers_in_store_mode_lose_nothing,
+    handoff_sessions_survive_a_recycle_via_drain,
+    overlapping_generations_merge_at_flush,
+    flushes_racing_commits_and_another_generation_lose_nothing,
+    inproc_sessions_do_not_survive_a_recycle,
+    config_errors_say_what_to_do,
+    http_store_mode_commits_only_successful_requests,
+    http_handoff_mode_commits_only_successful_requests,
+    http_inproc_mode_commits_only_successful_requests,
+    http_session_survives_a_handoff_recycle,
+    axum_app_gets_survivable_sessions_in_one_line,
+);

@@ -5,10 +5,7 @@
 //! (ASK), flush a handoff across slots, and report session ends from every
 //! master.
 
-#![cfg(feature = "sessions")]
-
-mod common;
-use common::{wait_until, RedisCluster};
+use crate::harness::{wait_until, RedisCluster};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,37 +1,95 @@
-//! Shared by the session test binaries: a real `redis-server` on a unix socket
-//! in a temp dir, or a real three-master Redis Cluster, ready before it is
-//! returned, killed on drop; and [`TestStore`], the store one test uses.
-
-// Each test binary uses a part of this.
-#![allow(dead_code)]
+//! The stores the session tests run against, ready before they are returned and
+//! stopped on drop: appvisor's embedded store in this process (what users get by
+//! default), a real `redis-server` on a unix socket in a temp dir, or a real
+//! three-master Redis Cluster; [`TestStore`], the store one test uses, and
+//! [`per_backend!`], which runs a test once per [`Backend`].
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use appvisor_store::{AppCredential, StoreOptions};
+
+/// The store a test that runs on both runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// appvisor's embedded store, started in this process on a thread of its own
+    /// (as the supervisor runs it), with the default `[store]` settings and an
+    /// app of its own; the URL is the one the supervisor hands that app's workers.
+    Embedded,
+    /// A `redis-server` of the test's own, or the Redis named by
+    /// `APPVISOR_TEST_STORE_URL` when that is set.
+    RedisServer,
+}
+
+/// Runs each named `async fn name(backend: Backend)` once per backend, as the
+/// tests `name::embedded` and `name::redis_server` (so `cargo test embedded`
+/// selects one backend), each with the given tokio test attribute.
+macro_rules! per_backend {
+    (#[$attr:meta] $($test:ident),+ $(,)?) => {
+        $(
+            mod $test {
+                use crate::harness::Backend;
+
+                #[$attr]
+                async fn embedded() {
+                    super::$test(Backend::Embedded).await
+                }
+
+                #[$attr]
+                async fn redis_server() {
+                    super::$test(Backend::RedisServer).await
+                }
+            }
+        )+
+    };
+}
+pub(crate) use per_backend;
+
 /// A store for one test: its URL, a key prefix of its own (so tests sharing
 /// a store never see each other's keys), and — when the test started it —
-/// the redis-server process, killed on drop.
+/// the server, stopped on drop.
 pub struct TestStore {
     pub url: String,
     pub prefix: String,
-    pub server: Option<RedisServer>,
+    pub server: Server,
+}
+
+/// What a [`TestStore`] started for its test.
+pub enum Server {
+    /// Nothing: the store is `APPVISOR_TEST_STORE_URL`'s.
+    External,
+    Redis(RedisServer),
+    /// Held for its `Drop`, which stops the store.
+    Embedded(#[allow(dead_code)] EmbeddedStore),
 }
 
 static NEXT_STORE: AtomicUsize = AtomicUsize::new(0);
 
 impl TestStore {
-    /// The store named by `APPVISOR_TEST_STORE_URL` (e.g. appvisor's
-    /// embedded one) if set, else [`own`](Self::own).
-    pub async fn start(tag: &str, extra: &[&str]) -> TestStore {
-        match std::env::var("APPVISOR_TEST_STORE_URL") {
-            Ok(url) if !url.is_empty() => TestStore {
-                url,
-                prefix: Self::next_prefix(tag).1,
-                server: None,
+    /// A store on `backend`. For [`Backend::RedisServer`]: the store named by
+    /// `APPVISOR_TEST_STORE_URL` if set, else [`own`](Self::own) with `extra`
+    /// config arguments (the embedded store takes none).
+    pub async fn start(backend: Backend, tag: &str, extra: &[&str]) -> TestStore {
+        match backend {
+            Backend::Embedded => {
+                let (n, prefix) = Self::next_prefix(tag);
+                let store = EmbeddedStore::start(&format!("{tag}-{}-{n}", std::process::id()));
+                TestStore {
+                    url: store.url.clone(),
+                    prefix,
+                    server: Server::Embedded(store),
+                }
+            }
+            Backend::RedisServer => match std::env::var("APPVISOR_TEST_STORE_URL") {
+                Ok(url) if !url.is_empty() => TestStore {
+                    url,
+                    prefix: Self::next_prefix(tag).1,
+                    server: Server::External,
+                },
+                _ => Self::own(tag, extra).await,
             },
-            _ => Self::own(tag, extra).await,
         }
     }
 
@@ -43,7 +101,15 @@ impl TestStore {
         TestStore {
             url: server.url.clone(),
             prefix,
-            server: Some(server),
+            server: Server::Redis(server),
+        }
+    }
+
+    /// The redis-server this test started (for tests that need one).
+    pub fn redis_server(&self) -> &RedisServer {
+        match &self.server {
+            Server::Redis(server) => server,
+            _ => panic!("this test needs a redis-server of its own (TestStore::own)"),
         }
     }
 
@@ -59,6 +125,89 @@ impl TestStore {
             .get_multiplexed_async_connection()
             .await
             .unwrap()
+    }
+}
+
+/// appvisor's embedded store, started as the supervisor starts it (the
+/// `[store]` defaults: its log written every second, per-app sockets) on a
+/// thread and current-thread runtime of its own; stopped and its directory
+/// removed on drop.
+pub struct EmbeddedStore {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    dir: PathBuf,
+    /// What the supervisor would put in `APPVISOR_STORE_URL` for the app.
+    pub url: String,
+}
+
+impl EmbeddedStore {
+    const APP: &str = "sessions-test";
+
+    /// Starts a store in `<tmp>/appvisor-<name>` with one app and a random token.
+    pub fn start(name: &str) -> EmbeddedStore {
+        let dir = std::env::temp_dir().join(format!("appvisor-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut token = [0u8; 16];
+        getrandom::fill(&mut token).expect("random token");
+        let credential = AppCredential {
+            app: Self::APP.to_owned(),
+            password: token.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        // The defaults of an empty `[store]` section.
+        let config = appvisor_config::EmbeddedStore {
+            tcp: None,
+            persist: appvisor_config::Persist::EverySec,
+            max_memory: None,
+            max_value_size: 1 << 20,
+            max_clients: 10_000,
+        };
+        let opts = StoreOptions::from_config(&dir, &config, vec![credential]);
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the store");
+            runtime.block_on(async move {
+                let shutdown = async move {
+                    let _ = stop_rx.await;
+                };
+                match appvisor_store::serve(opts, shutdown).await {
+                    Ok(handle) => {
+                        let _ = handle_tx.send(Ok(handle.clone()));
+                        handle.closed().await;
+                    }
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                    }
+                }
+            });
+        });
+        let handle = match handle_rx.recv().expect("the store thread reports") {
+            Ok(handle) => handle,
+            Err(e) => panic!("the embedded store did not start in {}: {e}", dir.display()),
+        };
+        let url = handle.url_for(Self::APP).expect("the app has a URL");
+        EmbeddedStore {
+            stop: Some(stop),
+            thread: Some(thread),
+            dir,
+            url,
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

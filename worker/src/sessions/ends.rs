@@ -93,7 +93,9 @@ impl Drop for SessionEnds {
 
 /// Ends of sessions kept in worker memory (`inproc`), fed by the memory
 /// table as entries expire.
-pub(crate) fn in_memory(ids: mpsc::Receiver<SessionId>) -> SessionEnds {
+pub(crate) fn in_memory(memory: &MemoryTable) -> SessionEnds {
+    let (tx, ids) = mpsc::channel(BUFFER);
+    memory.listen(tx);
     SessionEnds { ids, task: None }
 }
 
@@ -122,7 +124,7 @@ pub(crate) async fn subscribe(
     let channel = format!("__keyevent@{}__:expired", store.db());
     let (tx, ids) = mpsc::channel(BUFFER);
     if let Some(memory) = &memory {
-        memory.listen_with(tx.clone());
+        memory.listen(tx.clone());
     }
     let sink = Sink {
         prefix: store.prefix().to_owned(),

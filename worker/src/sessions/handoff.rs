@@ -21,14 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, OnceCell};
 
 use super::error::SessionError;
+use super::outcome::FlushReport;
 use super::store::Store;
-use super::FlushReport;
 
-/// The value of a handoff marker.
-pub(crate) const MARKER_VALUE: &str = "flushed";
-/// How long a marker lives: far longer than any successor waits for it,
-/// short enough that markers of long-gone workers do not pile up.
-pub(crate) const MARKER_TTL: Duration = Duration::from_secs(10 * 60);
 /// Between two looks at the predecessors' markers. A look is one MGET of a
 /// key or two plus a signal-0 `kill` per pid, so polling this often costs
 /// nothing noticeable, and a waiting request resumes within about a

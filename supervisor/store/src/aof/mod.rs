@@ -35,17 +35,18 @@
 //! `PEXPIREAT app key ms`, `PERSIST app key`, `FLUSHDB app`.
 
 mod replay;
+mod status;
 mod syncer;
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use appvisor_config::Persist;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use super::error::StoreError;
 use super::keyspace::Entry;
@@ -53,6 +54,8 @@ use super::resp::encode_command;
 
 pub(crate) use replay::replay;
 pub use replay::{LoadReport, Truncation};
+pub(crate) use status::LogStatus;
+use status::{publish_durable, Health};
 
 /// How often `everysec` syncs, and how long a failed write waits before a retry.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -68,25 +71,6 @@ const WAKE_BYTES: usize = 256 * 1024;
 pub(crate) const MAX_BACKLOG: u64 = 16 * 1024 * 1024;
 /// Snapshot bytes written between two looks at the queue during a rewrite.
 const REWRITE_CHUNK: usize = 1 << 20;
-
-/// What the rest of the store may read about the log.
-#[derive(Debug, Default)]
-pub(crate) struct LogStatus {
-    /// Bytes in the current log file.
-    pub size: AtomicU64,
-    /// Its size right after the last load or rewrite.
-    pub base_size: AtomicU64,
-    /// The last write or sync failed: writes are refused until one succeeds.
-    pub failed: AtomicBool,
-    pub rewriting: AtomicBool,
-    /// BGREWRITEAOF asked for a rewrite; the purge task starts it.
-    pub rewrite_requested: AtomicBool,
-    /// The log size at which the purge task wants to look at it again (a
-    /// rewrite may be due); u64::MAX once it has been told.
-    pub check_size: AtomicU64,
-    /// Tells the purge task that the log reached `check_size`.
-    pub size_reached: Notify,
-}
 
 /// A keyspace snapshot: every live entry and its app.
 pub(crate) type Snapshot = Vec<(Arc<str>, Entry)>;
@@ -340,42 +324,6 @@ struct WriterThread {
     unsynced: bool,
     last_sync: Instant,
     health: Health,
-}
-
-/// Failure reporting of one thread: a write or sync failure refuses writes
-/// (`LogStatus::failed`) until the same thread succeeds again.
-#[derive(Default)]
-struct Health {
-    /// A failure was reported; report the recovery too.
-    warned: bool,
-}
-
-impl Health {
-    fn failed(&mut self, status: &LogStatus, what: &str) {
-        if !status.failed.swap(true, Ordering::Relaxed) {
-            tracing::error!("{what}; refusing writes until the log can be written");
-        }
-        self.warned = true;
-    }
-
-    fn recovered(&mut self, status: &LogStatus, path: &Path) {
-        if self.warned {
-            self.warned = false;
-            status.failed.store(false, Ordering::Relaxed);
-            tracing::info!("{} is writable again; writes are accepted", path.display());
-        }
-    }
-}
-
-/// Announces that records up to `seq` are on disk (never moving backwards).
-fn publish_durable(durable: &watch::Sender<u64>, seq: u64) {
-    durable.send_if_modified(|done| {
-        let advanced = seq > *done;
-        if advanced {
-            *done = seq;
-        }
-        advanced
-    });
 }
 
 struct Batch {

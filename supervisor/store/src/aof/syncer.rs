@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::watch;
 
-use super::{publish_durable, Health, LogStatus};
+use super::status::{publish_durable, Health, LogStatus};
 
 /// How long a failed sync waits before the next attempt.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(1);

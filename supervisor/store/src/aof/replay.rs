@@ -273,3 +273,33 @@ fn apply(ks: &mut Keyspace, words: &[&[u8]], now: u64) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_report_reads_as_a_sentence() {
+        assert_eq!(
+            LoadReport::default().to_string(),
+            "nothing to load (no log yet, or an empty one)"
+        );
+        let report = LoadReport {
+            records: 1204,
+            keys: 310,
+            expired: 12,
+            truncated: Some(Truncation {
+                at: 4096,
+                dropped: 17,
+                reason: "the last record is incomplete (torn write)".to_owned(),
+                saved_to: None,
+            }),
+        };
+        assert_eq!(
+            report.to_string(),
+            "loaded 310 keys from 1204 log records (12 had expired while the store was down); \
+             the log was cut at byte 4096 (17 bytes dropped: the last record is incomplete \
+             (torn write))"
+        );
+    }
+}

@@ -181,6 +181,7 @@ impl Server {
         let drain_start = Instant::now();
         shared.draining.store(true, Ordering::SeqCst);
         let open_at_drain = shared.open.load(Ordering::SeqCst);
+        tracing::debug!("draining on {cause}: {open_at_drain} connections open");
         // Best effort: the supervisor already knows it sent the signal. If
         // its queue is full, wait for room on a blocking-pool thread: a
         // supervisor slow to read must not hold up the drain.
@@ -198,6 +199,10 @@ impl Server {
             }
         }
         let _ = all_closed.recv().await;
+        tracing::debug!(
+            "drained in {} ms: every connection closed",
+            drain_start.elapsed().as_millis()
+        );
         Ok(DrainReport {
             connections: shared.connections.load(Ordering::SeqCst),
             requests: shared.requests.load(Ordering::SeqCst),

@@ -204,12 +204,22 @@ impl Handoff {
         loop {
             pending.retain(|pid| !process_gone(*pid));
             if pending.is_empty() {
+                if !self.predecessors.is_empty() {
+                    tracing::debug!(
+                        "every predecessor has exited after {} ms: reading the store",
+                        started.elapsed().as_millis()
+                    );
+                }
                 return Ok(());
             }
             let marked = store.handoff_marked(&pending).await?;
             let mut marked = marked.into_iter();
             pending.retain(|_| !marked.next().unwrap_or(false));
             if pending.is_empty() {
+                tracing::debug!(
+                    "every predecessor has exited or handed off after {} ms: reading the store",
+                    started.elapsed().as_millis()
+                );
                 return Ok(());
             }
             if started.elapsed() >= self.wait_bound {

@@ -628,6 +628,13 @@ impl Sessions {
         store.mark_handed_off(handoff.pid).await?;
         progress.done = true;
         progress.handed.elapsed = started.elapsed();
+        tracing::debug!(
+            "handed off: {} sessions flushed ({} merged) in {} ms; marker written for pid {}",
+            progress.handed.flushed,
+            progress.handed.merged,
+            progress.handed.elapsed.as_millis(),
+            handoff.pid
+        );
         Ok((progress.handed.clone(), true))
     }
 

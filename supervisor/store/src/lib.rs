@@ -67,10 +67,11 @@
 //! logged in as that app from the start, because the socket's path (mode 0600, in a
 //! 0700 directory) already says who it is for.
 //!
-//! *Logging.* The store emits `tracing` events and installs no subscriber: log
-//! replay and rewrites, a log that cannot be written, refused clients and accept
-//! errors at `info`/`warn`; at `debug`, its decisions (purge rounds, rewrite due,
-//! a client refused for max_clients).
+//! *Logging.* The store emits `tracing` events and installs no subscriber (its
+//! host does): a log that cannot be written at `error`, a cut log tail and
+//! accept errors at `warn`, a finished compaction at `info`; at `debug`, its
+//! decisions: log replay, a rewrite due or asked for, keys purged on expiry, a
+//! client or login refused, a write refused past max_memory, app sockets, shutdown.
 //!
 //! *Expiry.* Absolute unix-millisecond deadlines, removed lazily on access and
 //! actively by [`expiry`]; every removal publishes `__keyevent@0__:expired` (payload:

@@ -32,24 +32,24 @@
 //! `command`; `command` uses `client`, `keyspace` and `resp`. No module imports
 //! this root, which only re-exports and holds the handle.
 //!
-//! - [`resp`]: request parsing (in place, no allocation) and reply encoding, RESP2
+//! - `resp`: request parsing (in place, no allocation) and reply encoding, RESP2
 //!   and RESP3.
-//! - [`keyspace`]: one namespace per app: a hash table of compact entries, an
+//! - `keyspace`: one namespace per app: a hash table of compact entries, an
 //!   expiry heap, WATCH flags, pub/sub channels.
-//! - [`command`]: the command table, the checks every request passes, and the
+//! - `command`: the command table, the checks every request passes, and the
 //!   handlers by theme.
-//! - [`args`]: one request's words, as ranges of a buffer.
-//! - [`client`]: per-connection state (login, protocol, MULTI, WATCH, subscriptions).
-//! - [`state`]: what every task shares: the locked keyspace, settings and
+//! - `args`: one request's words, as ranges of a buffer.
+//! - `client`: per-connection state (login, protocol, MULTI, WATCH, subscriptions).
+//! - `state`: what every task shares: the locked keyspace, settings and
 //!   counters, the log's writer.
-//! - [`connection`]: the per-connection task: read, run a batch, write.
-//! - [`expiry`]: the task that removes keys as their time comes and starts log
+//! - `connection`: the per-connection task: read, run a batch, write.
+//! - `expiry`: the task that removes keys as their time comes and starts log
 //!   rewrites.
-//! - [`aof`]: the append-only log (writer thread, rewrite, replay at start).
-//! - [`server`]: sockets, accept loops, start and shutdown.
-//! - [`options`], [`error`]: what a caller passes in and gets back.
-//! - [`transport`]: socket reads and writes without write-readiness wake-ups.
-//! - [`url`]: the `APPVISOR_STORE_URL` given to workers.
+//! - `aof`: the append-only log (writer thread, rewrite, replay at start).
+//! - `server`: sockets, accept loops, start and shutdown.
+//! - `options`, `error`: what a caller passes in and gets back.
+//! - `transport`: socket reads and writes without write-readiness wake-ups.
+//! - `url`: the `APPVISOR_STORE_URL` given to workers.
 //!
 //! # Theory of operation
 //!
@@ -59,7 +59,7 @@
 //! held only for that synchronous pass, never across an `.await`; on the
 //! supervisor's current-thread runtime it is never contended, and on a
 //! multi-threaded one the critical sections are short. Nothing in a pass blocks:
-//! changes are handed to the log's own thread (see [`aof`]).
+//! changes are handed to the log's own thread (see `aof`).
 //!
 //! *Isolation.* A connection is anonymous until `AUTH app token` (or `HELLO 3 AUTH
 //! …`); it then sees only that app's namespace: keys, SCAN, FLUSHDB, channels and
@@ -74,7 +74,7 @@
 //! client or login refused, a write refused past max_memory, app sockets, shutdown.
 //!
 //! *Expiry.* Absolute unix-millisecond deadlines, removed lazily on access and
-//! actively by [`expiry`]; every removal publishes `__keyevent@0__:expired` (payload:
+//! actively by `expiry`; every removal publishes `__keyevent@0__:expired` (payload:
 //! the key) and `__keyspace@0__:<key>` (payload: `expired`) in the app's namespace.
 
 mod aof;
@@ -166,7 +166,7 @@ impl StoreHandle {
     }
 
     /// The `APPVISOR_STORE_URL` for `app`'s workers, or None for an unknown app.
-    /// See [`url`] for the form and why.
+    /// See the `url` module for the form and why.
     pub fn url_for(&self, app: &str) -> Option<String> {
         let password = self.inner.password(app)?;
         let socket = self

@@ -27,9 +27,9 @@ pub struct StoreOptions {
     /// The main socket (mode 0600); AUTH is required on it.
     pub unix_path: PathBuf,
     /// If set, each app also gets `<dir>/<app>.sock`, whose connections are logged
-    /// in as that app without AUTH. This is what [`StoreHandle::url_for`] hands
+    /// in as that app without AUTH. This is what [`StoreHandle::url_for`](crate::StoreHandle::url_for) hands
     /// out: no unix-socket URL carrying credentials is read the same way by the
-    /// Rust `redis` crate and by redis-py (see [`url`]).
+    /// Rust `redis` crate and by redis-py (see the `url` module).
     pub app_socket_dir: Option<PathBuf>,
     /// Also listen on TCP (AUTH required); None by default.
     pub tcp: Option<SocketAddr>,

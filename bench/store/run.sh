@@ -41,8 +41,8 @@ for tool in redis-server redis-benchmark redis-cli python3; do
 done
 
 echo "building the store (release)…" >&2
-cargo build --release --quiet -p appvisor --example store_server --manifest-path "$root/Cargo.toml"
-store_bin="$root/target/release/examples/store_server"
+cargo build --release --quiet -p appvisor-store --example serve --manifest-path "$root/Cargo.toml"
+store_bin="$root/target/release/examples/serve"
 
 PASS=benchtoken
 start_redis() {

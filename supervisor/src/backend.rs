@@ -15,7 +15,7 @@ use appvisor_contract as contract;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::store::{self, AppCredential, StoreHandle, StoreOptions};
+use appvisor_store::{self as store, AppCredential, StoreHandle, StoreOptions};
 
 /// The running backend.
 #[derive(Debug)]
@@ -81,7 +81,7 @@ impl Backend {
                 })
                 .await?;
                 let report = handle.load_report();
-                eprintln!("appvisor: session store: {report:?}");
+                eprintln!("appvisor: session store: {report}");
                 Ok(Backend::Embedded {
                     handle,
                     credentials,

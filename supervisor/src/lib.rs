@@ -13,8 +13,9 @@
 //! - [`events`] — `events.jsonl`; [`control`] — the control socket.
 //! - [`reason`] — why a recycle happened.
 //! - [`trigger`] — what decides a recycle: file watch, memory, clock, requests.
-//! - [`store`] — the embedded Redis-protocol session store; [`backend`] — which
-//!   store workers use (embedded or a remote Redis) and its URL.
+//! - [`backend`] — which store workers use: the embedded one (the `appvisor-store`
+//!   crate, `supervisor/store/`, a Redis-protocol server on this runtime) or a remote Redis,
+//!   and its URL.
 //!
 //! # Theory of operation
 //! The supervisor runs on one thread (a current-thread tokio runtime): that thread
@@ -36,5 +37,4 @@ pub mod reaper;
 pub mod reason;
 pub mod sockets;
 pub mod spawn;
-pub mod store;
 pub mod trigger;

@@ -50,6 +50,16 @@ static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 const MIB: usize = 1024 * 1024;
 
 fn main() {
+    // The SDK reports through `tracing`; an app chooses where that goes. Here:
+    // stderr (captured by appvisor into logs/<app>.log), filtered by RUST_LOG.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let code = match run() {
         Ok(()) => 0,
         Err(e) => {

@@ -43,6 +43,16 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 
 fn main() {
+    // The SDK reports through `tracing`; an app chooses where that goes. Here:
+    // stderr (captured by appvisor into logs/<app>.log), filtered by RUST_LOG.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     if let Err(e) = run() {
         eprintln!("sessions-demo: error: {e}");
         std::process::exit(1);

@@ -181,6 +181,7 @@ impl Server {
         let drain_start = Instant::now();
         shared.draining.store(true, Ordering::SeqCst);
         let open_at_drain = shared.open.load(Ordering::SeqCst);
+        tracing::debug!("draining on {cause}: {open_at_drain} connections open");
         // Best effort: the supervisor already knows it sent the signal. If
         // its queue is full, wait for room on a blocking-pool thread: a
         // supervisor slow to read must not hold up the drain.
@@ -198,6 +199,10 @@ impl Server {
             }
         }
         let _ = all_closed.recv().await;
+        tracing::debug!(
+            "drained in {} ms: every connection closed",
+            drain_start.elapsed().as_millis()
+        );
         Ok(DrainReport {
             connections: shared.connections.load(Ordering::SeqCst),
             requests: shared.requests.load(Ordering::SeqCst),
@@ -255,7 +260,7 @@ async fn accept_loop<S, B>(
                 // (EMFILE, ENOBUFS): keep accepting. When out of fds, pause
                 // briefly instead of spinning, and say so at most once a second.
                 if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                    eprintln!("appvisor-worker: accept on {listener}: {e}");
+                    tracing::warn!("accept on {listener}: {e}");
                     warned_at = Some(Instant::now());
                 }
                 if matches!(

@@ -48,6 +48,13 @@
 //!    closes idle connections after a short grace, and returns. `main` then
 //!    returns and the process exits 0.
 //!
+//! *Logging.* A library never prints: what the app's operator should hear (a
+//! failed accept, a session store that cannot be reached, a predecessor that
+//! never handed off) is a `tracing` event. The app routes it with the
+//! subscriber it installs (e.g. `tracing_subscriber::fmt()` to stderr, which
+//! appvisor captures into `logs/<app>.log`); with none installed, nothing is
+//! printed.
+//!
 //! ```no_run
 //! use appvisor_worker::{http, Listener, Shutdown, Worker};
 //! use http_body_util::Full;

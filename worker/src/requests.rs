@@ -91,7 +91,7 @@ impl RequestCounter {
                         if !warned {
                             // Once: the supervisor is gone, and repeating it
                             // ten times a second helps nobody.
-                            eprintln!("appvisor-worker: {e}");
+                            tracing::warn!("{e}");
                             warned = true;
                         }
                         // Wait for the next change before trying again.

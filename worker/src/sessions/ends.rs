@@ -8,7 +8,7 @@
 //! when missing, tries to add with `CONFIG SET` (keeping the flags already
 //! there). A server that refuses gets a [`SessionError::ExpiryEventsOff`]
 //! naming the command to run; one that refuses `CONFIG GET` altogether (a
-//! managed Redis) is trusted, with one warning on stderr.
+//! managed Redis) is trusted, with one `tracing` warning.
 //!
 //! A dedicated pub/sub connection carries the events: a subscribed
 //! connection can run no other commands, so it cannot be the shared one. A
@@ -17,7 +17,7 @@
 //! else — handoff markers, other apps' keys on a shared Redis, foreign
 //! keys — is dropped), and hands the ids to [`SessionEnds`] through a
 //! bounded channel. When the connection drops it reconnects with doubling
-//! backoff (50 ms … 5 s), warning once per outage on stderr. Pub/sub is
+//! backoff (50 ms … 5 s), warning (a `tracing` event) once per outage. Pub/sub is
 //! fire-and-forget, so expiries during an outage are lost; a slow consumer
 //! that lets the channel fill up holds the reader, and the server then
 //! buffers (and may eventually drop the connection, which reconnects).
@@ -93,7 +93,9 @@ impl Drop for SessionEnds {
 
 /// Ends of sessions kept in worker memory (`inproc`), fed by the memory
 /// table as entries expire.
-pub(crate) fn in_memory(ids: mpsc::Receiver<SessionId>) -> SessionEnds {
+pub(crate) fn in_memory(memory: &MemoryTable) -> SessionEnds {
+    let (tx, ids) = mpsc::channel(BUFFER);
+    memory.listen(tx);
     SessionEnds { ids, task: None }
 }
 
@@ -122,7 +124,7 @@ pub(crate) async fn subscribe(
     let channel = format!("__keyevent@{}__:expired", store.db());
     let (tx, ids) = mpsc::channel(BUFFER);
     if let Some(memory) = &memory {
-        memory.listen_with(tx.clone());
+        memory.listen(tx.clone());
     }
     let sink = Sink {
         prefix: store.prefix().to_owned(),
@@ -165,8 +167,8 @@ async fn ensure_expiry_events(store: &Store, name: &str, node: &Node) -> Result<
         Err(e) => {
             // Managed Redis services often disable CONFIG but let their
             // users switch the events on in a console: trust, and say so.
-            eprintln!(
-                "appvisor-worker: cannot check notify-keyspace-events on the session store at \
+            tracing::warn!(
+                "cannot check notify-keyspace-events on the session store at \
                  {name} ({e}); session end events arrive only if it has `E` and `x`"
             );
             return Ok(());
@@ -285,8 +287,8 @@ async fn keep_subscribed(
             ended = subscribers.join_next(), if !subscribers.is_empty() => {
                 match ended {
                     Some(Ok(Some(name))) => {
-                        eprintln!(
-                            "appvisor-worker: session end events: lost the connection to \
+                        tracing::warn!(
+                            "session end events: lost the connection to \
                              {name}; reconnecting (sessions expiring meanwhile are not reported)"
                         );
                         subscribed.remove(&name);
@@ -318,9 +320,7 @@ async fn keep_subscribed(
                         match connect(&node, &channel).await {
                             Ok(messages) => {
                                 if outage || warned {
-                                    eprintln!(
-                                        "appvisor-worker: session end events: reconnected to {name}"
-                                    );
+                                    tracing::info!("session end events: reconnected to {name}");
                                 }
                                 watch_server(
                                     &sink,
@@ -343,7 +343,7 @@ async fn keep_subscribed(
                 break;
             };
             if !warned {
-                eprintln!("appvisor-worker: session end events: {why}; retrying");
+                tracing::warn!("session end events: {why}; retrying");
                 warned = true;
             }
             tokio::select! {

@@ -21,14 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, OnceCell};
 
 use super::error::SessionError;
+use super::outcome::FlushReport;
 use super::store::Store;
-use super::FlushReport;
 
-/// The value of a handoff marker.
-pub(crate) const MARKER_VALUE: &str = "flushed";
-/// How long a marker lives: far longer than any successor waits for it,
-/// short enough that markers of long-gone workers do not pile up.
-pub(crate) const MARKER_TTL: Duration = Duration::from_secs(10 * 60);
 /// Between two looks at the predecessors' markers. A look is one MGET of a
 /// key or two plus a signal-0 `kill` per pid, so polling this often costs
 /// nothing noticeable, and a waiting request resumes within about a
@@ -191,7 +186,7 @@ impl Handoff {
 
     /// Returns once a store read may start: every predecessor has exited or
     /// marked its sessions flushed, or [`wait_bound`](Self::new) has passed
-    /// since the first wait began (then it says so once on stderr and lets
+    /// since the first wait began (then it says so once, as a `tracing` warning, and lets
     /// reads go on). One waiter polls; concurrent ones wait for its answer.
     pub(crate) async fn settle(&self, store: &Store) -> Result<(), SessionError> {
         if self.settled.initialized() {
@@ -209,21 +204,36 @@ impl Handoff {
         loop {
             pending.retain(|pid| !process_gone(*pid));
             if pending.is_empty() {
+                if !self.predecessors.is_empty() {
+                    tracing::debug!(
+                        "every predecessor has exited after {} ms: reading the store",
+                        started.elapsed().as_millis()
+                    );
+                }
                 return Ok(());
             }
             let marked = store.handoff_marked(&pending).await?;
             let mut marked = marked.into_iter();
             pending.retain(|_| !marked.next().unwrap_or(false));
             if pending.is_empty() {
+                tracing::debug!(
+                    "every predecessor has exited or handed off after {} ms: reading the store",
+                    started.elapsed().as_millis()
+                );
                 return Ok(());
             }
             if started.elapsed() >= self.wait_bound {
-                eprintln!(
-                    "appvisor-worker sessions: the previous generation (pid {pending:?}) neither \
-                     exited nor handed off its sessions within {:?}; loading from the store \
-                     anyway, so sessions it still holds may look older. Does that worker call \
-                     Sessions::begin_handoff (or drain) when it is told to stop?",
-                    self.wait_bound
+                let pids = pending
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                tracing::warn!(
+                    "the previous generation (pid {pids}) neither exited nor handed off its \
+                     sessions within {} ms; loading from the store anyway, so sessions it still \
+                     holds may look older. Does that worker call Sessions::begin_handoff (or \
+                     drain) when it is told to stop?",
+                    self.wait_bound.as_millis()
                 );
                 return Ok(());
             }

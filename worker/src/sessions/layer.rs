@@ -21,8 +21,8 @@
 //!
 //! When the store cannot be reached the request is answered 503 without
 //! running the handler; when a commit fails it is answered 500 (its changes
-//! were not kept, so a success must not be claimed). Either is also printed
-//! on stderr, which appvisor captures into the app's log.
+//! were not kept, so a success must not be claimed). Either is also a
+//! `tracing` error event, for whatever subscriber the app installs.
 //!
 //! An id the store does not know is never adopted: the request gets a fresh
 //! id (no session fixation), and a cookie is only sent once a session has
@@ -178,7 +178,7 @@ where
     let session = match open(&sessions, had_cookie).await {
         Ok(session) => session,
         Err(error) => {
-            eprintln!("appvisor-worker sessions: cannot load session: {error}");
+            tracing::error!("cannot load the session: {error}; answering 503");
             return Ok(status_only(StatusCode::SERVICE_UNAVAILABLE));
         }
     };
@@ -195,7 +195,7 @@ where
     }
     if abandoned {
         if let Err(error) = sessions.abandon(session.id()).await {
-            eprintln!("appvisor-worker sessions: cannot abandon session: {error}");
+            tracing::error!("cannot abandon the session: {error}; answering 500");
             return Ok(status_only(StatusCode::INTERNAL_SERVER_ERROR));
         }
         if had_cookie.is_some() {
@@ -213,7 +213,7 @@ where
             }
             Err(error) => {
                 // Never pretend the request's state was kept.
-                eprintln!("appvisor-worker sessions: commit failed: {error}");
+                tracing::error!("cannot commit the session: {error}; answering 500");
                 return Ok(status_only(StatusCode::INTERNAL_SERVER_ERROR));
             }
         }

@@ -22,10 +22,9 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use super::changes::ChangeSet;
-use super::ends::BUFFER;
 use super::id::SessionId;
+use super::outcome::CommitOutcome;
 use super::session::Session;
-use super::CommitOutcome;
 
 const SHARDS: usize = 32;
 
@@ -78,18 +77,12 @@ impl MemoryTable {
         }
     }
 
-    /// A receiver of the ids of sessions that expire here from now on:
-    /// found expired on access, replaced by a commit after expiring, or
-    /// swept. A receiver that falls [`BUFFER`] ids behind misses the newer
-    /// ones; a dropped one is forgotten.
-    pub(crate) fn listen(&self) -> mpsc::Receiver<SessionId> {
-        let (tx, rx) = mpsc::channel(BUFFER);
-        self.listen_with(tx);
-        rx
-    }
-
-    /// Like [`listen`](Self::listen), into an existing channel.
-    pub(crate) fn listen_with(&self, tx: mpsc::Sender<SessionId>) {
+    /// Sends `tx` the ids of sessions that expire here from now on: found
+    /// expired on access, replaced by a commit after expiring, or swept. A
+    /// receiver that falls its channel's capacity behind misses the newer
+    /// ones; a dropped one is forgotten. (The channel is made by
+    /// [`ends`](super::ends), which owns how much a receiver buffers.)
+    pub(crate) fn listen(&self, tx: mpsc::Sender<SessionId>) {
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -416,7 +409,8 @@ mod tests {
     #[test]
     fn expired_sessions_reach_the_listeners() {
         let table = MemoryTable::new(false);
-        let mut ends = table.listen();
+        let (tx, mut ends) = mpsc::channel(16);
+        table.listen(tx);
         // A zero timeout: expired from the moment it is written.
         let read = committed(&table, Duration::ZERO);
         let rewritten = committed(&table, Duration::ZERO);

@@ -42,7 +42,8 @@
 //!
 //! | file | concept |
 //! |---|---|
-//! | `mod.rs` | [`Sessions`]: load / commit / abandon / flush / drain, per mode |
+//! | `mod.rs` | [`Sessions`]: load / commit / abandon / flush / drain, one `Backing` variant per mode |
+//! | `outcome.rs` | [`CommitOutcome`], [`FlushReport`]: what a commit and a flush did |
 //! | `mode.rs` | [`SessionMode`], [`SessionsConfig`] from `APPVISOR_*` variables |
 //! | `id.rs` | [`SessionId`]: 144 CSPRNG bits, 24 base64url chars, strict parse |
 //! | `cookie.rs` | `Set-Cookie` writing, `Cookie` parsing, [`CookieOptions`] |
@@ -50,10 +51,15 @@
 //! | `changes.rs` | per-key change sets and their replay (the merge) |
 //! | `codec.rs` | the stored value: `as1 <version>\n<json>` |
 //! | `memory.rs` | the sharded in-worker table (inproc, handoff) |
-//! | `handoff.rs` | overlapped recycles: phases, the commit gate, predecessors and markers |
-//! | `store.rs` | Redis protocol access: GETEX, WATCH/MULTI/EXEC, bulk flush |
+//! | `handoff.rs` | overlapped recycles: phases, the commit gate, waiting for predecessors |
+//! | `store.rs` | Redis protocol access: GETEX, WATCH/MULTI/EXEC, bulk flush, handoff markers |
 //! | `cluster.rs` | Redis Cluster: hash slots, `CLUSTER SLOTS`, redirections |
-//! | `ends.rs` | [`SessionEnds`]: expired session ids from the store's key events |
+//! | `ends.rs` | [`SessionEnds`]: expired session ids from the store's key events and from memory |
+//!
+//! Modules import downwards: `handoff` uses `store`, `ends` uses `store` and
+//! `memory`, and those two use the leaves (`id`, `session`, `changes`,
+//! `codec`, `outcome`, `error`); none imports this root, except `layer`, the
+//! tower wrapper around [`Sessions`].
 //! | `layer.rs` | the tower layer and [`SessionHandle`] |
 //!
 //! # Theory of operation
@@ -114,7 +120,7 @@
 //!    `flushed`, polling every millisecond (one MGET of the markers, one
 //!    `kill` per pid). Only reads wait: sessions already in memory, and new
 //!    sessions, never do. The wait is bounded ([`SessionsConfig::predecessor_wait`],
-//!    10 s): then reads go on and one warning goes to stderr, since a
+//!    10 s): then reads go on and one `tracing` warning says so, since a
 //!    predecessor that neither flushes nor exits (an old binary, a hung
 //!    drain) must not stall the app. Once satisfied it is never checked
 //!    again.
@@ -188,6 +194,7 @@ mod id;
 mod layer;
 mod memory;
 mod mode;
+mod outcome;
 mod session;
 mod store;
 
@@ -207,69 +214,12 @@ pub use mode::{
     redact_url, SessionMode, SessionsConfig, APP_VAR, DEFAULT_PREDECESSOR_WAIT, DEFAULT_TIMEOUT,
     MODE_VAR, PREDECESSORS_VAR, STORE_URL_VAR, TIMEOUT_VAR,
 };
+pub use outcome::{CommitOutcome, FlushReport};
 pub use session::Session;
 
 use handoff::{Handoff, Phase};
 use memory::MemoryTable;
 use store::Store;
-
-/// What a commit did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitOutcome {
-    /// The session's version after the commit.
-    pub version: u64,
-    /// False when there was nothing to write.
-    pub written: bool,
-    /// True when another request had committed since this one loaded, and
-    /// this request's changes were replayed onto that newer copy.
-    pub merged: bool,
-    /// Keys both requests set to different values: this request's value
-    /// won, the other one's was overwritten. Empty in the normal case.
-    pub conflicts: Vec<String>,
-    /// Optimistic rounds it took (1 when nobody raced; 0 when not written).
-    pub attempts: u32,
-}
-
-impl CommitOutcome {
-    pub(crate) fn written(
-        version: u64,
-        merged: bool,
-        conflicts: Vec<String>,
-        attempts: u32,
-    ) -> Self {
-        CommitOutcome {
-            version,
-            written: true,
-            merged,
-            conflicts,
-            attempts,
-        }
-    }
-}
-
-/// What a flush of dirty sessions did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlushReport {
-    /// Sessions written to the store.
-    pub flushed: usize,
-    /// Of those, how many had been changed in the store by another writer
-    /// and were merged.
-    pub merged: usize,
-    /// Keys overwritten in conflict, summed over all sessions.
-    pub conflicts: usize,
-    /// Wall time of the flush.
-    pub elapsed: Duration,
-}
-
-impl FlushReport {
-    /// Adds `other`'s counts and time to these.
-    fn add(&mut self, other: &FlushReport) {
-        self.flushed += other.flushed;
-        self.merged += other.merged;
-        self.conflicts += other.conflicts;
-        self.elapsed += other.elapsed;
-    }
-}
 
 /// Counters since start, for metrics and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -305,19 +255,58 @@ pub struct Sessions {
 }
 
 struct Inner {
-    mode: SessionMode,
     timeout: Duration,
-    memory: Option<Arc<MemoryTable>>,
-    store: Option<Arc<Store>>,
-    /// `handoff` mode only: the protocol state between generations.
-    handoff: Option<Handoff>,
+    backing: Backing,
     counters: Counters,
+}
+
+/// Where sessions live: one variant per [`SessionMode`], each holding exactly
+/// what its mode uses, so no code path has to assume a combination.
+// One per `Sessions`, behind its `Arc`: the size of the handoff variant costs
+// nothing, and boxing it would add an indirection to every handoff-mode call.
+#[allow(clippy::large_enum_variant)]
+enum Backing {
+    /// `inproc`: the worker's memory only.
+    Memory(Arc<MemoryTable>),
+    /// `store`: every load and commit goes through the store.
+    Store(Arc<Store>),
+    /// `handoff`: memory while this generation serves, the store across a
+    /// recycle, and the protocol state between generations.
+    Handoff {
+        memory: Arc<MemoryTable>,
+        store: Arc<Store>,
+        protocol: Handoff,
+    },
+}
+
+impl Backing {
+    fn mode(&self) -> SessionMode {
+        match self {
+            Backing::Memory(_) => SessionMode::Inproc,
+            Backing::Store(_) => SessionMode::Store,
+            Backing::Handoff { .. } => SessionMode::Handoff,
+        }
+    }
+
+    fn memory(&self) -> Option<&Arc<MemoryTable>> {
+        match self {
+            Backing::Memory(memory) | Backing::Handoff { memory, .. } => Some(memory),
+            Backing::Store(_) => None,
+        }
+    }
+
+    fn store(&self) -> Option<&Arc<Store>> {
+        match self {
+            Backing::Store(store) | Backing::Handoff { store, .. } => Some(store),
+            Backing::Memory(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sessions")
-            .field("mode", &self.inner.mode)
+            .field("mode", &self.inner.backing.mode())
             .field("timeout", &self.inner.timeout)
             .finish()
     }
@@ -347,40 +336,29 @@ impl Sessions {
         if millis == 0 || millis > (1u128 << 62) {
             return Err(SessionError::TimeoutOutOfRange { millis });
         }
-        let store = if config.mode.uses_store() {
-            let url = config
-                .store_url
-                .as_deref()
-                .ok_or(SessionError::NoStoreUrl { mode: config.mode })?;
-            Some(Arc::new(Store::connect(url, &config.key_prefix).await?))
-        } else {
-            None
-        };
-        let memory = match config.mode {
-            SessionMode::Store => None,
-            SessionMode::Inproc => Some(Arc::new(MemoryTable::new(false))),
-            SessionMode::Handoff => Some(Arc::new(MemoryTable::new(true))),
-        };
-        let handoff = match (config.mode, &store) {
-            (SessionMode::Handoff, Some(store)) => {
+        let backing = match config.mode {
+            SessionMode::Inproc => Backing::Memory(Arc::new(MemoryTable::new(false))),
+            SessionMode::Store => Backing::Store(connect(&config).await?),
+            SessionMode::Handoff => {
+                let store = connect(&config).await?;
                 // A marker left under our pid by a long-gone worker (pids
                 // get reused) must not tell our successor we handed off.
                 store.clear_handoff_mark(config.pid).await?;
-                Some(Handoff::new(
-                    config.pid,
-                    &config.predecessors,
-                    config.predecessor_wait,
-                ))
+                Backing::Handoff {
+                    memory: Arc::new(MemoryTable::new(true)),
+                    store,
+                    protocol: Handoff::new(
+                        config.pid,
+                        &config.predecessors,
+                        config.predecessor_wait,
+                    ),
+                }
             }
-            _ => None,
         };
-        let sweeps = memory.is_some();
+        let sweeps = backing.memory().is_some();
         let inner = Arc::new(Inner {
-            mode: config.mode,
             timeout: config.timeout,
-            memory,
-            store,
-            handoff,
+            backing,
             counters: Counters::default(),
         });
         if sweeps {
@@ -391,7 +369,7 @@ impl Sessions {
 
     /// The configured mode.
     pub fn mode(&self) -> SessionMode {
-        self.inner.mode
+        self.inner.backing.mode()
     }
 
     /// The sliding timeout.
@@ -411,12 +389,12 @@ impl Sessions {
     /// store's expiries of sessions this worker does not hold live, and the
     /// ones its memory expires.
     pub async fn on_end(&self) -> Result<SessionEnds, SessionError> {
-        match (&self.inner.store, &self.inner.memory) {
-            (Some(store), memory) => ends::subscribe(Arc::clone(store), memory.clone()).await,
-            (None, Some(memory)) => Ok(ends::in_memory(memory.listen())),
-            (None, None) => Err(SessionError::EndEventsNeedStore {
-                mode: self.inner.mode,
-            }),
+        match &self.inner.backing {
+            Backing::Memory(memory) => Ok(ends::in_memory(memory)),
+            Backing::Store(store) => ends::subscribe(Arc::clone(store), None).await,
+            Backing::Handoff { memory, store, .. } => {
+                ends::subscribe(Arc::clone(store), Some(Arc::clone(memory))).await
+            }
         }
     }
 
@@ -435,10 +413,14 @@ impl Sessions {
     pub async fn load(&self, id: &SessionId) -> Result<Session, SessionError> {
         let inner = &self.inner;
         let timeout = inner.timeout;
-        let (found, through_store) = match (&inner.memory, &inner.store, &inner.handoff) {
-            (Some(memory), None, _) => (memory.get(id, timeout), false),
-            (None, Some(store), _) => (store_load(store, id, timeout).await?, true),
-            (Some(memory), Some(store), Some(handoff)) => match handoff.phase() {
+        let (found, through_store) = match &inner.backing {
+            Backing::Memory(memory) => (memory.get(id, timeout), false),
+            Backing::Store(store) => (store_load(store, id, timeout).await?, true),
+            Backing::Handoff {
+                memory,
+                store,
+                protocol: handoff,
+            } => match handoff.phase() {
                 Phase::Memory => match memory.get(id, timeout) {
                     Some(hit) => (Some(hit), false),
                     None => {
@@ -463,7 +445,6 @@ impl Sessions {
                     (store_load(store, id, timeout).await?, true)
                 }
             },
-            _ => unreachable!("inproc has memory, store a store, handoff both"),
         };
         Ok(match found {
             Some((version, data)) => {
@@ -496,10 +477,14 @@ impl Sessions {
         }
         let inner = &self.inner;
         let timeout = inner.timeout;
-        let (outcome, data) = match (&inner.memory, &inner.store, &inner.handoff) {
-            (Some(memory), None, _) => memory.commit(session, timeout),
-            (None, Some(store), _) => store.commit(session, timeout).await?,
-            (Some(memory), Some(store), Some(handoff)) => {
+        let (outcome, data) = match &inner.backing {
+            Backing::Memory(memory) => memory.commit(session, timeout),
+            Backing::Store(store) => store.commit(session, timeout).await?,
+            Backing::Handoff {
+                memory,
+                store,
+                protocol: handoff,
+            } => {
                 let in_memory = if session.through_store {
                     None
                 } else {
@@ -519,7 +504,6 @@ impl Sessions {
                     }
                 }
             }
-            _ => unreachable!("inproc has memory, store a store, handoff both"),
         };
         let counters = &inner.counters;
         counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -538,10 +522,10 @@ impl Sessions {
 
     /// Ends a session now, in memory and in the store.
     pub async fn abandon(&self, id: &SessionId) -> Result<(), SessionError> {
-        if let Some(memory) = &self.inner.memory {
+        if let Some(memory) = self.inner.backing.memory() {
             memory.remove(id);
         }
-        if let Some(store) = &self.inner.store {
+        if let Some(store) = self.inner.backing.store() {
             store.delete(id).await?;
         }
         Ok(())
@@ -553,9 +537,7 @@ impl Sessions {
     /// other modes.
     pub async fn flush_dirty(&self) -> Result<FlushReport, SessionError> {
         let started = Instant::now();
-        let (Some(memory), Some(store), SessionMode::Handoff) =
-            (&self.inner.memory, &self.inner.store, self.inner.mode)
-        else {
+        let Backing::Handoff { memory, store, .. } = &self.inner.backing else {
             return Ok(FlushReport::default());
         };
         let items = memory.take_dirty();
@@ -616,7 +598,12 @@ impl Sessions {
 
     /// The handoff, and whether this call is the one that completed it.
     async fn hand_off(&self) -> Result<(FlushReport, bool), SessionError> {
-        let (Some(handoff), Some(store)) = (&self.inner.handoff, &self.inner.store) else {
+        let Backing::Handoff {
+            store,
+            protocol: handoff,
+            ..
+        } = &self.inner.backing
+        else {
             return Ok((FlushReport::default(), false));
         };
         let mut progress = handoff.progress.lock().await;
@@ -641,6 +628,13 @@ impl Sessions {
         store.mark_handed_off(handoff.pid).await?;
         progress.done = true;
         progress.handed.elapsed = started.elapsed();
+        tracing::debug!(
+            "handed off: {} sessions flushed ({} merged) in {} ms; marker written for pid {}",
+            progress.handed.flushed,
+            progress.handed.merged,
+            progress.handed.elapsed.as_millis(),
+            handoff.pid
+        );
         Ok((progress.handed.clone(), true))
     }
 
@@ -659,7 +653,7 @@ impl Sessions {
 
     /// Sessions held in this worker's memory (0 in store mode).
     pub fn resident(&self) -> usize {
-        self.inner.memory.as_ref().map_or(0, |m| m.len())
+        self.inner.backing.memory().map_or(0, |m| m.len())
     }
 
     /// Counters since start.
@@ -674,6 +668,15 @@ impl Sessions {
             flushed: c.flushed.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The store `config` names (the modes that use one need its URL).
+async fn connect(config: &SessionsConfig) -> Result<Arc<Store>, SessionError> {
+    let url = config
+        .store_url
+        .as_deref()
+        .ok_or(SessionError::NoStoreUrl { mode: config.mode })?;
+    Ok(Arc::new(Store::connect(url, &config.key_prefix).await?))
 }
 
 /// A store read, as a version and shared data.
@@ -698,7 +701,7 @@ fn spawn_sweeper(inner: Weak<Inner>, timeout: Duration) {
         loop {
             tick.tick().await;
             let Some(inner) = inner.upgrade() else { break };
-            if let Some(memory) = &inner.memory {
+            if let Some(memory) = inner.backing.memory() {
                 memory.sweep();
             }
         }

@@ -45,18 +45,23 @@ use tokio::task::JoinSet;
 use super::cluster::{self, SLOTS};
 use super::codec;
 use super::error::SessionError;
-use super::handoff::{MARKER_TTL, MARKER_VALUE};
 use super::id::SessionId;
 use super::memory::{FlushItem, Flushed};
 use super::mode::redact_url;
+use super::outcome::CommitOutcome;
 use super::session::Session;
-use super::CommitOutcome;
 
 /// Rounds of WATCH/GET/MULTI/EXEC before a commit gives up. Each lost round
 /// means another writer of the same session committed in between, so with n
 /// concurrent writers one always wins; with the jittered exponential backoff
 /// below, losing 32 rounds in a row takes a session hammered by far more
 /// concurrent writers than one user's browser can produce.
+/// The value of a handoff marker (see [`handoff`](super::handoff), which waits
+/// for it; this module writes and reads it).
+const MARKER_VALUE: &str = "flushed";
+/// How long a marker lives: far longer than any successor waits for it,
+/// short enough that markers of long-gone workers do not pile up.
+const MARKER_TTL: Duration = Duration::from_secs(10 * 60);
 pub(crate) const COMMIT_ATTEMPTS: u32 = 32;
 /// Sessions per flush transaction. Redis's WATCH costs about 1.5 µs per key
 /// plus a scan of the keys the connection already watches, so it grows

@@ -1,0 +1,1462 @@
+//! The embedded session store, driven by the clients users run: `redis-cli`,
+//! redis-py, the Rust `redis` crate, and raw sockets for what no client sends.
+//!
+//! Each test starts the store in-process on its own thread and current-thread
+//! runtime (as the supervisor runs it) on a socket in a fresh temporary directory.
+//! The kill -9 tests run the store in a child process: this test binary re-run
+//! with a filter that selects `persistence::child_store_process`.
+//!
+//! Python tests need the `redis` package (`pip install redis`); they fail, loudly,
+//! without it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use appvisor_config::Persist;
+use appvisor_store::{self as store, AppCredential, StoreError, StoreHandle, StoreOptions};
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Short: unix socket paths are limited to 107 bytes.
+        let path = std::env::temp_dir().join(format!("avs-{}-{n}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const SHOP: (&str, &str) = ("shop", "shop-token-1");
+const BLOG: (&str, &str) = ("blog", "blog-token-2");
+
+fn creds(list: &[(&str, &str)]) -> Vec<AppCredential> {
+    list.iter()
+        .map(|(app, password)| AppCredential {
+            app: (*app).into(),
+            password: (*password).into(),
+        })
+        .collect()
+}
+
+fn options(dir: &Path) -> StoreOptions {
+    StoreOptions {
+        unix_path: dir.join("store.sock"),
+        app_socket_dir: Some(dir.join("apps")),
+        tcp: None,
+        aof_path: None,
+        persist: Persist::No,
+        max_memory: None,
+        max_value_size: 1 << 20,
+        max_clients: 10_000,
+        apps: creds(&[SHOP, BLOG]),
+        rewrite_min_size: store::DEFAULT_REWRITE_MIN_SIZE,
+    }
+}
+
+fn persistent_options(dir: &Path, persist: Persist) -> StoreOptions {
+    StoreOptions {
+        aof_path: Some(dir.join("store.aof")),
+        persist,
+        ..options(dir)
+    }
+}
+
+/// A store running on its own thread, stopped (and its log synced) when dropped.
+struct Server {
+    handle: StoreHandle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(opts: StoreOptions) -> Server {
+        Server::try_start(opts).expect("store starts")
+    }
+
+    fn try_start(opts: StoreOptions) -> Result<Server, StoreError> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let shutdown = async move {
+                    let _ = stop_rx.await;
+                };
+                match store::serve(opts, shutdown).await {
+                    Ok(handle) => {
+                        let _ = handle_tx.send(Ok(handle.clone()));
+                        handle.closed().await;
+                    }
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                    }
+                }
+            });
+        });
+        match handle_rx.recv().expect("store thread reports") {
+            Ok(handle) => Ok(Server {
+                handle,
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                let _ = thread.join();
+                Err(e)
+            }
+        }
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.handle.unix_path().to_owned()
+    }
+
+    /// Shuts down and waits until the log is synced.
+    fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("store thread");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Runs `cmd` with `input` on stdin, failing the test if it outlives `limit`.
+fn run(mut cmd: Command, input: &[u8], limit: Duration) -> (String, String, bool) {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{shown} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = feeder.join();
+    (
+        out_reader.join().expect("stdout"),
+        err_reader.join().expect("stderr"),
+        status.success(),
+    )
+}
+
+fn cli_command(sock: &Path, auth: Option<(&str, &str)>) -> Command {
+    let mut cmd = Command::new("redis-cli");
+    cmd.arg("-s").arg(sock).arg("--no-auth-warning");
+    if let Some((user, pass)) = auth {
+        cmd.args(["--user", user, "--pass", pass]);
+    }
+    cmd
+}
+
+/// `redis-cli -s SOCK [--user U --pass P] ARGS…`, raw output, trimmed.
+fn cli(sock: &Path, auth: Option<(&str, &str)>, args: &[&str]) -> String {
+    let mut cmd = cli_command(sock, auth);
+    cmd.args(args);
+    let (out, err, _) = run(cmd, b"", Duration::from_secs(20));
+    format!(
+        "{}{}",
+        out.trim_end_matches('\n'),
+        err.trim_end_matches('\n')
+    )
+}
+
+/// Commands fed to one redis-cli connection on stdin, one per line.
+fn cli_script(sock: &Path, auth: Option<(&str, &str)>, script: &str) -> Vec<String> {
+    let (out, err, _) = run(
+        cli_command(sock, auth),
+        script.as_bytes(),
+        Duration::from_secs(20),
+    );
+    assert!(err.is_empty(), "redis-cli stderr: {err}");
+    out.lines().map(str::to_owned).collect()
+}
+
+fn python(script: &str, env: &[(&str, &str)]) -> String {
+    let (_, err, ok) = run(
+        {
+            let mut c = Command::new("python3");
+            c.args(["-c", "import redis"]);
+            c
+        },
+        b"",
+        Duration::from_secs(30),
+    );
+    assert!(
+        ok,
+        "python3 cannot import the 'redis' package ({err}). Install it: `pip install redis` \
+         (.ci/run must install it too); these tests check the store against redis-py."
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (out, err, ok) = run(cmd, b"", Duration::from_secs(60));
+    assert!(ok, "python failed:\n--- stdout\n{out}\n--- stderr\n{err}");
+    out
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A hand-driven RESP connection.
+struct Raw {
+    reader: BufReader<UnixStream>,
+}
+
+impl Raw {
+    fn connect(sock: &Path) -> Raw {
+        let stream = UnixStream::connect(sock).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Raw {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    fn login(sock: &Path, (user, pass): (&str, &str)) -> Raw {
+        let mut raw = Raw::connect(sock);
+        assert_eq!(raw.call(&["AUTH", user, pass]), "+OK");
+        raw
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("write");
+    }
+
+    fn send(&mut self, args: &[&str]) {
+        let mut frame = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            frame.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        self.send_bytes(&frame);
+    }
+
+    fn call(&mut self, args: &[&str]) -> String {
+        self.send(args);
+        self.reply()
+    }
+
+    /// One reply rendered on one line: `+OK`, `:1`, `$bar`, `$nil`, `*[… …]`,
+    /// `%{k v …}`, `>[…]`, `-ERR …`, `_`.
+    fn reply(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read reply");
+        assert!(n > 0, "connection closed while waiting for a reply");
+        let line = line.trim_end_matches("\r\n").to_owned();
+        let (kind, rest) = line.split_at(1);
+        match kind {
+            "$" | "=" => {
+                let len: i64 = rest.parse().expect("bulk length");
+                if len < 0 {
+                    return "$nil".into();
+                }
+                let mut buf = vec![0; len as usize + 2];
+                self.reader.read_exact(&mut buf).expect("bulk");
+                format!("${}", String::from_utf8_lossy(&buf[..len as usize]))
+            }
+            "*" | ">" | "~" | "%" => {
+                let n: i64 = rest.parse().expect("aggregate length");
+                if n < 0 {
+                    return "*nil".into();
+                }
+                let n = if kind == "%" { 2 * n } else { n };
+                let items: Vec<String> = (0..n).map(|_| self.reply()).collect();
+                let (open, close) = if kind == "%" { ("{", "}") } else { ("[", "]") };
+                format!("{kind}{open}{}{close}", items.join(" "))
+            }
+            _ => line,
+        }
+    }
+
+    /// Whether the server closed the connection (EOF, or a reset because it
+    /// closed with our bytes unread) within the read timeout.
+    fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Real clients
+// ---------------------------------------------------------------------------
+
+mod clients {
+    use super::*;
+
+    #[test]
+    fn redis_cli_string_commands_and_expiry() {
+        let dir = TempDir::new("cli");
+        let server = Server::start(options(dir.path()));
+        let sock = server.sock();
+        let c = |args: &[&str]| cli(&sock, Some(SHOP), args);
+        assert_eq!(c(&["PING"]), "PONG");
+        assert_eq!(c(&["SET", "greeting", "hello world"]), "OK");
+        assert_eq!(c(&["GET", "greeting"]), "hello world");
+        assert_eq!(c(&["SET", "greeting", "x", "NX"]), "");
+        assert_eq!(c(&["SET", "greeting", "hi", "XX", "GET"]), "hello world");
+        assert_eq!(c(&["TYPE", "greeting"]), "string");
+        assert_eq!(c(&["TYPE", "nothing"]), "none");
+        assert_eq!(c(&["EXPIRE", "greeting", "100"]), "1");
+        let ttl: i64 = c(&["TTL", "greeting"]).parse().unwrap();
+        assert!((99..=100).contains(&ttl), "ttl {ttl}");
+        assert_eq!(c(&["EXPIRE", "greeting", "50", "GT"]), "0");
+        assert_eq!(c(&["EXPIRE", "greeting", "50", "LT"]), "1");
+        assert_eq!(c(&["PERSIST", "greeting"]), "1");
+        assert_eq!(c(&["TTL", "greeting"]), "-1");
+        assert_eq!(c(&["TTL", "nothing"]), "-2");
+        assert_eq!(c(&["SET", "session", "data", "PX", "600000"]), "OK");
+        let pttl: i64 = c(&["PTTL", "session"]).parse().unwrap();
+        assert!(pttl > 0 && pttl <= 600_000, "pttl {pttl}");
+        assert_eq!(c(&["PEXPIRE", "session", "100"]), "1");
+        wait_until("the session to expire", Duration::from_secs(5), || {
+            c(&["EXISTS", "session"]) == "0"
+        });
+        assert_eq!(c(&["GET", "session"]), "");
+        assert_eq!(c(&["MSET", "a", "1", "b", "2", "c", "3"]), "OK");
+        assert_eq!(c(&["MGET", "a", "nope", "c"]), "1\n\n3");
+        assert_eq!(c(&["EXISTS", "a", "b", "a", "nope"]), "3");
+        assert_eq!(c(&["GETEX", "a", "EX", "1000"]), "1");
+        assert!(c(&["TTL", "a"]).parse::<i64>().unwrap() > 990);
+        assert_eq!(c(&["GETEX", "a", "PERSIST"]), "1");
+        assert_eq!(c(&["TTL", "a"]), "-1");
+        assert_eq!(c(&["GETDEL", "b"]), "2");
+        assert_eq!(c(&["GET", "b"]), "");
+        assert_eq!(c(&["DEL", "a", "b", "c"]), "2");
+        assert_eq!(c(&["UNLINK", "greeting"]), "1");
+        assert_eq!(c(&["DBSIZE"]), "0");
+        assert_eq!(c(&["SELECT", "0"]), "OK");
+        assert_eq!(c(&["SELECT", "1"]), "ERR DB index is out of range");
+        assert_eq!(
+            c(&["SET", "k", "v", "EX", "0"]),
+            "ERR invalid expire time in 'set' command"
+        );
+        assert_eq!(
+            c(&["SET", "k", "v", "EX", "ten"]),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            c(&["GET"]),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            c(&["HSET", "h", "f", "v"]),
+            "ERR unknown command 'HSET', with args beginning with: 'h' 'f' 'v' "
+        );
+        assert!(c(&["INFO", "memory"]).contains("used_memory:"));
+        assert_eq!(c(&["CONFIG", "GET", "save"]), "save");
+        assert_eq!(c(&["CONFIG", "GET", "appendonly"]), "appendonly\nno");
+        assert_eq!(c(&["CLIENT", "SETNAME", "tester"]), "OK");
+        assert_eq!(c(&["ECHO", "hi"]), "hi");
+        assert_eq!(c(&["SETEX", "sx", "100", "v"]), "OK");
+        assert_eq!(c(&["SETNX", "sx", "w"]), "0");
+        assert_eq!(c(&["FLUSHDB"]), "OK");
+    }
+
+    #[test]
+    fn redis_cli_scan_pipe_and_transactions() {
+        let dir = TempDir::new("pipe");
+        let server = Server::start(options(dir.path()));
+        let sock = server.sock();
+        // 2000 pipelined SETs through `redis-cli --pipe` (one write, replies streamed).
+        let mut bulk = String::new();
+        for i in 0..2000 {
+            bulk.push_str(&format!("SET sess:{i} value-{i}\r\n"));
+        }
+        bulk.push_str("SET other 1\r\n");
+        let mut cmd = cli_command(&sock, Some(SHOP));
+        cmd.arg("--pipe");
+        let (out, err, ok) = run(cmd, bulk.as_bytes(), Duration::from_secs(30));
+        assert!(ok, "redis-cli --pipe: {out}{err}");
+        assert!(out.contains("errors: 0, replies: 2001"), "{out}");
+        assert_eq!(cli(&sock, Some(SHOP), &["DBSIZE"]), "2001");
+        // SCAN with MATCH and COUNT returns every matching key exactly once here.
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = "0".to_owned();
+        loop {
+            let out = cli(
+                &sock,
+                Some(SHOP),
+                &[
+                    "SCAN", &cursor, "MATCH", "sess:*", "COUNT", "100", "TYPE", "string",
+                ],
+            );
+            let mut lines = out.lines();
+            cursor = lines.next().unwrap().to_owned();
+            for key in lines {
+                assert!(key.starts_with("sess:"), "{key}");
+                assert!(seen.insert(key.to_owned()), "{key} returned twice");
+            }
+            if cursor == "0" {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 2000);
+        // `redis-cli --scan` drives the same cursor loop.
+        let scanned = cli(&sock, Some(SHOP), &["--scan", "--pattern", "sess:1*"]);
+        assert_eq!(scanned.lines().count(), 1111);
+
+        // MULTI/EXEC on one connection.
+        let out = cli_script(&sock, Some(SHOP), "MULTI\nSET t 1\nGET t\nEXEC\nGET t\n");
+        assert_eq!(out, ["OK", "QUEUED", "QUEUED", "OK", "1", "1"]);
+        // A queueing error aborts the whole transaction.
+        // (redis-cli follows each error with a blank line; no reply here is nil.)
+        let out = cli_script(&sock, Some(SHOP), "MULTI\nSET t 2\nGET\nEXEC\nGET t\n");
+        let out: Vec<&String> = out.iter().filter(|l| !l.is_empty()).collect();
+        assert_eq!(
+            out,
+            [
+                "OK",
+                "QUEUED",
+                "ERR wrong number of arguments for 'get' command",
+                "EXECABORT Transaction discarded because of previous errors.",
+                "1"
+            ]
+        );
+        let out = cli_script(&sock, Some(SHOP), "MULTI\nSET t 3\nDISCARD\nGET t\nEXEC\n");
+        let out: Vec<&String> = out.iter().filter(|l| !l.is_empty()).collect();
+        assert_eq!(out, ["OK", "QUEUED", "OK", "1", "ERR EXEC without MULTI"]);
+    }
+
+    #[test]
+    fn watch_aborts_on_change_and_on_expiry() {
+        let dir = TempDir::new("watch");
+        let server = Server::start(options(dir.path()));
+        let sock = server.sock();
+        let mut a = Raw::login(&sock, SHOP);
+        let mut b = Raw::login(&sock, SHOP);
+        a.call(&["SET", "counter", "1"]);
+        assert_eq!(a.call(&["WATCH", "counter"]), "+OK");
+        assert_eq!(b.call(&["SET", "counter", "2"]), "+OK");
+        assert_eq!(a.call(&["MULTI"]), "+OK");
+        assert_eq!(a.call(&["SET", "counter", "from-a"]), "+QUEUED");
+        assert_eq!(a.call(&["EXEC"]), "*nil");
+        assert_eq!(a.call(&["GET", "counter"]), "$2");
+        // Untouched: EXEC runs.
+        assert_eq!(a.call(&["WATCH", "counter"]), "+OK");
+        assert_eq!(a.call(&["MULTI"]), "+OK");
+        assert_eq!(a.call(&["SET", "counter", "3"]), "+QUEUED");
+        assert_eq!(a.call(&["EXEC"]), "*[+OK]");
+        // An expiry counts as a change, even if nobody read the key since.
+        // (A second is far more than WATCH needs, so the key is alive when watched.)
+        a.call(&["SET", "lease", "x", "PX", "1000"]);
+        assert_eq!(a.call(&["WATCH", "lease"]), "+OK");
+        let deadline = Instant::now() + Duration::from_millis(1050);
+        wait_until(
+            "the lease's deadline to pass",
+            Duration::from_secs(5),
+            || Instant::now() > deadline,
+        );
+        assert_eq!(a.call(&["MULTI"]), "+OK");
+        assert_eq!(a.call(&["SET", "lease", "renewed"]), "+QUEUED");
+        assert_eq!(a.call(&["EXEC"]), "*nil");
+        // DEL of a watched key and FLUSHDB abort too.
+        a.call(&["SET", "k", "v"]);
+        assert_eq!(a.call(&["WATCH", "k"]), "+OK");
+        assert_eq!(b.call(&["FLUSHDB"]), "+OK");
+        assert_eq!(a.call(&["MULTI"]), "+OK");
+        assert_eq!(a.call(&["EXEC"]), "*nil");
+        assert_eq!(a.call(&["MULTI"]), "+OK");
+        assert_eq!(
+            a.call(&["WATCH", "k"]),
+            "-ERR WATCH inside MULTI is not allowed"
+        );
+        assert_eq!(a.call(&["MULTI"]), "-ERR MULTI calls can not be nested");
+    }
+
+    #[test]
+    fn hello_3_pushes_and_resp3_types() {
+        let dir = TempDir::new("resp3");
+        let server = Server::start(options(dir.path()));
+        let sock = server.sock();
+        let mut raw = Raw::connect(&sock);
+        assert_eq!(
+            raw.call(&["HELLO", "3"]),
+            "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"
+        );
+        let hello = raw.call(&["HELLO", "3", "AUTH", SHOP.0, SHOP.1, "SETNAME", "r3"]);
+        assert!(
+            hello.starts_with("%{$server $redis $version $7."),
+            "{hello}"
+        );
+        assert!(hello.contains("$proto :3"), "{hello}");
+        assert_eq!(raw.call(&["GET", "missing"]), "_");
+        assert_eq!(raw.call(&["CLIENT", "GETNAME"]), "$r3");
+        assert_eq!(
+            raw.call(&["CONFIG", "GET", "appendonly"]),
+            "%{$appendonly $no}"
+        );
+        assert_eq!(raw.call(&["SUBSCRIBE", "news"]), ">[$subscribe $news :1]");
+        // In RESP3 a subscribed connection can still run commands.
+        assert_eq!(raw.call(&["SET", "k", "v"]), "+OK");
+        let mut publisher = Raw::login(&sock, SHOP);
+        assert_eq!(publisher.call(&["PUBLISH", "news", "hello"]), ":1");
+        assert_eq!(raw.reply(), ">[$message $news $hello]");
+        assert_eq!(
+            raw.call(&["PSUBSCRIBE", "__keyevent@0__:*"]),
+            ">[$psubscribe $__keyevent@0__:* :2]"
+        );
+        assert_eq!(raw.call(&["SET", "short", "v", "PX", "50"]), "+OK");
+        assert_eq!(
+            raw.reply(),
+            ">[$pmessage $__keyevent@0__:* $__keyevent@0__:expired $short]"
+        );
+        assert_eq!(
+            raw.call(&["HELLO", "4"]),
+            "-NOPROTO unsupported protocol version"
+        );
+        // RESP2 subscribed mode refuses other commands, as Redis does.
+        let mut r2 = Raw::login(&sock, SHOP);
+        assert_eq!(r2.call(&["SUBSCRIBE", "a", "b"]), "*[$subscribe $a :1]");
+        assert_eq!(r2.reply(), "*[$subscribe $b :2]");
+        assert!(r2
+            .call(&["GET", "k"])
+            .starts_with("-ERR Can't execute 'get'"));
+        assert_eq!(r2.call(&["PING"]), "*[$pong $]");
+        // Without arguments: every channel, in no particular order (as in Redis).
+        let first = r2.call(&["UNSUBSCRIBE"]);
+        let second = r2.reply();
+        assert!(
+            first.ends_with(":1]") && second.ends_with(":0]"),
+            "{first} {second}"
+        );
+        let name = |reply: &str| reply.split(' ').nth(1).unwrap_or_default().to_owned();
+        let mut channels = [name(&first), name(&second)];
+        channels.sort();
+        assert_eq!(channels, ["$a", "$b"]);
+        assert_eq!(r2.call(&["GET", "k"]), "$v");
+    }
+
+    #[test]
+    fn inline_commands_like_telnet() {
+        let dir = TempDir::new("inline");
+        let server = Server::start(options(dir.path()));
+        let mut raw = Raw::connect(&server.sock());
+        raw.send_bytes(
+            format!("AUTH {} {}\r\nPING\r\nSET a 1\nGET a\r\n", SHOP.0, SHOP.1).as_bytes(),
+        );
+        assert_eq!(raw.reply(), "+OK");
+        assert_eq!(raw.reply(), "+PONG");
+        assert_eq!(raw.reply(), "+OK");
+        assert_eq!(raw.reply(), "$1");
+    }
+
+    const PY_CLIENT: &str = r#"
+import os, time, redis
+url = os.environ["URL"]
+r = redis.from_url(url, decode_responses=True, protocol=int(os.environ.get("PROTO", "2")))
+assert r.ping()
+r.flushdb()
+assert r.set("sess:1", "alice", ex=100)
+assert r.get("sess:1") == "alice"
+assert 99 <= r.ttl("sess:1") <= 100
+assert r.expire("sess:1", 200) and r.ttl("sess:1") > 100
+assert r.setex("sess:2", 100, "bob")
+assert r.getex("sess:2", px=50000) == "bob" and 0 < r.pttl("sess:2") <= 50000
+assert r.getdel("sess:2") == "bob" and r.get("sess:2") is None
+r.mset({"m1": "1", "m2": "2"})
+assert r.mget("m1", "m2", "m3") == ["1", "2", None]
+assert sorted(r.scan_iter(match="m*", count=1)) == ["m1", "m2"]
+assert r.exists("m1", "m2", "nope") == 2
+assert r.delete("m1", "m2") == 2
+
+# pipeline (no transaction): one round trip, ordered replies
+p = r.pipeline(transaction=False)
+for i in range(100):
+    p.set(f"p:{i}", i)
+p.get("p:42")
+assert p.execute()[-1] == "42"
+
+# transaction with WATCH: a concurrent change makes it fail
+other = redis.from_url(url, decode_responses=True)
+with r.pipeline() as tx:
+    tx.watch("p:1")
+    other.set("p:1", "changed")
+    tx.multi()
+    tx.set("p:1", "mine")
+    try:
+        tx.execute()
+        raise SystemExit("WATCH conflict was not detected")
+    except redis.WatchError:
+        pass
+assert r.get("p:1") == "changed"
+with r.pipeline() as tx:
+    tx.watch("p:1")
+    tx.multi()
+    tx.set("p:1", "mine")
+    assert tx.execute() == [True]
+assert r.get("p:1") == "mine"
+
+# a session ends out of process: the expiry event reaches a subscriber
+ps = r.pubsub()
+ps.subscribe("__keyevent@0__:expired")
+ps.psubscribe("__keyspace@0__:sess:*")
+deadline = time.time() + 5
+confirmed = 0
+while confirmed < 2 and time.time() < deadline:
+    m = ps.get_message(timeout=0.5)
+    if m and m["type"] in ("subscribe", "psubscribe"):
+        confirmed += 1
+r.set("sess:short", "x", px=100)
+got = set()
+while len(got) < 2 and time.time() < deadline:
+    m = ps.get_message(timeout=0.5)
+    if m and m["type"] == "message":
+        assert m["channel"] == "__keyevent@0__:expired" and m["data"] == "sess:short", m
+        got.add("event")
+    if m and m["type"] == "pmessage":
+        assert m["channel"] == "__keyspace@0__:sess:short" and m["data"] == "expired", m
+        got.add("keyspace")
+assert got == {"event", "keyspace"}, got
+ps.close()
+print("python ok")
+"#;
+
+    #[test]
+    fn redis_py_resp2_and_resp3() {
+        let dir = TempDir::new("py");
+        let server = Server::start(options(dir.path()));
+        let url = server.handle.url_for(SHOP.0).expect("url for shop");
+        for proto in ["2", "3"] {
+            let out = python(PY_CLIENT, &[("URL", &url), ("PROTO", proto)]);
+            assert!(out.contains("python ok"), "{out}");
+        }
+        // The main socket with explicit credentials (username = app, password = token).
+        let main = format!(
+            "unix://{}:{}@localhost{}",
+            SHOP.0,
+            SHOP.1,
+            server.sock().display()
+        );
+        let out = python(PY_CLIENT, &[("URL", &main), ("PROTO", "2")]);
+        assert!(out.contains("python ok"), "{out}");
+    }
+
+    /// The one URL handed to workers works unchanged in redis-py and in the Rust
+    /// `redis` crate, and lands in the app's own namespace.
+    #[test]
+    fn worker_url_is_accepted_by_rust_and_python_clients() {
+        let dir = TempDir::new("url");
+        let server = Server::start(options(dir.path()));
+        let url = server.handle.url_for(SHOP.0).expect("url");
+        assert!(
+            url.starts_with("unix://shop:shop-token-1@localhost/"),
+            "{url}"
+        );
+
+        let client = redis::Client::open(url.as_str()).expect("redis crate parses the URL");
+        let mut con = client.get_connection().expect("redis crate connects");
+        let () = redis::cmd("SET")
+            .arg("from-rust")
+            .arg("1")
+            .query(&mut con)
+            .expect("SET");
+
+        let out = python(
+            r#"
+import os, redis
+r = redis.from_url(os.environ["URL"], decode_responses=True)
+assert r.get("from-rust") == "1", r.get("from-rust")
+r.set("from-python", "2")
+print("ok")
+"#,
+            &[("URL", &url)],
+        );
+        assert_eq!(out.trim(), "ok");
+        let value: String = redis::cmd("GET")
+            .arg("from-python")
+            .query(&mut con)
+            .expect("GET");
+        assert_eq!(value, "2");
+        // Both wrote into shop's namespace, invisible to blog.
+        assert_eq!(
+            cli(
+                &server.sock(),
+                Some(SHOP),
+                &["MGET", "from-rust", "from-python"]
+            ),
+            "1\n2"
+        );
+        assert_eq!(
+            cli(
+                &server.sock(),
+                Some(BLOG),
+                &["EXISTS", "from-rust", "from-python"]
+            ),
+            "0"
+        );
+
+        // A URL for an unknown app does not exist.
+        assert!(server.handle.url_for("nobody").is_none());
+    }
+
+    #[test]
+    fn tcp_requires_auth_and_its_url_works() {
+        let dir = TempDir::new("tcp");
+        let opts = StoreOptions {
+            tcp: Some("127.0.0.1:0".parse().unwrap()),
+            ..options(dir.path())
+        };
+        let server = Server::start(opts);
+        let addr = server.handle.tcp_addr().expect("tcp bound");
+        let port = addr.port().to_string();
+        let out = run(
+            {
+                let mut c = Command::new("redis-cli");
+                c.args(["-h", "127.0.0.1", "-p", &port, "GET", "x"]);
+                c
+            },
+            b"",
+            Duration::from_secs(20),
+        );
+        assert!(out.0.contains("NOAUTH"), "{out:?}");
+        let url = server.handle.tcp_url_for(SHOP.0).expect("tcp url");
+        assert_eq!(url, format!("redis://shop:shop-token-1@127.0.0.1:{port}/0"));
+        let client = redis::Client::open(url.as_str()).expect("parse");
+        let mut con = client.get_connection().expect("connect over tcp");
+        let pong: String = redis::cmd("PING").query(&mut con).expect("PING");
+        assert_eq!(pong, "PONG");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Isolation between apps
+// ---------------------------------------------------------------------------
+
+mod isolation {
+    use super::*;
+
+    #[test]
+    fn apps_see_only_their_own_keys() {
+        let dir = TempDir::new("iso");
+        let server = Server::start(options(dir.path()));
+        let sock = server.sock();
+        let shop = |args: &[&str]| cli(&sock, Some(SHOP), args);
+        let blog = |args: &[&str]| cli(&sock, Some(BLOG), args);
+        shop(&["MSET", "sess:1", "cart", "sess:2", "order"]);
+        assert_eq!(blog(&["GET", "sess:1"]), "");
+        assert_eq!(blog(&["EXISTS", "sess:1", "sess:2"]), "0");
+        assert_eq!(blog(&["SCAN", "0", "COUNT", "1000"]), "0");
+        assert_eq!(blog(&["KEYS", "*"]), "");
+        assert_eq!(blog(&["DBSIZE"]), "0");
+        assert_eq!(blog(&["DEL", "sess:1"]), "0");
+        assert_eq!(blog(&["SET", "sess:1", "blog's own"]), "OK");
+        assert_eq!(blog(&["FLUSHDB"]), "OK");
+        assert_eq!(blog(&["FLUSHALL"]), "OK");
+        assert_eq!(shop(&["MGET", "sess:1", "sess:2"]), "cart\norder");
+        assert_eq!(shop(&["DBSIZE"]), "2");
+        let info = blog(&["INFO", "keyspace"]);
+        assert!(
+            info.contains("# Keyspace") && !info.contains("db0:"),
+            "{info}"
+        );
+
+        // Notifications do not cross either: blog hears only its own expiries.
+        let mut blog_sub = Raw::login(&sock, BLOG);
+        assert_eq!(
+            blog_sub.call(&["SUBSCRIBE", "__keyevent@0__:expired"]),
+            "*[$subscribe $__keyevent@0__:expired :1]"
+        );
+        let mut shop_sub = Raw::login(&sock, SHOP);
+        assert_eq!(
+            shop_sub.call(&["SUBSCRIBE", "__keyevent@0__:expired"]),
+            "*[$subscribe $__keyevent@0__:expired :1]"
+        );
+        shop(&["SET", "shop-short", "x", "PX", "20"]);
+        assert_eq!(
+            shop_sub.reply(),
+            "*[$message $__keyevent@0__:expired $shop-short]"
+        );
+        blog(&["SET", "blog-short", "x", "PX", "20"]);
+        // The first message blog receives is its own key, not shop's.
+        assert_eq!(
+            blog_sub.reply(),
+            "*[$message $__keyevent@0__:expired $blog-short]"
+        );
+        assert_eq!(blog(&["PUBLISH", "__keyevent@0__:expired", "fake"]), "1");
+        assert_eq!(
+            blog_sub.reply(),
+            "*[$message $__keyevent@0__:expired $fake]"
+        );
+        // Per-app sockets log in as their app.
+        let shop_socket = dir.path().join("apps/shop.sock");
+        assert_eq!(cli(&shop_socket, None, &["GET", "sess:1"]), "cart");
+        assert_eq!(
+            cli(&dir.path().join("apps/blog.sock"), None, &["GET", "sess:1"]),
+            ""
+        );
+        use std::os::unix::fs::PermissionsExt;
+        for sock in [&sock, &shop_socket] {
+            let mode = std::fs::metadata(sock).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", sock.display());
+        }
+    }
+
+    #[test]
+    fn authentication_is_required_and_checked() {
+        let dir = TempDir::new("auth");
+        let server = Server::start(options(dir.path()));
+        let sock = server.sock();
+        assert_eq!(
+            cli(&sock, None, &["GET", "k"]),
+            "NOAUTH Authentication required."
+        );
+        assert_eq!(
+            cli(&sock, None, &["SCAN", "0"]),
+            "NOAUTH Authentication required."
+        );
+        let wrong = cli(&sock, Some((SHOP.0, "not-the-token")), &["GET", "k"]);
+        assert!(wrong.contains("WRONGPASS"), "{wrong}");
+        assert!(wrong.contains("NOAUTH"), "{wrong}");
+        // Another app's token for this app's name is wrong too.
+        assert!(cli(&sock, Some((SHOP.0, BLOG.1)), &["PING"]).contains("WRONGPASS"));
+        let mut raw = Raw::connect(&sock);
+        assert_eq!(raw.call(&["PING"]), "-NOAUTH Authentication required.");
+        assert_eq!(
+            raw.call(&["AUTH", "nobody", "x"]),
+            "-WRONGPASS invalid username-password pair or user is disabled."
+        );
+        // Password-only AUTH (pre-ACL clients) finds the app by its token.
+        assert_eq!(raw.call(&["AUTH", SHOP.1]), "+OK");
+        raw.call(&["SET", "mine", "1"]);
+        assert_eq!(cli(&sock, Some(SHOP), &["GET", "mine"]), "1");
+        // RESET logs out.
+        assert_eq!(raw.call(&["RESET"]), "+RESET");
+        assert_eq!(
+            raw.call(&["GET", "mine"]),
+            "-NOAUTH Authentication required."
+        );
+
+        // A reload drops blog and adds wiki: blog can no longer log in (its data
+        // stays), wiki can and gets its own socket.
+        server
+            .handle
+            .set_apps(&creds(&[SHOP, ("wiki", "wiki-token")]))
+            .expect("reload");
+        assert!(cli(&sock, Some(BLOG), &["PING"]).contains("WRONGPASS"));
+        assert_eq!(cli(&sock, Some(("wiki", "wiki-token")), &["PING"]), "PONG");
+        assert_eq!(
+            cli(&dir.path().join("apps/wiki.sock"), None, &["PING"]),
+            "PONG"
+        );
+        assert!(!dir.path().join("apps/blog.sock").exists());
+        assert!(server.handle.url_for("blog").is_none());
+        assert!(server.handle.url_for("wiki").is_some());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Persistence
+// ---------------------------------------------------------------------------
+
+mod persistence {
+    use super::*;
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    #[test]
+    fn data_survives_a_restart_with_absolute_ttls() {
+        let dir = TempDir::new("aof");
+        let server = Server::start(persistent_options(dir.path(), Persist::EverySec));
+        let sock = server.sock();
+        let shop = |args: &[&str]| cli(&sock, Some(SHOP), args);
+        shop(&["SET", "plain", "v1"]);
+        shop(&["SET", "ttl", "v2", "EX", "1000"]);
+        shop(&["MSET", "gone", "x", "kept", "y"]);
+        shop(&["DEL", "gone"]);
+        shop(&["SET", "persisted", "p", "EX", "1000"]);
+        shop(&["PERSIST", "persisted"]);
+        shop(&["SET", "moved", "m"]);
+        shop(&["PEXPIREAT", "moved", &(now_ms() + 500_000).to_string()]);
+        shop(&["GETEX", "kept", "PX", "600000"]);
+        shop(&["SET", "renamed", "old"]);
+        shop(&["SET", "renamed", "new", "KEEPTTL"]);
+        cli(&sock, Some(BLOG), &["SET", "blogkey", "b"]);
+        cli(&sock, Some(BLOG), &["FLUSHDB"]);
+        cli(&sock, Some(BLOG), &["SET", "after-flush", "a"]);
+        let expiry_before: u64 = shop(&["PEXPIRETIME", "ttl"]).parse().unwrap();
+        server.stop();
+
+        let server = Server::start(persistent_options(dir.path(), Persist::EverySec));
+        let sock = server.sock();
+        let shop = |args: &[&str]| cli(&sock, Some(SHOP), args);
+        assert_eq!(
+            shop(&[
+                "MGET",
+                "plain",
+                "ttl",
+                "gone",
+                "kept",
+                "persisted",
+                "moved",
+                "renamed"
+            ]),
+            "v1\nv2\n\ny\np\nm\nnew"
+        );
+        // Expiry times are absolute in the log: not stretched by the restart.
+        assert_eq!(
+            shop(&["PEXPIRETIME", "ttl"]).parse::<u64>().unwrap(),
+            expiry_before
+        );
+        assert_eq!(shop(&["TTL", "persisted"]), "-1");
+        assert!(shop(&["TTL", "moved"]).parse::<i64>().unwrap() > 400);
+        assert!(shop(&["TTL", "kept"]).parse::<i64>().unwrap() > 500);
+        assert_eq!(cli(&sock, Some(BLOG), &["KEYS", "*"]), "after-flush");
+        let report = server.handle.load_report();
+        assert_eq!(report.keys, 7);
+        assert!(report.truncated.is_none());
+    }
+
+    #[test]
+    fn keys_that_expired_while_down_are_dropped() {
+        let dir = TempDir::new("exp");
+        let server = Server::start(persistent_options(dir.path(), Persist::Always));
+        let sock = server.sock();
+        cli(&sock, Some(SHOP), &["SET", "short", "x", "PX", "200"]);
+        cli(&sock, Some(SHOP), &["SET", "long", "y", "EX", "1000"]);
+        let deadline = now_ms() + 200;
+        server.stop();
+        wait_until("the key's deadline to pass", Duration::from_secs(5), || {
+            now_ms() > deadline
+        });
+        let server = Server::start(persistent_options(dir.path(), Persist::Always));
+        assert_eq!(server.handle.load_report().expired, 1);
+        assert_eq!(
+            cli(&server.sock(), Some(SHOP), &["MGET", "short", "long"]),
+            "\ny"
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_is_truncated_with_a_warning() {
+        let dir = TempDir::new("torn");
+        let aof = dir.path().join("store.aof");
+        let server = Server::start(persistent_options(dir.path(), Persist::Always));
+        cli(&server.sock(), Some(SHOP), &["SET", "a", "1"]);
+        cli(&server.sock(), Some(SHOP), &["SET", "b", "2"]);
+        server.stop();
+        let good_len = std::fs::metadata(&aof).unwrap().len();
+        // A record cut short, as a kill -9 in the middle of a write leaves it.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&aof).unwrap();
+        f.write_all(b"*4\r\n$3\r\nSET\r\n$4\r\nshop\r\n$1\r\nc\r\n$10\r\n12345")
+            .unwrap();
+        drop(f);
+        let server = Server::start(persistent_options(dir.path(), Persist::Always));
+        let cut = server
+            .handle
+            .load_report()
+            .truncated
+            .clone()
+            .expect("truncation reported");
+        assert_eq!(cut.at, good_len);
+        assert!(cut.reason.contains("incomplete"), "{}", cut.reason);
+        assert!(cut.saved_to.is_none());
+        assert_eq!(std::fs::metadata(&aof).unwrap().len(), good_len);
+        assert_eq!(
+            cli(&server.sock(), Some(SHOP), &["MGET", "a", "b", "c"]),
+            "1\n2"
+        );
+        // Writing after the cut appends to a clean log.
+        cli(&server.sock(), Some(SHOP), &["SET", "d", "4"]);
+        server.stop();
+
+        // Garbage is cut too, and kept aside for inspection.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&aof).unwrap();
+        f.write_all(b"this is not a record\r\n*2\r\n$3\r\nDEL\r\n")
+            .unwrap();
+        drop(f);
+        let server = Server::start(persistent_options(dir.path(), Persist::Always));
+        let cut = server
+            .handle
+            .load_report()
+            .truncated
+            .clone()
+            .expect("truncation reported");
+        let saved = cut.saved_to.expect("garbage saved");
+        assert!(std::fs::read(&saved)
+            .unwrap()
+            .starts_with(b"this is not a record"));
+        assert_eq!(
+            cli(&server.sock(), Some(SHOP), &["MGET", "a", "b", "d"]),
+            "1\n2\n4"
+        );
+    }
+
+    #[test]
+    fn the_log_is_compacted_and_stays_correct() {
+        let dir = TempDir::new("rw");
+        let aof = dir.path().join("store.aof");
+        let opts = || StoreOptions {
+            rewrite_min_size: 64 * 1024,
+            ..persistent_options(dir.path(), Persist::EverySec)
+        };
+        let server = Server::start(opts());
+        let sock = server.sock();
+        // 3000 overwrites of 20 keys: the log grows far past twice the live data.
+        let mut script = String::new();
+        for i in 0..3000 {
+            script.push_str(&format!(
+                "SET key:{} value-{i}-{}\r\n",
+                i % 20,
+                "x".repeat(64)
+            ));
+        }
+        // Every burst makes the log due again: each is compacted, not only the
+        // first.
+        for burst in 0..3 {
+            let mut cmd = cli_command(&sock, Some(SHOP));
+            cmd.arg("--pipe");
+            let (out, _, ok) = run(cmd, script.as_bytes(), Duration::from_secs(30));
+            assert!(ok && out.contains("errors: 0"), "{out}");
+            wait_until(
+                &format!("the automatic rewrite after burst {burst}"),
+                Duration::from_secs(10),
+                || {
+                    std::fs::metadata(&aof)
+                        .map(|m| m.len() < 16 * 1024)
+                        .unwrap_or(false)
+                },
+            );
+        }
+        // Changes made after the rewrite land in the new log.
+        cli(&sock, Some(SHOP), &["SET", "after", "rewrite"]);
+        cli(&sock, Some(SHOP), &["DEL", "key:0"]);
+        // BGREWRITEAOF asks for one explicitly.
+        assert_eq!(
+            cli(&sock, Some(SHOP), &["BGREWRITEAOF"]),
+            "Background append only file rewriting started"
+        );
+        server.stop();
+        let server = Server::start(opts());
+        let sock = server.sock();
+        assert_eq!(cli(&sock, Some(SHOP), &["DBSIZE"]), "20");
+        assert_eq!(cli(&sock, Some(SHOP), &["GET", "after"]), "rewrite");
+        assert_eq!(cli(&sock, Some(SHOP), &["GET", "key:0"]), "");
+        assert_eq!(
+            cli(&sock, Some(SHOP), &["GET", "key:19"]),
+            format!("value-2999-{}", "x".repeat(64))
+        );
+    }
+
+    const CHILD_DIR: &str = "APPVISOR_STORE_TEST_CHILD_DIR";
+    const CHILD_PERSIST: &str = "APPVISOR_STORE_TEST_CHILD_PERSIST";
+    const CHILD_READY: &str = "store-child-ready";
+
+    /// Not a test by itself: the body of the child process that the kill -9 tests
+    /// start (this binary re-run with `--exact persistence::child_store_process`).
+    /// Without the environment variable it returns at once.
+    #[test]
+    fn child_store_process() {
+        let Ok(dir) = std::env::var(CHILD_DIR) else {
+            return;
+        };
+        let persist = match std::env::var(CHILD_PERSIST).as_deref() {
+            Ok("always") => Persist::Always,
+            _ => Persist::EverySec,
+        };
+        let server = Server::start(persistent_options(Path::new(&dir), persist));
+        // libtest prints "test … ... " first: the marker goes on its own line.
+        println!("\n{CHILD_READY}");
+        std::io::stdout().flush().unwrap();
+        // Serve until killed, or until the parent test is gone (stdin closes), so
+        // no store outlives a test run that was itself killed.
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        drop(server);
+    }
+
+    /// The child process, killed when dropped.
+    struct ChildStore(Child);
+
+    impl ChildStore {
+        fn start(dir: &Path, persist: &str) -> ChildStore {
+            let exe = std::env::current_exe().expect("test binary path");
+            let child = Command::new(exe)
+                .args([
+                    "--exact",
+                    "persistence::child_store_process",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_DIR, dir)
+                .env(CHILD_PERSIST, persist)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn child store");
+            let mut guard = ChildStore(child);
+            let stdout = guard.0.stdout.take().expect("stdout");
+            let stderr = guard.0.stderr.take().expect("stderr");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line.contains(CHILD_READY) {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            // Forwarded, so a failing child explains itself in the test's output.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("child store: {line}");
+                }
+            });
+            rx.recv_timeout(Duration::from_secs(30))
+                .expect("child store became ready");
+            guard
+        }
+
+        fn kill_9(mut self) {
+            self.0.kill().expect("SIGKILL");
+            self.0.wait().expect("reap");
+        }
+    }
+
+    impl Drop for ChildStore {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn always_loses_nothing_acknowledged_on_kill_9() {
+        let dir = TempDir::new("k9a");
+        let child = ChildStore::start(dir.path(), "always");
+        let sock = dir.path().join("store.sock");
+        let mut raw = Raw::login(&sock, SHOP);
+        for i in 0..300 {
+            assert_eq!(
+                raw.call(&["SET", &format!("k{i}"), &format!("v{i}")]),
+                "+OK"
+            );
+        }
+        // Pipelined: all acknowledged in one batch.
+        let mut pipeline = Vec::new();
+        for i in 300..600 {
+            pipeline.extend_from_slice(
+                format!(
+                    "*3\r\n$3\r\nSET\r\n${}\r\nk{i}\r\n${}\r\nv{i}\r\n",
+                    format!("k{i}").len(),
+                    format!("v{i}").len()
+                )
+                .as_bytes(),
+            );
+        }
+        raw.send_bytes(&pipeline);
+        for _ in 300..600 {
+            assert_eq!(raw.reply(), "+OK");
+        }
+        child.kill_9();
+        let server = Server::start(persistent_options(dir.path(), Persist::Always));
+        assert_eq!(cli(&server.sock(), Some(SHOP), &["DBSIZE"]), "600");
+        assert_eq!(cli(&server.sock(), Some(SHOP), &["GET", "k599"]), "v599");
+    }
+
+    #[test]
+    fn everysec_loses_at_most_the_last_second_on_kill_9() {
+        let dir = TempDir::new("k9e");
+        let child = ChildStore::start(dir.path(), "everysec");
+        let sock = dir.path().join("store.sock");
+        let mut raw = Raw::login(&sock, SHOP);
+        for i in 0..500 {
+            assert_eq!(
+                raw.call(&["SET", &format!("k{i}"), &format!("v{i}")]),
+                "+OK"
+            );
+        }
+        // With no further request, shutdown or sync, the last acknowledged record
+        // reaches the log by itself (within ~10 ms; how fast is for the benchmark).
+        let aof = dir.path().join("store.aof");
+        wait_until(
+            "the last record in the log",
+            Duration::from_secs(10),
+            || {
+                std::fs::read(&aof)
+                    .map(|b| b.ends_with(b"$4\r\nk499\r\n$4\r\nv499\r\n"))
+                    .unwrap_or(false)
+            },
+        );
+        child.kill_9();
+        let server = Server::start(persistent_options(dir.path(), Persist::EverySec));
+        assert_eq!(cli(&server.sock(), Some(SHOP), &["DBSIZE"]), "500");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Limits and hostile input
+// ---------------------------------------------------------------------------
+
+mod limits {
+    use super::*;
+
+    #[test]
+    fn oversized_values_are_refused_and_huge_frames_cut_the_connection() {
+        let dir = TempDir::new("big");
+        let server = Server::start(StoreOptions {
+            max_value_size: 4096,
+            ..options(dir.path())
+        });
+        let sock = server.sock();
+        let mut raw = Raw::login(&sock, SHOP);
+        let big = "x".repeat(5000);
+        let reply = raw.call(&["SET", "k", &big]);
+        assert!(
+            reply.starts_with(
+                "-ERR value of 5000 bytes is larger than the store's max_value_size (4096 bytes)"
+            ),
+            "{reply}"
+        );
+        assert_eq!(raw.call(&["MSET", "a", "1", "b", &big]), reply);
+        assert_eq!(raw.call(&["GET", "a"]), "$nil", "MSET is all or nothing");
+        assert_eq!(raw.call(&["SET", "k", &"y".repeat(4096)]), "+OK");
+        // A bulk length far past max_value_size: protocol error, connection closed,
+        // before the store buffers any of it.
+        let mut bystander = Raw::login(&sock, SHOP);
+        raw.send_bytes(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$999999999\r\n");
+        assert_eq!(raw.reply(), "-ERR Protocol error: invalid bulk length");
+        assert!(raw.closed());
+        assert_eq!(bystander.call(&["PING"]), "+PONG");
+        // Before AUTH, only small requests are read at all.
+        let mut anonymous = Raw::connect(&sock);
+        anonymous.send_bytes(b"*2\r\n$3\r\nGET\r\n$5000\r\n");
+        assert_eq!(
+            anonymous.reply(),
+            "-ERR Protocol error: invalid bulk length"
+        );
+        assert!(anonymous.closed());
+        let mut raw = Raw::login(&sock, SHOP);
+        raw.send_bytes(b"*99999999\r\n");
+        assert_eq!(raw.reply(), "-ERR Protocol error: invalid multibulk length");
+        assert!(raw.closed());
+        let mut raw = Raw::login(&sock, SHOP);
+        raw.send_bytes(b"*1\r\n+PING\r\n");
+        assert_eq!(raw.reply(), "-ERR Protocol error: expected '$'");
+        assert!(raw.closed());
+        assert_eq!(bystander.call(&["GET", "k"]).len(), 4097);
+    }
+
+    #[test]
+    fn max_memory_refuses_writes_like_noeviction() {
+        let dir = TempDir::new("oom");
+        let server = Server::start(StoreOptions {
+            max_memory: Some(256 * 1024),
+            ..options(dir.path())
+        });
+        let mut raw = Raw::login(&server.sock(), SHOP);
+        let value = "v".repeat(1000);
+        let mut refused_at = None;
+        for i in 0..2000 {
+            let reply = raw.call(&["SET", &format!("k{i}"), &value]);
+            if reply != "+OK" {
+                assert_eq!(
+                    reply,
+                    "-OOM command not allowed when used memory > 'maxmemory'."
+                );
+                refused_at = Some(i);
+                break;
+            }
+        }
+        let refused_at = refused_at.expect("writes refused before 2 MB");
+        assert!(refused_at > 100, "refused too early, at {refused_at}");
+        let used = server.handle.stats().memory;
+        assert!(used > 256 * 1024 && used < 300 * 1024, "used {used}");
+        // Reads, deletes and expiries still work; deleting makes room again.
+        assert_eq!(raw.call(&["GET", "k0"]).len(), 1001);
+        assert_eq!(raw.call(&["EXPIRE", "k1", "100"]), ":1");
+        for i in 0..50 {
+            raw.call(&["DEL", &format!("k{i}")]);
+        }
+        assert_eq!(raw.call(&["SET", "again", &value]), "+OK");
+    }
+
+    #[test]
+    fn max_clients_turns_away_the_extra_connection() {
+        let dir = TempDir::new("maxc");
+        let server = Server::start(StoreOptions {
+            max_clients: 2,
+            ..options(dir.path())
+        });
+        let sock = server.sock();
+        let mut first = Raw::login(&sock, SHOP);
+        let second = Raw::login(&sock, SHOP);
+        let mut third = Raw::connect(&sock);
+        assert_eq!(third.reply(), "-ERR max number of clients reached");
+        assert!(third.closed());
+        drop(second);
+        wait_until("a slot to free up", Duration::from_secs(5), || {
+            let mut next = Raw::connect(&sock);
+            next.send(&["AUTH", SHOP.0, SHOP.1]);
+            next.reply() == "+OK"
+        });
+        assert_eq!(first.call(&["PING"]), "+PONG");
+        assert_eq!(
+            server.handle.stats().clients,
+            1,
+            "the probe connections are gone"
+        );
+    }
+
+    /// Random bytes, truncated frames and valid commands, over real sockets:
+    /// every hostile connection ends (the store never waits forever on it), and a
+    /// well-behaved client keeps being served throughout.
+    #[test]
+    fn garbage_over_sockets_harms_no_one() {
+        let dir = TempDir::new("fuzz");
+        let server = Server::start(StoreOptions {
+            max_value_size: 64 * 1024,
+            ..options(dir.path())
+        });
+        let sock = server.sock();
+        let mut healthy = Raw::login(&sock, SHOP);
+        healthy.call(&["SET", "canary", "alive"]);
+        let mut rng = XorShift(0x5eed_1234_abcd_0001);
+        let valid: &[&[u8]] = &[
+            b"*1\r\n$4\r\nPING\r\n",
+            b"*2\r\n$3\r\nGET\r\n$6\r\ncanary\r\n",
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
+            b"PING\r\n",
+            b"*2\r\n$4\r\nAUTH\r\n$12\r\nshop-token-1\r\n",
+            b"*1\r\n$5\r\nMULTI\r\n",
+            b"*2\r\n$9\r\nSUBSCRIBE\r\n$1\r\nc\r\n",
+        ];
+        for round in 0..300 {
+            let mut data = Vec::new();
+            for _ in 0..rng.below(8) {
+                match rng.below(4) {
+                    0 => data.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+                    1 => {
+                        let frame = valid[rng.below(valid.len() as u64) as usize];
+                        data.extend_from_slice(
+                            &frame[..rng.below(frame.len() as u64 + 1) as usize],
+                        );
+                    }
+                    2 => data.extend_from_slice(valid[rng.below(valid.len() as u64) as usize]),
+                    _ => data.extend_from_slice(
+                        format!("*{}\r\n${}\r\n", rng.below(5), rng.below(100_000)).as_bytes(),
+                    ),
+                }
+            }
+            let mut conn = UnixStream::connect(&sock).expect("connect");
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let _ = conn.write_all(&data);
+            let _ = conn.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let started = Instant::now();
+            match conn.read_to_end(&mut sink) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                Err(e) => {
+                    panic!("round {round}: the store did not close a hostile connection: {e}")
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(10));
+            assert_eq!(healthy.call(&["GET", "canary"]), "$alive", "round {round}");
+        }
+        wait_until(
+            "hostile connections to be gone",
+            Duration::from_secs(5),
+            || server.handle.stats().clients == 1,
+        );
+    }
+
+    /// A small deterministic generator (no dependency, reproducible failures).
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+}

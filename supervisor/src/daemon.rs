@@ -144,9 +144,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     };
     let control_task = tokio::spawn(control::serve(listener, state));
     notify_own_parent("READY=1\nSTATUS=supervising");
-    eprintln!(
-        "appvisor: supervising {} app(s) from {}; state in {}",
-        config.apps.len(),
+    let names: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
+    tracing::info!(
+        "Supervising {} app{} ({}) from {}; state and logs in {}.",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", "),
         config.path.display(),
         paths.dir.display()
     );
@@ -185,7 +188,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
 
-    eprintln!("appvisor: stopping every app");
+    tracing::info!("Stopping every app.");
     notify_own_parent("STOPPING=1");
     let handles: Vec<PoolHandle> = pools.lock().unwrap().values().cloned().collect();
     let mut stops = tokio::task::JoinSet::new();
@@ -201,7 +204,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&control_path);
     guard.finish();
-    eprintln!("appvisor: stopped");
+    tracing::info!("Stopped.");
     Ok(())
 }
 

@@ -60,7 +60,9 @@ impl Guard {
         let mut p = self.pipe.lock().unwrap();
         if let Some((_, stdin)) = p.as_mut() {
             if stdin.write_all(line.as_bytes()).is_err() {
-                eprintln!("appvisor: the guard process is gone; workers may outlive a crash of the supervisor");
+                tracing::warn!(
+                    "The guard process is gone; workers may outlive a crash of the supervisor."
+                );
                 *p = None;
             }
         }

@@ -10,7 +10,8 @@
 //!   every generation; [`notify`] — sd_notify; [`reaper`] — exits; [`guard`] — no
 //!   worker outlives a killed supervisor; [`output`] — worker logs; [`probe`] —
 //!   HTTP readiness and memory figures.
-//! - [`events`] — `events.jsonl`; [`control`] — the control socket.
+//! - [`events`] — `events.jsonl`; [`control`] — the control socket; [`logging`] —
+//!   the supervisor's own `tracing` log (text, JSON or journald lines on stderr).
 //! - [`reason`] — why a recycle happened.
 //! - [`trigger`] — what decides a recycle: file watch, memory, clock, requests.
 //! - [`store`] — the embedded Redis-protocol session store; [`backend`] — which
@@ -28,6 +29,7 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod guard;
+pub mod logging;
 pub mod notify;
 pub mod output;
 pub mod pool;

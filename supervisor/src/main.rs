@@ -1,14 +1,40 @@
 //! The `appvisor` binary: a thin shell over the library (see `appvisor::cli`).
 
+use std::io::Write;
+
+use appvisor::cli::{Cli, Command};
+use appvisor::logging::{self, LogFormat};
 use clap::Parser;
 
 fn main() {
-    let cli = appvisor::cli::Cli::parse();
-    match appvisor::cli::main(cli) {
-        Ok(code) => std::process::exit(code),
+    let cli = Cli::parse();
+    let daemon = matches!(cli.command, Command::Run { .. });
+    let format = cli.log_format;
+    let log = logging::install(format, daemon);
+    let code = match appvisor::cli::main(cli) {
+        Ok(code) => code,
+        // `appvisor status | head -1`: the reader has all it wanted.
+        Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            eprintln!("appvisor: {e:#}");
-            std::process::exit(2);
+            if daemon && format == LogFormat::Json {
+                // Keep the stream one JSON object per line.
+                tracing::error!("{e:#}");
+            } else {
+                // The message a user reads (it may span lines, with a caret under
+                // the config's mistake), so without a log prefix.
+                let _ = writeln!(std::io::stderr(), "appvisor: {e:#}");
+            }
+            2
         }
-    }
+    };
+    // Flushes queued log lines: `exit` runs no destructors.
+    drop(log);
+    std::process::exit(code)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -215,6 +215,31 @@ impl Flags {
     }
 }
 
+/// `created|folder`: the flags by name, for debug logs.
+impl std::fmt::Display for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = [
+            (Self::CREATED, "created"),
+            (Self::REMOVED, "removed"),
+            (Self::RENAMED, "renamed"),
+            (Self::MODIFIED, "modified"),
+            (Self::METADATA, "metadata"),
+            (Self::FOLDER, "folder"),
+        ];
+        let mut first = true;
+        for (flag, name) in names {
+            if self.0 & flag.0 != 0 {
+                if !first {
+                    f.write_str("|")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl BitOr for Flags {
     type Output = Flags;
     fn bitor(self, rhs: Flags) -> Flags {
@@ -232,7 +257,7 @@ pub(crate) enum ChangeKind {
 }
 
 impl ChangeKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChangeKind::Modified => "modified",
             ChangeKind::Created => "created",
@@ -304,6 +329,7 @@ impl AppWatcher {
             control: control_rx,
             waker: thread_end,
             poll_fingerprint: 0,
+            ignored_logged: std::collections::HashSet::new(),
         };
         std::thread::Builder::new()
             .name(format!("watch {app}"))
@@ -411,7 +437,14 @@ struct WatchThread {
     waker: UnixStream,
     /// Fingerprint of what the previous poll saw differ from the baseline.
     poll_fingerprint: u64,
+    /// Ignored paths already named in a debug line. Each is named once: the
+    /// supervisor's own log is often written inside the app's directory, and a line
+    /// per event on it would write the file again, and so on forever.
+    ignored_logged: std::collections::HashSet<PathBuf>,
 }
+
+/// At most this many ignored paths are remembered (and named) per app.
+const IGNORED_LOGGED: usize = 256;
 
 /// What woke the thread up.
 #[derive(Debug, Default)]
@@ -505,6 +538,15 @@ impl WatchThread {
             if let Some(d) = deadline {
                 if now >= d {
                     let b = burst.take().expect("a deadline implies a burst");
+                    tracing::debug!(
+                        app = %self.app,
+                        paths = b.dirty.len(),
+                        events = b.events,
+                        overflow = b.overflow,
+                        after_first_ms = now.duration_since(b.first).as_millis() as u64,
+                        quiet_ms = now.duration_since(b.last).as_millis() as u64,
+                        "debounce fired: comparing the burst's paths with the baseline"
+                    );
                     if !self.decide(b) {
                         return;
                     }
@@ -532,13 +574,33 @@ impl WatchThread {
                 let at = Instant::now();
                 for r in raw.drain(..) {
                     match r {
-                        Raw::Overflow => burst.get_or_insert_with(|| Burst::new(at)).overflowed(at),
+                        Raw::Overflow => {
+                            tracing::debug!(app = %self.app, "inotify queue overflowed: a full rescan follows");
+                            burst.get_or_insert_with(|| Burst::new(at)).overflowed(at)
+                        }
                         Raw::Seen { rel, flags } => {
                             if rel.as_os_str().is_empty()
                                 || !self.matcher.is_relevant(&rel, flags.structural())
                             {
+                                if tracing::enabled!(tracing::Level::DEBUG)
+                                    && self.ignored_logged.len() < IGNORED_LOGGED
+                                    && self.ignored_logged.insert(rel.clone())
+                                {
+                                    tracing::debug!(
+                                        app = %self.app,
+                                        path = %rel.display(),
+                                        "ignored path: no watch glob matches it, or an ignore \
+                                         glob does (its further events are not logged)"
+                                    );
+                                }
                                 continue;
                             }
+                            tracing::debug!(
+                                app = %self.app,
+                                path = %rel.display(),
+                                event = %flags,
+                                "changed"
+                            );
                             if flags.structural() {
                                 self.follow_structure(&rel, flags);
                             }
@@ -626,6 +688,7 @@ impl WatchThread {
         }
         self.poll_fingerprint = fingerprint;
         for (rel, flags, _) in diff {
+            tracing::debug!(app = %self.app, path = %rel.display(), event = %flags, "changed (seen by a poll)");
             burst
                 .get_or_insert_with(|| Burst::new(now))
                 .add(rel, flags, now);
@@ -690,8 +753,10 @@ impl WatchThread {
         };
         let decided = Instant::now();
         let Some(decision) = self.judge(outcome, burst.overflow) else {
+            tracing::debug!(app = %self.app, "nothing to decide: no watched file differs");
             return true;
         };
+        tracing::debug!(app = %self.app, ?decision, "decided");
         if let Ok(mut s) = self.stats.lock() {
             s.decisions += 1;
             s.last_burst = Some(BurstTiming {

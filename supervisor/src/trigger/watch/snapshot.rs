@@ -327,6 +327,7 @@ impl Snapshot {
             } else {
                 ChangeKind::Created
             };
+            tracing::debug!(path = %rel.display(), change = kind.as_str(), "not in the baseline");
             out.changes.push((rel, kind));
             return;
         };
@@ -356,6 +357,7 @@ impl Snapshot {
         }
         match self.compare {
             Compare::Mtime => {
+                tracing::debug!(path = %rel.display(), "stat differs from the baseline (compare = mtime)");
                 put(&mut self.entries, now);
                 out.changes.push((rel, ChangeKind::Modified));
             }
@@ -365,6 +367,13 @@ impl Snapshot {
                 let changed = entry.len != old.len
                     || entry.hash != old.hash
                     || (entry.ino != old.ino && under_bin(&rel));
+                tracing::debug!(
+                    path = %rel.display(),
+                    size = entry.len,
+                    content = if entry.hash == old.hash { "equal" } else { "different" },
+                    changed,
+                    "compared the content with the baseline"
+                );
                 if changed {
                     out.changes.push((rel, ChangeKind::Modified));
                 } else if direct {

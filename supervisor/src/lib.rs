@@ -9,7 +9,8 @@
 //! - [`spawn`] — fork/exec of one worker; [`sockets`] — listening sockets shared by
 //!   every generation; [`notify`] — sd_notify; [`reaper`] — exits; [`guard`] — no
 //!   worker outlives a killed supervisor; [`output`] — worker logs; [`probe`] —
-//!   HTTP readiness and memory figures.
+//!   HTTP readiness; [`procfs`] — what `/proc` says about a process (memory, CPU,
+//!   descendants) and the one `Pid` type.
 //! - [`events`] — `events.jsonl`; [`control`] — the control socket; [`logging`] —
 //!   the supervisor's own `tracing` log (text, JSON or journald lines on stderr).
 //! - [`reason`] — why a recycle happened.
@@ -34,8 +35,10 @@ pub mod notify;
 pub mod output;
 pub mod pool;
 pub mod probe;
+pub mod procfs;
 pub mod reaper;
 pub mod reason;
+pub mod signal;
 pub mod sockets;
 pub mod spawn;
 pub mod store;

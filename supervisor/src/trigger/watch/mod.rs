@@ -48,7 +48,6 @@ mod watches;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::ops::BitOr;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -617,34 +616,37 @@ impl WatchThread {
     /// Sleeps until inotify has events, the handle has something to say, or `timeout`
     /// passes (forever if `None`).
     fn wait(&self, timeout: Option<Duration>) -> Woken {
-        let ms = match timeout {
-            // Round up: waking a little late is fine, spinning until the deadline is not.
-            Some(t) => i32::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX),
-            None => -1,
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        // Round up: waking a little late is fine, spinning until the deadline is not.
+        let timeout = match timeout {
+            Some(t) => {
+                PollTimeout::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
         };
-        let mut fds = [
-            libc::pollfd {
-                fd: self.waker.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                // poll(2) ignores negative descriptors: polling mode has no inotify.
-                fd: self.watches.as_ref().map_or(-1, |w| w.fd()),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a live array of two `pollfd`s for the whole call, its length
-        // is passed with it, and poll(2) only writes their `revents` fields.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if n <= 0 {
+        let waker = PollFd::new(self.waker.as_fd(), PollFlags::POLLIN);
+        let (mut one, mut both);
+        let fds: &mut [PollFd<'_>] = match &self.watches {
+            Some(w) => {
+                both = [waker, PollFd::new(w.fd(), PollFlags::POLLIN)];
+                &mut both
+            }
+            // Polling mode has no inotify descriptor.
+            None => {
+                one = [waker];
+                &mut one
+            }
+        };
+        match poll(fds, timeout) {
+            Ok(n) if n > 0 => {}
             // Timeout, or EINTR: the loop re-checks its deadlines either way.
-            return Woken::default();
+            _ => return Woken::default(),
         }
+        let ready = |fd: Option<&PollFd<'_>>| fd.and_then(PollFd::any).unwrap_or(false);
         Woken {
-            control: fds[0].revents != 0,
-            events: fds[1].revents != 0,
+            control: ready(fds.first()),
+            events: ready(fds.get(1)),
         }
     }
 

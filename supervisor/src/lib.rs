@@ -7,7 +7,7 @@
 //! - [`pool`] — one app's workers: overlapped recycle, crash policy. The only
 //!   module that starts and stops processes.
 //! - [`spawn`] — fork/exec of one worker; [`sockets`] — listening sockets shared by
-//!   every generation; [`notify`] — sd_notify; [`reaper`] — exits; [`guard`] — no
+//!   every generation; [`sd_notify`] — the sd_notify protocol (worker → supervisor, supervisor → systemd); [`reaper`] — exits; [`guard`] — no
 //!   worker outlives a killed supervisor; [`output`] — worker logs; [`probe`] —
 //!   HTTP readiness; [`procfs`] — what `/proc` says about a process (memory, CPU,
 //!   descendants) and the one `Pid` type.
@@ -31,13 +31,13 @@ pub mod daemon;
 pub mod events;
 pub mod guard;
 pub mod logging;
-pub mod notify;
 pub mod output;
 pub mod pool;
 pub mod probe;
 pub mod procfs;
 pub mod reaper;
 pub mod reason;
+pub mod sd_notify;
 pub mod signal;
 pub mod sockets;
 pub mod spawn;

@@ -34,7 +34,7 @@
 //!
 //! With `poll`, no inotify is used: the thread stat-walks the plan every `poll`
 //! interval and feeds what differs from the baseline into the same burst logic.
-//! (notify's `PollWatcher` compares mtimes in whole seconds, so a second save within
+//! (the `notify` crate's `PollWatcher` compares mtimes in whole seconds, so a second save within
 //! the same second — or any save in the second the baseline was taken — would be
 //! missed; the baseline here has nanosecond mtime, ctime, size and inode.) A polled
 //! change is acted on only after one more poll found nothing new, so a copy that

@@ -1,4 +1,9 @@
-//! The sd_notify protocol: one `NOTIFY_SOCKET` per worker.
+//! The sd_notify protocol, both ways: one `NOTIFY_SOCKET` per worker that the
+//! supervisor reads ([`NotifySocket`]), and the supervisor's own messages to systemd
+//! when it runs as a `Type=notify` service ([`notify_own_parent`]).
+//!
+//! (Named for the protocol: `notify` alone would also fit inotify, which the file
+//! watchers in [`crate::trigger::watch`] use.)
 //!
 //! A worker (or anything it spawns) sends datagrams of `KEY=VALUE` lines. We read
 //! the sender's credentials (`SO_PASSCRED`) and accept messages only from the
@@ -170,11 +175,7 @@ fn cmsg_buffer() -> Vec<u8> {
     nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; 16])
 }
 
-fn recvmsg_creds(
-    fd: RawFd,
-    buf: &mut [u8],
-    cmsg: &mut [u8],
-) -> io::Result<(usize, Option<i32>)> {
+fn recvmsg_creds(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
     let mut iov = [io::IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         fd,
@@ -196,6 +197,25 @@ fn recvmsg_creds(
         }
     }
     Ok((msg.bytes, pid))
+}
+
+/// sd_notify to whoever started the supervisor (systemd `Type=notify`); nothing
+/// without `NOTIFY_SOCKET`. Best effort: systemd not listening is no reason to stop.
+pub fn notify_own_parent(msg: &str) {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(name) {
+            let _ = sock.send_to_addr(msg.as_bytes(), &addr);
+        }
+    } else {
+        let _ = sock.send_to(msg.as_bytes(), path);
+    }
 }
 
 #[cfg(test)]

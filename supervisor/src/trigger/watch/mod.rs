@@ -571,6 +571,8 @@ impl WatchThread {
                     }
                 }
                 let at = Instant::now();
+                // Once per batch: even a disabled `debug!` costs a little per event.
+                let debug = tracing::enabled!(tracing::Level::DEBUG);
                 for r in raw.drain(..) {
                     match r {
                         Raw::Overflow => {
@@ -581,7 +583,7 @@ impl WatchThread {
                             if rel.as_os_str().is_empty()
                                 || !self.matcher.is_relevant(&rel, flags.structural())
                             {
-                                if tracing::enabled!(tracing::Level::DEBUG)
+                                if debug
                                     && self.ignored_logged.len() < IGNORED_LOGGED
                                     && self.ignored_logged.insert(rel.clone())
                                 {
@@ -594,12 +596,14 @@ impl WatchThread {
                                 }
                                 continue;
                             }
-                            tracing::debug!(
-                                app = %self.app,
-                                path = %rel.display(),
-                                event = %flags,
-                                "changed"
-                            );
+                            if debug {
+                                tracing::debug!(
+                                    app = %self.app,
+                                    path = %rel.display(),
+                                    event = %flags,
+                                    "changed"
+                                );
+                            }
                             if flags.structural() {
                                 self.follow_structure(&rel, flags);
                             }
@@ -689,8 +693,11 @@ impl WatchThread {
             return;
         }
         self.poll_fingerprint = fingerprint;
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
         for (rel, flags, _) in diff {
-            tracing::debug!(app = %self.app, path = %rel.display(), event = %flags, "changed (seen by a poll)");
+            if debug {
+                tracing::debug!(app = %self.app, path = %rel.display(), event = %flags, "changed (seen by a poll)");
+            }
             burst
                 .get_or_insert_with(|| Burst::new(now))
                 .add(rel, flags, now);

@@ -74,6 +74,15 @@ const QUEUE_LINES: usize = 1024;
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
     writer: Option<(LogWriter, JoinHandle<()>)>,
+    shape: Shape,
+}
+
+impl LogGuard {
+    /// Whether stderr carries machine-read lines (JSON, or journald's `<N>` prefix),
+    /// so a fatal error must go through the log rather than as a bare message.
+    pub fn is_structured(&self) -> bool {
+        !matches!(self.shape, Shape::Text { .. })
+    }
 }
 
 impl std::fmt::Debug for LogGuard {
@@ -110,7 +119,10 @@ pub fn install(format: LogFormat, background: bool) -> LogGuard {
         .with(layer(shape, writer));
     // Only fails if a subscriber is already set (a test harness): keep that one.
     let _ = tracing::subscriber::set_global_default(subscriber);
-    LogGuard { writer: guard }
+    LogGuard {
+        writer: guard,
+        shape,
+    }
 }
 
 /// `RUST_LOG`, or `info`.

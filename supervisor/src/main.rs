@@ -3,21 +3,20 @@
 use std::io::Write;
 
 use appvisor::cli::{Cli, Command};
-use appvisor::logging::{self, LogFormat};
+use appvisor::logging;
 use clap::Parser;
 
 fn main() {
     let cli = Cli::parse();
     let daemon = matches!(cli.command, Command::Run { .. });
-    let format = cli.log_format;
-    let log = logging::install(format, daemon);
+    let log = logging::install(cli.log_format, daemon);
     let code = match appvisor::cli::main(cli) {
         Ok(code) => code,
         // `appvisor status | head -1`: the reader has all it wanted.
         Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            if daemon && format == LogFormat::Json {
-                // Keep the stream one JSON object per line.
+            if daemon && log.is_structured() {
+                // Keep the stream JSON lines, or give journald the error's priority.
                 tracing::error!("{e:#}");
             } else {
                 // The message a user reads (it may span lines, with a caret under

@@ -13,7 +13,8 @@
 //!   descendants) and the one `Pid` type.
 //! - [`events`] — `events.jsonl`; [`control`] — the control socket; [`logging`] —
 //!   the supervisor's own `tracing` log (text, JSON or journald lines on stderr).
-//! - [`reason`] — why a recycle happened.
+//! - [`reason`] — why a recycle happened; [`signal`] — sending signals (their
+//!   names and numbers are `appvisor_config::Signal`, the one table).
 //! - [`trigger`] — what decides a recycle: file watch, memory, clock, requests.
 //! - [`store`] — the embedded Redis-protocol session store; [`backend`] — which
 //!   store workers use (embedded or a remote Redis) and its URL.

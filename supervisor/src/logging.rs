@@ -36,6 +36,7 @@
 //!   queue, so it adds no wake-up while nothing is logged.
 
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -147,16 +148,20 @@ fn shape(format: LogFormat) -> Shape {
 
 /// `JOURNAL_STREAM=DEV:INODE` and stderr is that very stream.
 fn stderr_is_journal() -> bool {
-    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+    std::env::var_os("JOURNAL_STREAM")
+        .and_then(|v| v.to_str().map(str::to_owned))
+        .is_some_and(|v| is_stream(io::stderr().as_fd(), &v))
+}
+
+/// Whether `fd` is the stream `DEV:INODE` names (as systemd sets `JOURNAL_STREAM`).
+fn is_stream(fd: std::os::fd::BorrowedFd<'_>, value: &str) -> bool {
+    let Some((dev, ino)) = value.split_once(':') else {
         return false;
     };
     let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
         return false;
     };
-    match nix::sys::stat::fstat(io::stderr()) {
+    match nix::sys::stat::fstat(fd) {
         // dev_t and ino_t are not u64 on every target.
         #[allow(clippy::unnecessary_cast)]
         Ok(st) => st.st_dev as u64 == dev && st.st_ino as u64 == ino,
@@ -397,6 +402,22 @@ mod tests {
             first.as_bytes()[..4].iter().all(u8::is_ascii_digit),
             "{first}"
         );
+    }
+
+    #[test]
+    fn journal_stream_must_name_the_fd_itself() {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::env::temp_dir().join(format!("appvisor-journal-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let value = format!("{}:{}", meta.dev(), meta.ino());
+        assert!(is_stream(file.as_fd(), &value));
+        assert!(!is_stream(
+            file.as_fd(),
+            &format!("{}:{}", meta.dev(), meta.ino() + 1)
+        ));
+        assert!(!is_stream(file.as_fd(), "garbage"));
+        std::fs::remove_file(&path).unwrap();
     }
 
     /// A writer whose every write fails, as a closed stderr does.

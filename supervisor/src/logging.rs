@@ -30,7 +30,7 @@
 //! - `tracing-subscriber`'s fmt layer would `eprintln!` its own write errors — which
 //!   panics on a closed stderr — so that is turned off (`log_internal_errors(false)`);
 //! - for `appvisor run`, lines go through a bounded queue to one writer thread
-//!   ([`LogWriter::background`]): if stderr is full (a paused pager, a stuck pipe)
+//!   (`LogWriter::background`): if stderr is full (a paused pager, a stuck pipe)
 //!   the runtime thread never blocks on it; lines beyond the queue are dropped and
 //!   counted, and the count is written once stderr drains. The thread sleeps on the
 //!   queue, so it adds no wake-up while nothing is logged.

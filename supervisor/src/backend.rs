@@ -65,6 +65,34 @@ fn token() -> Result<String, BackendError> {
     Ok(hex)
 }
 
+/// What the embedded store found at start, in words.
+fn log_load_report(report: &store::LoadReport, socket: &std::path::Path) {
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    tracing::info!(
+        "Session store ready on {}: {} key{} loaded from {} log record{} ({} expired while it was down).",
+        socket.display(),
+        report.keys,
+        plural(report.keys),
+        report.records,
+        plural(report.records),
+        report.expired,
+    );
+    if let Some(cut) = &report.truncated {
+        let saved = cut
+            .saved_to
+            .as_ref()
+            .map(|p| format!("; the cut bytes are saved in {}", p.display()))
+            .unwrap_or_default();
+        tracing::warn!(
+            "The session store's log was cut at byte {}: {} byte{} dropped ({}){saved}.",
+            cut.at,
+            cut.dropped,
+            plural(cut.dropped),
+            cut.reason,
+        );
+    }
+}
+
 impl Backend {
     pub async fn start(config: &Config) -> Result<Backend, BackendError> {
         match &config.store.backend {
@@ -80,8 +108,7 @@ impl Backend {
                     let _ = rx.await;
                 })
                 .await?;
-                let report = handle.load_report();
-                eprintln!("appvisor: session store: {report}");
+                log_load_report(handle.load_report(), handle.unix_path());
                 Ok(Backend::Embedded {
                     handle,
                     credentials,
@@ -91,8 +118,8 @@ impl Backend {
             StoreBackend::Redis { url } => {
                 let reachable = check_redis(url).await;
                 match &reachable {
-                    Ok(kind) => eprintln!(
-                        "appvisor: session store: {} answers PING{}",
+                    Ok(kind) => tracing::info!(
+                        "Session store: {} answers PING{}.",
                         redact(url),
                         if *kind == RedisKind::Cluster {
                             " (a Redis Cluster node: workers route by slot)"
@@ -100,8 +127,8 @@ impl Backend {
                             ""
                         }
                     ),
-                    Err(e) => eprintln!(
-                        "appvisor: warning: session store {} is not reachable: {e}; workers will retry",
+                    Err(e) => tracing::warn!(
+                        "Session store {} is not reachable: {e}; workers will retry.",
                         redact(url)
                     ),
                 }

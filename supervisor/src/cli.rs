@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use crate::control::client::Client;
 use crate::control::{Request, Response, SupervisorStatus};
 use crate::events::{human_ms, render, Event};
+use crate::logging::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,6 +25,10 @@ pub struct Cli {
     /// The config file (default: ./appvisor.toml).
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The supervisor's own log on stderr: `text` (journald lines under systemd) or
+    /// `json` (one object per line). `RUST_LOG` sets the level (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -98,7 +103,10 @@ fn state_dir(config: &Path) -> anyhow::Result<PathBuf> {
             if !config.exists() {
                 anyhow::bail!("{e}");
             }
-            eprintln!("appvisor: warning: {e}\nappvisor: trying the default state dir beside it");
+            let _ = writeln!(
+                std::io::stderr(),
+                "appvisor: warning: {e}\nappvisor: trying the default state dir beside it"
+            );
             let abs = std::path::absolute(config)?;
             Ok(abs.parent().unwrap_or(Path::new("/")).join(".appvisor"))
         }
@@ -119,11 +127,12 @@ fn call(config: &Path, req: Request) -> anyhow::Result<Response> {
 fn finish(r: Response) -> anyhow::Result<i32> {
     if r.ok {
         if let Some(m) = r.message {
-            println!("{m}");
+            writeln!(std::io::stdout(), "{m}")?;
         }
         Ok(0)
     } else {
-        eprintln!("appvisor: {}", r.error.unwrap_or_else(|| "failed".into()));
+        let error = r.error.unwrap_or_else(|| "failed".into());
+        let _ = writeln!(std::io::stderr(), "appvisor: {error}");
         Ok(1)
     }
 }
@@ -151,12 +160,16 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
             )
             .is_ok();
             if running {
-                eprintln!("appvisor: a supervisor is running for this config; its ports were not re-checked");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "appvisor: a supervisor is running for this config; its ports were not re-checked"
+                );
             } else {
                 check_tcp_ports(&config)?;
             }
-            println!("{}", config.to_toml_string());
-            eprintln!(
+            writeln!(std::io::stdout(), "{}", config.to_toml_string())?;
+            let _ = writeln!(
+                std::io::stderr(),
                 "appvisor: {} is valid ({} app(s))",
                 config.path.display(),
                 config.apps.len()
@@ -170,11 +183,13 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
                 return finish(r);
             }
             let status = r.status.context("the supervisor sent no status")?;
+            let mut out = std::io::stdout().lock();
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
             } else {
-                print_status(&status);
+                write_status(&mut out, &status)?;
             }
+            out.flush()?;
             Ok(0)
         }
         Command::Recycle { app, no_wait } => {
@@ -203,9 +218,10 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
                 let r = client.call(&Request::Status { app: None })?;
                 let status = r.status.context("the supervisor sent no status")?;
                 // Clear the screen and home the cursor, then draw.
-                print!("\x1b[H\x1b[2J");
-                print_status(&status);
-                std::io::stdout().flush()?;
+                let mut out = std::io::stdout().lock();
+                write!(out, "\x1b[H\x1b[2J")?;
+                write_status(&mut out, &status)?;
+                out.flush()?;
                 std::thread::sleep(std::time::Duration::from_millis(interval_ms.max(100)));
             }
         }
@@ -243,20 +259,21 @@ fn events(
     let dir = state_dir(config)?;
     let file = dir.join("events.jsonl");
     let keep = |e: &Event| app.as_ref().is_none_or(|a| &e.app == a);
-    let show = |line: &str| {
+    // A closed stdout (`appvisor events -f | head`) ends the command.
+    let show = |line: &str| -> std::io::Result<()> {
         let Ok(e) = serde_json::from_str::<Event>(line) else {
-            return;
+            return Ok(());
         };
         if !keep(&e) {
-            return;
+            return Ok(());
         }
         let mut out = std::io::stdout().lock();
         if json {
-            let _ = writeln!(out, "{line}");
+            writeln!(out, "{line}")?;
         } else {
-            let _ = writeln!(out, "{}", render_local(&e));
+            writeln!(out, "{}", render_local(&e))?;
         }
-        let _ = out.flush();
+        out.flush()
     };
     // Subscribe first, so nothing falls between history and follow.
     let mut client = if follow {
@@ -276,12 +293,13 @@ fn events(
                 .filter(|l| serde_json::from_str::<Event>(l).is_ok_and(|e| keep(&e)))
                 .collect();
             for line in &all[all.len().saturating_sub(lines)..] {
-                show(line);
+                show(line)?;
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "appvisor: no events yet ({} does not exist)",
                 file.display()
             );
@@ -291,7 +309,7 @@ fn events(
     if let Some(c) = client.as_mut() {
         loop {
             let line = c.read_line()?;
-            show(&line);
+            show(&line)?;
         }
     }
     Ok(0)
@@ -320,8 +338,9 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / 1048576.0)
 }
 
-fn print_status(s: &SupervisorStatus) {
-    println!(
+fn write_status(out: &mut impl Write, s: &SupervisorStatus) -> std::io::Result<()> {
+    writeln!(
+        out,
         "supervisor pid {} · up {} · {} · config {} (generation {}){}",
         s.pid,
         human_ms(s.uptime_ms),
@@ -332,29 +351,36 @@ fn print_status(s: &SupervisorStatus) {
             .as_ref()
             .map(|st| format!(" · store {st}"))
             .unwrap_or_default()
-    );
+    )?;
     for app in &s.apps {
-        println!();
-        println!(
+        writeln!(out)?;
+        writeln!(
+            out,
             "{}  {}  {}  recycles {}  crashes {}",
             app.name,
             app.state,
             app.listen.join(" "),
             app.recycles,
             app.crashes
-        );
+        )?;
         if let Some(l) = &app.last_recycle {
-            println!("  last recycle: {} ({}) at {}", l.reason, l.detail, l.time);
+            writeln!(
+                out,
+                "  last recycle: {} ({}) at {}",
+                l.reason, l.detail, l.time
+            )?;
         }
         if app.workers.is_empty() {
             continue;
         }
-        println!(
+        writeln!(
+            out,
             "  {:<3} {:<8} {:<5} {:<9} {:<8} {:<10} {:<9} STATUS",
             "W", "PID", "GEN", "STATE", "UPTIME", "RSS", "REQUESTS"
-        );
+        )?;
         for w in &app.workers {
-            println!(
+            writeln!(
+                out,
                 "  {:<3} {:<8} {:<5} {:<9} {:<8} {:<10} {:<9} {}",
                 w.worker,
                 w.pid,
@@ -364,7 +390,8 @@ fn print_status(s: &SupervisorStatus) {
                 w.rss.map(mib).unwrap_or_else(|| "-".into()),
                 w.requests,
                 w.status.as_deref().unwrap_or("")
-            );
+            )?;
         }
     }
+    Ok(())
 }

@@ -223,7 +223,7 @@ async fn dispatch(req: Request, state: &ControlState) -> Response {
                     config: state.config_path.display().to_string(),
                     config_generation: *state.config_generation.lock().unwrap(),
                     uptime_ms: state.started.elapsed().as_millis() as u64,
-                    rss: crate::probe::rss_bytes(std::process::id() as i32),
+                    rss: crate::procfs::rss_bytes(crate::procfs::Pid::this()),
                     store: Some(state.store.lock().unwrap().describe()),
                     apps,
                 }),

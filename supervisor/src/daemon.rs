@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
-use appvisor_config::Config;
+use appvisor_config::{Compare, Config, WatchConfig};
 use appvisor_contract as contract;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -36,6 +36,7 @@ use crate::output::AppLog;
 use crate::pool::{start_pool, PoolContext, PoolHandle};
 use crate::reaper::Reaper;
 use crate::sockets::{bind_all, BoundSocket};
+use crate::trigger::watch::{AppWatcher, WatchDecision};
 
 /// Paths inside the state dir.
 #[derive(Debug, Clone)]
@@ -144,14 +145,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         daemon: dtx,
     };
     let control_task = tokio::spawn(control::serve(listener, state));
-    notify_own_parent(&format!(
+    crate::sd_notify::notify_own_parent(&format!(
         "{}\n{}=supervising",
         contract::notify::READY,
         contract::notify::STATUS
     ));
-    eprintln!(
-        "appvisor: supervising {} app(s) from {}; state in {}",
-        config.apps.len(),
+    let names: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
+    tracing::info!(
+        "Supervising {} app{} ({}) from {}; state and logs in {}.",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", "),
         config.path.display(),
         paths.dir.display()
     );
@@ -166,7 +170,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         backend: backend.clone(),
     };
     let (ctx_tx, mut config_changed) = mpsc::unbounded_channel();
-    let _config_watch = watch_config_file(&live.config.path, ctx_tx);
+    let _config_watch = watch_config_file(&live.config.path, ctx_tx).await;
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -178,9 +182,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 let _ = live.reload("SIGHUP");
             }
-            Some(()) = config_changed.recv() => {
-                let _ = live.reload("the config file changed");
-            }
+            Some(decision) = config_changed.recv() => match decision {
+                WatchDecision::Recycle(_) => {
+                    let _ = live.reload("the config file changed");
+                }
+                WatchDecision::Warning { detail } => tracing::warn!("{detail}"),
+                WatchDecision::Soft { .. } | WatchDecision::Ignored { .. } => {}
+            },
             req = drx.recv() => match req {
                 Some(DaemonRequest::Shutdown) | None => break,
                 Some(DaemonRequest::Reload(reply)) => {
@@ -190,8 +198,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
 
-    eprintln!("appvisor: stopping every app");
-    notify_own_parent(contract::notify::STOPPING);
+    tracing::info!("Stopping every app.");
+    crate::sd_notify::notify_own_parent(contract::notify::STOPPING);
     let handles: Vec<PoolHandle> = pools.lock().unwrap().values().cloned().collect();
     let mut stops = tokio::task::JoinSet::new();
     for h in handles {
@@ -206,7 +214,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&control_path);
     guard.finish();
-    eprintln!("appvisor: stopped");
+    tracing::info!("Stopped.");
     Ok(())
 }
 
@@ -370,76 +378,41 @@ impl Live {
     }
 }
 
-/// Watches the config file's directory (an editor's atomic save replaces the
-/// file's inode) and signals when the file's *content* changed, 200 ms after the
-/// last event.
-fn watch_config_file(
+/// Watches the config file with the same inotify watcher the apps use
+/// ([`AppWatcher`]): its directory is watched (an editor's atomic save replaces the
+/// file's inode), events are debounced (200 ms quiet, 2 s at most), and only a change
+/// of *content* against the baseline becomes a decision — a touch, or our own reads,
+/// are not.
+async fn watch_config_file(
     path: &Path,
-    tx: mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let dir = path.parent()?.to_path_buf();
-    let name = path.file_name()?.to_owned();
-    let (etx, mut erx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            // Opens and reads (ours included: reading the file after an event
-            // would otherwise wake us again) are not changes.
-            if matches!(ev.kind, notify::EventKind::Access(_)) {
-                return;
-            }
-            if ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(name.as_os_str()))
-            {
-                let _ = etx.send(());
-            }
-        }
-    })
-    .ok()?;
-    watcher
-        .watch(&dir, notify::RecursiveMode::NonRecursive)
-        .ok()?;
-    let file = path.to_path_buf();
-    tokio::spawn(async move {
-        let mut last = std::fs::read(&file).ok();
-        while erx.recv().await.is_some() {
-            // Debounce: an editor's save is several events.
-            loop {
-                match tokio::time::timeout(std::time::Duration::from_millis(200), erx.recv()).await
-                {
-                    Ok(Some(())) => continue,
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
-            }
-            let now = std::fs::read(&file).ok();
-            if now != last {
-                last = now;
-                if tx.send(()).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    Some(watcher)
-}
-
-/// sd_notify to whoever started the supervisor (systemd `Type=notify`).
-fn notify_own_parent(msg: &str) {
-    let Ok(path) = std::env::var(contract::env::NOTIFY_SOCKET) else {
-        return;
+    tx: mpsc::UnboundedSender<WatchDecision>,
+) -> Option<AppWatcher> {
+    let dir = path.parent()?;
+    let name = path.file_name()?.to_str()?;
+    let cfg = WatchConfig {
+        enabled: true,
+        paths: vec![globset::escape(name)],
+        code_dir: String::new(),
+        ignore: Vec::new(),
+        debounce: std::time::Duration::from_millis(200),
+        max_wait: std::time::Duration::from_secs(2),
+        compare: Compare::Content,
+        soft: Vec::new(),
+        soft_signal: appvisor_config::Signal::HUP,
+        soft_changes_before_recycle: 0,
+        poll: None,
     };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    if let Some(name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(name) {
-            let _ = sock.send_to_addr(msg.as_bytes(), &addr);
+    match AppWatcher::start(CONFIG_WATCHER, dir, &cfg, tx).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "Cannot watch {} for changes ({e}); reload with `appvisor reload` or SIGHUP.",
+                path.display()
+            );
+            None
         }
-    } else {
-        let _ = sock.send_to(msg.as_bytes(), path);
     }
 }
+
+/// The config watcher's name in the watcher's own messages and debug lines.
+const CONFIG_WATCHER: &str = "(config file)";

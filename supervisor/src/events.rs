@@ -132,15 +132,24 @@ impl EventLog {
         &self.path
     }
 
-    /// Appends `event` and prints its readable form on the supervisor's stderr.
+    /// Appends `event` and logs its readable form (a warning for the kinds that
+    /// mean something went wrong).
     pub fn emit(&self, event: Event) {
         let mut line = serde_json::to_string(&event).expect("events serialize");
-        eprintln!("appvisor: {}", render(&event));
+        let text = describe(&event);
+        if is_trouble(&event.kind) {
+            tracing::warn!("{text}");
+        } else {
+            tracing::info!("{text}");
+        }
         line.push('\n');
         {
             let mut inner = self.inner.lock().unwrap();
             if let Err(e) = inner.file.write_all(line.as_bytes()) {
-                eprintln!("appvisor: cannot append to {}: {e}", self.path.display());
+                tracing::error!(
+                    "Cannot append to the event log {}: {e}",
+                    self.path.display()
+                );
             }
         }
         line.pop();
@@ -152,10 +161,24 @@ impl EventLog {
     }
 }
 
+/// Kinds that say something went wrong, logged as warnings.
+fn is_trouble(kind: &str) -> bool {
+    matches!(
+        kind,
+        "startup_failed" | "crashed" | "killed" | "rapid_fail_stopped" | "config_rejected"
+    )
+}
+
 /// One readable line: `12:03:04.120 web recycle w0 gen 3 pid 100→140 manual recycle (startup 352 ms)`.
 pub fn render(e: &Event) -> String {
     let time = e.time.get(11..23).unwrap_or(&e.time);
-    let mut s = format!("{time} {} {}", e.app, e.kind);
+    format!("{time} {}", describe(e))
+}
+
+/// [`render`] without the time (the log line has its own):
+/// `web recycle w0 gen 3 pid 100→140 manual recycle (startup 352 ms)`.
+pub fn describe(e: &Event) -> String {
+    let mut s = format!("{} {}", e.app, e.kind);
     if let Some(w) = e.worker {
         s.push_str(&format!(" w{w}"));
     }

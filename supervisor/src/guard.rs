@@ -14,6 +14,8 @@ use std::io::{self, BufRead, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use crate::procfs::Pid;
+
 /// The supervisor's side of the pipe.
 #[derive(Clone)]
 pub struct Guard {
@@ -60,7 +62,9 @@ impl Guard {
         let mut p = self.pipe.lock().unwrap();
         if let Some((_, stdin)) = p.as_mut() {
             if stdin.write_all(line.as_bytes()).is_err() {
-                eprintln!("appvisor: the guard process is gone; workers may outlive a crash of the supervisor");
+                tracing::warn!(
+                    "The guard process is gone; workers may outlive a crash of the supervisor."
+                );
                 *p = None;
             }
         }
@@ -77,14 +81,17 @@ impl Guard {
 
 /// `appvisor __guard`: the guard process itself.
 pub fn guard_main() -> ! {
-    // SAFETY: setting signal dispositions to SIG_IGN in a single-threaded process.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-        // Own process group: a signal sent to the supervisor's group misses us.
-        libc::setpgid(0, 0);
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+    // Blocked rather than ignored: the guard never unblocks them, so they are never
+    // delivered — the effect of SIG_IGN, without swapping a handler (which is unsafe
+    // in `nix`). The mask is the guard's own; it starts no process.
+    let mut terminal = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        terminal.add(sig);
     }
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&terminal), None);
+    // Own process group: a signal sent to the supervisor's group misses us.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     let mut groups: HashSet<i32> = HashSet::new();
     let stdin = io::stdin();
     for line in stdin.lock().lines() {
@@ -107,8 +114,7 @@ pub fn guard_main() -> ! {
         }
     }
     for pgid in groups {
-        // SAFETY: kill with a negative pid signals a process group.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = crate::signal::kill_group(Pid::from_raw(pgid));
     }
     std::process::exit(0)
 }

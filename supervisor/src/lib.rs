@@ -7,11 +7,14 @@
 //! - [`pool`] — one app's workers: overlapped recycle, crash policy. The only
 //!   module that starts and stops processes.
 //! - [`spawn`] — fork/exec of one worker; [`sockets`] — listening sockets shared by
-//!   every generation; [`notify`] — sd_notify; [`reaper`] — exits; [`guard`] — no
+//!   every generation; [`sd_notify`] — the sd_notify protocol (worker → supervisor, supervisor → systemd); [`reaper`] — exits; [`guard`] — no
 //!   worker outlives a killed supervisor; [`output`] — worker logs; [`probe`] —
-//!   HTTP readiness and memory figures.
-//! - [`events`] — `events.jsonl`; [`control`] — the control socket.
-//! - [`reason`] — why a recycle happened.
+//!   HTTP readiness; [`procfs`] — what `/proc` says about a process (memory, CPU,
+//!   descendants) and the one `Pid` type.
+//! - [`events`] — `events.jsonl`; [`control`] — the control socket; [`logging`] —
+//!   the supervisor's own `tracing` log (text, JSON or journald lines on stderr).
+//! - [`reason`] — why a recycle happened; [`signal`] — sending signals (their
+//!   names and numbers are `appvisor_config::Signal`, the one table).
 //! - [`trigger`] — what decides a recycle: file watch, memory, clock, requests.
 //! - [`backend`] — which store workers use: the embedded one (the `appvisor-store`
 //!   crate, `supervisor/store/`, a Redis-protocol server on this runtime) or a remote Redis,
@@ -29,12 +32,15 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod guard;
-pub mod notify;
+pub mod logging;
 pub mod output;
 pub mod pool;
 pub mod probe;
+pub mod procfs;
 pub mod reaper;
 pub mod reason;
+pub mod sd_notify;
+pub mod signal;
 pub mod sockets;
 pub mod spawn;
 pub mod trigger;

@@ -69,7 +69,10 @@ impl LogFile {
                 self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 self.file = Some(f);
             }
-            Err(e) => eprintln!("appvisor: cannot open {}: {e}", self.path.display()),
+            Err(e) => tracing::error!(
+                "Cannot open the app log {}: {e}; its worker output is lost until it can be.",
+                self.path.display()
+            ),
         }
     }
 

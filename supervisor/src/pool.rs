@@ -45,10 +45,10 @@ use tokio::time::Instant;
 
 use crate::events::{Event, EventLog};
 use crate::guard::Guard;
-use crate::notify::{NotifyMessage, NotifySocket};
 use crate::output::AppLog;
 use crate::reaper::{signal_name, Exit, ExitStatus, Reaper};
 use crate::reason::RecycleReason;
+use crate::sd_notify::{NotifyMessage, NotifySocket};
 use crate::sockets::BoundSocket;
 use crate::spawn::{spawn, SpawnSpec};
 use crate::trigger::memory::{self, MemoryVerdict};

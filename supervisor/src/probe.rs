@@ -1,5 +1,6 @@
-//! Looking at a worker from outside: an HTTP GET for `ready = "http:…"`, its
-//! resident memory for `status`, its CPU time for `idle_timeout`.
+//! Looking at a worker from outside: an HTTP GET for `ready = "http:…"` and the
+//! `[app.health]` probe. (Its memory and CPU time come from [`crate::procfs`]; the
+//! `rss_bytes`/`cpu_ticks` here forward to it by raw pid.)
 
 use std::time::Duration;
 
@@ -48,29 +49,19 @@ async fn read_some<S: AsyncReadExt + Unpin>(s: &mut S, buf: &mut [u8]) -> Option
     (got >= 12).then_some(got)
 }
 
-/// VmRSS of one process, in bytes.
+// The pool reads these through `probe` by raw pid; `/proc` itself is `procfs`'s.
+
+/// `VmRSS` of one process, in bytes ([`crate::procfs::rss_bytes`]).
 pub fn rss_bytes(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    crate::procfs::rss_bytes(crate::procfs::Pid::from_raw(pid))
 }
 
-/// User + system CPU time of one process, in clock ticks.
+/// User + system CPU time of one process, in clock ticks ([`crate::procfs::cpu_ticks`]).
 pub fn cpu_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    crate::procfs::cpu_ticks(crate::procfs::Pid::from_raw(pid))
 }
 
-/// Clock ticks per second (`_SC_CLK_TCK`).
+/// Clock ticks per second ([`crate::procfs::ticks_per_second`]).
 pub fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 {
-        hz as f64
-    } else {
-        100.0
-    }
+    crate::procfs::ticks_per_second()
 }

@@ -23,6 +23,10 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
+    /// Decodes a `waitpid` status. Only exits are asked for (no `WUNTRACED`), so a
+    /// status is either an exit code or a terminating signal. Decoded by hand rather
+    /// than with `nix`'s `WaitStatus`, which refuses signal numbers outside its
+    /// enum (a realtime signal) — see [`Reaper::reap_all`].
     fn from_wait(status: i32) -> Self {
         if libc::WIFSIGNALED(status) {
             ExitStatus::Signal(libc::WTERMSIG(status))
@@ -45,26 +49,10 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
-/// `SIGKILL` for 9, etc.; the number for unusual ones.
+/// `SIGKILL` for 9, etc.; `signal 34` for one without a name. The names come from
+/// the one signal table, the config's [`Signal`](appvisor_config::Signal).
 pub fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        _ => return format!("signal {sig}"),
-    };
-    name.to_string()
+    appvisor_config::Signal::describe(sig)
 }
 
 /// A reaped exit, delivered to the registered listener.
@@ -94,8 +82,14 @@ impl std::fmt::Debug for Reaper {
 impl Reaper {
     /// Becomes a child subreaper and starts the reaping task.
     pub fn start() -> std::io::Result<Reaper> {
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            // Not fatal: workers are still reaped; only their orphaned children
+            // would be re-parented to init instead of to us.
+            tracing::warn!(
+                "Cannot become a child subreaper ({e}): processes a worker leaves behind \
+                 will not be reaped or stopped by appvisor."
+            );
+        }
         let reaper = Reaper::default();
         let mut sigchld = signal(SignalKind::child())?;
         let r = reaper.clone();
@@ -116,10 +110,16 @@ impl Reaper {
     }
 
     /// Reaps every exited child now.
+    ///
+    /// Raw `waitpid` on purpose: `nix::sys::wait::waitpid` reaps first and decodes
+    /// after, and fails the decoding for a signal its `Signal` enum lacks (a worker
+    /// killed by a realtime signal) — the child would be gone and its exit lost, and
+    /// its pool would wait for it forever.
     pub fn reap_all(&self) {
         loop {
             let mut status = 0;
-            // SAFETY: waitpid with a valid out-pointer.
+            // SAFETY: `status` is a live, writable int for the whole call; waitpid
+            // writes only there.
             let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
             if pid <= 0 {
                 break;

@@ -6,7 +6,7 @@
 //! holds new connections: nothing is refused and there is no proxy.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use appvisor_config::{Listen, ListenAddress};
@@ -133,12 +133,16 @@ pub fn raise_fd(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() >= FD_FLOOR {
         return Ok(fd);
     }
-    // SAFETY: F_DUPFD_CLOEXEC on a valid fd we own returns a new fd or -1.
-    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FD_FLOOR) };
-    if new < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `new` is a fresh fd that nothing else owns.
+    dup_above_floor(fd.as_fd())
+}
+
+/// A close-on-exec duplicate of `fd` numbered ≥ [`FD_FLOOR`] (`F_DUPFD_CLOEXEC`).
+/// `OwnedFd::try_clone` does the same with a floor of 3, which would collide with
+/// the numbers workers inherit.
+fn dup_above_floor(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let new = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FD_FLOOR))?;
+    // SAFETY: `new` is the fresh descriptor F_DUPFD_CLOEXEC just returned; nothing
+    // else knows its number, so this OwnedFd is its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
@@ -154,15 +158,13 @@ pub async fn wait_for_connection(fds: &[RawFd]) -> io::Result<()> {
     }
     let mut waits = Vec::new();
     for &fd in fds {
-        // SAFETY: dup of a listening socket we own; the copy is owned by `dup`.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, FD_FLOOR) };
-        if dup < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `dup` is a fresh fd nothing else owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
-        // SAFETY: `owned` is an open fd that the AsyncFd owns until dropped.
-        let registered = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) };
+        // SAFETY: `fd` is a listening socket of a `BoundSocket` the caller holds for
+        // the whole wait, so it is open while borrowed for the dup; the dup is an
+        // `OwnedFd` the AsyncFd owns until dropped, and its number never changes.
+        let registered = unsafe {
+            let owned = dup_above_floor(BorrowedFd::borrow_raw(fd))?;
+            AsyncFd::register_with_interest(owned, Interest::READABLE)
+        };
         waits.push(registered.map_err(io::Error::from)?);
     }
     let futures = waits.iter().map(|a| Box::pin(a.readable()));

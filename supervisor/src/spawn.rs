@@ -18,7 +18,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -156,19 +156,21 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         assert!(*fd >= floor, "listening fd {fd} below the floor {floor}");
     }
     let listen_fds: Vec<RawFd> = spec.listen_fds.to_vec();
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
+    let parent = nix::unistd::getpid().as_raw();
 
-    // SAFETY: fork in a possibly multi-threaded process. The child branch below only
-    // calls async-signal-safe functions and writes into memory allocated before the
-    // fork (its own copy-on-write pages); it never returns, it execs or `_exit`s.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(setup("fork")(io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // SAFETY: see above; we are the child.
-        unsafe {
+    // Raw `libc` from here to `execve` on purpose: between fork and exec the child of
+    // a multi-threaded parent may only call async-signal-safe functions and must not
+    // allocate (another thread may have held the allocator's lock at the fork). Safe
+    // wrappers give no such promise (`nix` builds `Vec`s and `CString`s, std's
+    // `io::Error` may box), so the child uses libc with buffers prepared above.
+    //
+    // SAFETY: fork in a possibly multi-threaded process. The child branch only calls
+    // async-signal-safe functions and writes into memory allocated before the fork
+    // (its own copy-on-write pages); it never returns, it execs or `_exit`s. The
+    // parent branch just gets the pid.
+    let pid = unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
             child_after_fork(ChildPlan {
                 parent,
                 devnull: devnull.as_raw_fd(),
@@ -184,6 +186,10 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
                 pid_slots: &pid_slots,
             })
         }
+        pid
+    };
+    if pid < 0 {
+        return Err(setup("fork")(io::Error::last_os_error()));
     }
     drop(report_w);
     drop(out_w);
@@ -194,25 +200,12 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     let mut buf = [0u8; 5];
     let mut got = 0;
     loop {
-        // SAFETY: reading into a stack buffer from an fd we own.
-        let n = unsafe {
-            libc::read(
-                report_r.as_raw_fd(),
-                buf[got..].as_mut_ptr().cast(),
-                buf.len() - got,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(setup("reading the error pipe")(e));
+        match nix::unistd::read(&report_r, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(setup("reading the error pipe")(e.into())),
         }
-        if n == 0 {
-            break;
-        }
-        got += n as usize;
         if got == buf.len() {
             break;
         }
@@ -226,8 +219,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     }
     // The child failed before exec and `_exit`ed; reap it here so no zombie remains
     // (the reaper may race us to it, which is harmless).
-    // SAFETY: waitpid on our own child.
-    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     let errno = i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]);
     let source = io::Error::from_raw_os_error(errno);
     if buf[0] == Step::Exec as u8 || buf[0] == Step::Chdir as u8 {
@@ -366,13 +358,7 @@ fn cstring(bytes: &[u8]) -> Result<CString, SpawnError> {
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two fds into the array on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds are fresh and owned by us.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
 
 /// `argv[0]` with a slash is taken relative to `cwd`; without one it is looked up in

@@ -18,7 +18,7 @@
 //!   marked close-on-exec for the same reason;
 //! - the fds are taken at most once per process, even if two threads race.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use appvisor_contract as contract;
@@ -223,11 +223,16 @@ pub fn take_inherited() -> Result<Vec<InheritedSocket>, WorkerError> {
     let passed = vars.parse(std::process::id())?;
     let mut sockets = Vec::with_capacity(passed.len());
     for PassedFd { fd, name } in passed {
-        let family = check_listening_socket(fd)?;
-        // SAFETY: `fd` was passed to this process by its supervisor (LISTEN_PID
-        // is our pid), `check_listening_socket` has just confirmed it is open,
-        // and the TAKEN guard ensures it is wrapped exactly once, so this
-        // OwnedFd is its only owner.
+        // SAFETY: `fd` was passed to this process by its supervisor (LISTEN_PID is
+        // our pid) and is only borrowed here, for the checks. Nothing closes it while
+        // borrowed: this runs before the app starts threads, and the TAKEN guard makes
+        // it the only code looking at inherited fds. A number that is not open makes
+        // the first `fcntl` fail with EBADF, reported before anything else uses it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let family = check_listening_socket(fd, borrowed)?;
+        // SAFETY: `check_listening_socket` has just confirmed `fd` is open, and the
+        // TAKEN guard ensures it is wrapped exactly once, so this OwnedFd is its
+        // only owner.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         sockets.push(InheritedSocket { fd, name, family });
     }
@@ -236,26 +241,17 @@ pub fn take_inherited() -> Result<Vec<InheritedSocket>, WorkerError> {
 
 /// Confirms `fd` is an open listening stream socket, marks it close-on-exec
 /// and says which family it is.
-fn check_listening_socket(fd: RawFd) -> Result<Family, WorkerError> {
-    // SAFETY: F_GETFD/F_SETFD only read and set the descriptor flags of `fd`;
-    // on a closed fd they fail with EBADF, which we report.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(WorkerError::BadFd {
-            fd,
-            source: std::io::Error::last_os_error(),
-        });
+fn check_listening_socket(fd: RawFd, borrowed: BorrowedFd<'_>) -> Result<Family, WorkerError> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let bad = |source: std::io::Error| WorkerError::BadFd { fd, source };
+    let flags = fcntl(borrowed, FcntlArg::F_GETFD).map_err(|e| bad(e.into()))?;
+    let flags = FdFlag::from_bits_truncate(flags);
+    if !flags.contains(FdFlag::FD_CLOEXEC) {
+        fcntl(borrowed, FcntlArg::F_SETFD(flags | FdFlag::FD_CLOEXEC))
+            .map_err(|e| bad(e.into()))?;
     }
-    if flags & libc::FD_CLOEXEC == 0 {
-        // SAFETY: as above; sets only the close-on-exec flag of an open fd.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
-            return Err(WorkerError::BadFd {
-                fd,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-    }
-    let sock_type = match socket_option(fd, libc::SO_TYPE) {
+    let socket = socket2::SockRef::from(&borrowed);
+    let sock_type = match socket.r#type() {
         Ok(t) => t,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
             return Err(WorkerError::NotAListener {
@@ -263,52 +259,35 @@ fn check_listening_socket(fd: RawFd) -> Result<Family, WorkerError> {
                 what: "not a socket".into(),
             })
         }
-        Err(source) => return Err(WorkerError::BadFd { fd, source }),
+        Err(source) => return Err(bad(source)),
     };
-    if sock_type != libc::SOCK_STREAM {
+    if sock_type != socket2::Type::STREAM {
         return Err(WorkerError::NotAListener {
             fd,
-            what: format!("socket type {sock_type}, not SOCK_STREAM"),
+            what: format!(
+                "socket type {}, not SOCK_STREAM",
+                libc::c_int::from(sock_type)
+            ),
         });
     }
-    let listening = socket_option(fd, libc::SO_ACCEPTCONN)
-        .map_err(|source| WorkerError::BadFd { fd, source })?;
-    if listening == 0 {
+    if !socket.is_listener().map_err(bad)? {
         return Err(WorkerError::NotAListener {
             fd,
             what: "listen() was not called on it".into(),
         });
     }
-    let domain =
-        socket_option(fd, libc::SO_DOMAIN).map_err(|source| WorkerError::BadFd { fd, source })?;
-    match domain {
-        libc::AF_INET | libc::AF_INET6 => Ok(Family::Tcp),
-        libc::AF_UNIX => Ok(Family::Unix),
-        other => Err(WorkerError::NotAListener {
-            fd,
-            what: format!("address family {other}, not TCP or unix"),
-        }),
-    }
-}
-
-/// Reads one integer `SOL_SOCKET` option.
-fn socket_option(fd: RawFd, option: libc::c_int) -> std::io::Result<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are valid for writes of an int and a socklen_t,
-    // and `len` says exactly how large `value` is.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
+    let domain = socket.domain().map_err(bad)?;
+    if domain == socket2::Domain::IPV4 || domain == socket2::Domain::IPV6 {
+        Ok(Family::Tcp)
+    } else if domain == socket2::Domain::UNIX {
+        Ok(Family::Unix)
     } else {
-        Ok(value)
+        Err(WorkerError::NotAListener {
+            fd,
+            what: format!(
+                "address family {}, not TCP or unix",
+                libc::c_int::from(domain)
+            ),
+        })
     }
 }

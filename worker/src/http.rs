@@ -45,8 +45,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::mpsc;
 
 use crate::listener::{Listener, Stream};
-use crate::notify::Notifier;
 use crate::requests::RequestCounter;
+use crate::sd_notify::Notifier;
 use crate::shutdown::{Shutdown, ShutdownCause};
 use crate::worker::Worker;
 

@@ -14,7 +14,7 @@
 //! |---|---|
 //! | [`activation`] | `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`: parsing, checking and taking the inherited sockets |
 //! | [`listener`] | [`Listener`] and [`Stream`]: TCP or unix, one async type each |
-//! | [`notify`] | [`Notifier`]: `READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=`, `X_APPVISOR_REQUESTS=` to `NOTIFY_SOCKET` |
+//! | [`sd_notify`] | [`Notifier`]: `READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=`, `X_APPVISOR_REQUESTS=` to `NOTIFY_SOCKET` |
 //! | [`shutdown`] | [`Shutdown`]: the cloneable latch set by SIGTERM/SIGINT/SIGQUIT |
 //! | [`requests`] | [`RequestCounter`] and its rate-limited reporter |
 //! | [`watchdog`] | [`Watchdog`]: liveness pings when `WATCHDOG_USEC` asks for them |
@@ -85,8 +85,8 @@ pub mod error;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod listener;
-pub mod notify;
 pub mod requests;
+pub mod sd_notify;
 pub mod shutdown;
 pub mod watchdog;
 pub mod worker;
@@ -98,8 +98,8 @@ pub use appvisor_contract as contract;
 pub use activation::{Family, InheritedSocket};
 pub use error::WorkerError;
 pub use listener::{Listener, Stream};
-pub use notify::Notifier;
 pub use requests::RequestCounter;
+pub use sd_notify::Notifier;
 pub use shutdown::{Shutdown, ShutdownCause};
 pub use watchdog::Watchdog;
 pub use worker::Worker;

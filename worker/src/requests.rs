@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::notify::Notifier;
+use crate::sd_notify::Notifier;
 
 /// The shortest time between two reports of the count.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);

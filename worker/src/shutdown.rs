@@ -133,15 +133,9 @@ impl Shutdown {
     }
 }
 
+/// `"SIGTERM"` for 15: `nix`'s signal names (the SDK does not link the
+/// supervisor's config crate, whose table the supervisor uses; both are the Linux
+/// names). A number `nix` does not name (a realtime signal) is "a signal".
 fn signal_name(signo: libc::c_int) -> &'static str {
-    match signo {
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGWINCH => "SIGWINCH",
-        _ => "a signal",
-    }
+    nix::sys::signal::Signal::try_from(signo).map_or("a signal", |s| s.as_str())
 }

@@ -18,7 +18,7 @@ use appvisor_contract as contract;
 use tokio::sync::watch;
 
 use crate::error::WorkerError;
-use crate::notify::Notifier;
+use crate::sd_notify::Notifier;
 
 /// Reads `WATCHDOG_USEC`/`WATCHDOG_PID`: `Some(interval)` when the
 /// supervisor expects pings from this process.

@@ -9,8 +9,8 @@ use tokio::task::JoinHandle;
 use crate::activation::{self, InheritedSocket};
 use crate::error::WorkerError;
 use crate::listener::Listener;
-use crate::notify::Notifier;
 use crate::requests::{RequestCounter, REPORT_INTERVAL};
+use crate::sd_notify::Notifier;
 use crate::watchdog::{self, Watchdog};
 
 /// What the supervisor told this worker process, and the means to answer it.

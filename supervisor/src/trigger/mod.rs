@@ -10,8 +10,8 @@
 //! - [`watch`] — file changes of one app: inotify (or polling) on the smallest set of
 //!   directories that can hold a match, a debounce with a cap, and a content baseline so
 //!   that a touch, a chmod or an identical rewrite is *not* a change.
-//! - [`memory`] — private / virtual / resident bytes of a worker's whole process tree,
-//!   read from `/proc`, and the verdict against `[app.recycle]` limits.
+//! - [`memory`] — the verdict on private / virtual / resident bytes of a worker's whole
+//!   process tree (read by [`crate::procfs`]) against `[app.recycle]` limits.
 //! - [`schedule`] — time-of-day fires (no drift, DST-safe), the age deadline and the
 //!   request limit, each with a per-worker jitter.
 //!

@@ -34,7 +34,7 @@
 //!
 //! With `poll`, no inotify is used: the thread stat-walks the plan every `poll`
 //! interval and feeds what differs from the baseline into the same burst logic.
-//! (notify's `PollWatcher` compares mtimes in whole seconds, so a second save within
+//! (the `notify` crate's `PollWatcher` compares mtimes in whole seconds, so a second save within
 //! the same second — or any save in the second the baseline was taken — would be
 //! missed; the baseline here has nanosecond mtime, ctime, size and inode.) A polled
 //! change is acted on only after one more poll found nothing new, so a copy that
@@ -48,7 +48,6 @@ mod watches;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::ops::BitOr;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -215,6 +214,31 @@ impl Flags {
     }
 }
 
+/// `created|folder`: the flags by name, for debug logs.
+impl std::fmt::Display for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = [
+            (Self::CREATED, "created"),
+            (Self::REMOVED, "removed"),
+            (Self::RENAMED, "renamed"),
+            (Self::MODIFIED, "modified"),
+            (Self::METADATA, "metadata"),
+            (Self::FOLDER, "folder"),
+        ];
+        let mut first = true;
+        for (flag, name) in names {
+            if self.0 & flag.0 != 0 {
+                if !first {
+                    f.write_str("|")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl BitOr for Flags {
     type Output = Flags;
     fn bitor(self, rhs: Flags) -> Flags {
@@ -232,7 +256,7 @@ pub(crate) enum ChangeKind {
 }
 
 impl ChangeKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ChangeKind::Modified => "modified",
             ChangeKind::Created => "created",
@@ -304,6 +328,7 @@ impl AppWatcher {
             control: control_rx,
             waker: thread_end,
             poll_fingerprint: 0,
+            ignored_logged: std::collections::HashSet::new(),
         };
         std::thread::Builder::new()
             .name(format!("watch {app}"))
@@ -411,7 +436,14 @@ struct WatchThread {
     waker: UnixStream,
     /// Fingerprint of what the previous poll saw differ from the baseline.
     poll_fingerprint: u64,
+    /// Ignored paths already named in a debug line. Each is named once: the
+    /// supervisor's own log is often written inside the app's directory, and a line
+    /// per event on it would write the file again, and so on forever.
+    ignored_logged: std::collections::HashSet<PathBuf>,
 }
+
+/// At most this many ignored paths are remembered (and named) per app.
+const IGNORED_LOGGED: usize = 256;
 
 /// What woke the thread up.
 #[derive(Debug, Default)]
@@ -505,6 +537,15 @@ impl WatchThread {
             if let Some(d) = deadline {
                 if now >= d {
                     let b = burst.take().expect("a deadline implies a burst");
+                    tracing::debug!(
+                        app = %self.app,
+                        paths = b.dirty.len(),
+                        events = b.events,
+                        overflow = b.overflow,
+                        after_first_ms = now.duration_since(b.first).as_millis() as u64,
+                        quiet_ms = now.duration_since(b.last).as_millis() as u64,
+                        "debounce fired: comparing the burst's paths with the baseline"
+                    );
                     if !self.decide(b) {
                         return;
                     }
@@ -530,14 +571,38 @@ impl WatchThread {
                     }
                 }
                 let at = Instant::now();
+                // Once per batch: even a disabled `debug!` costs a little per event.
+                let debug = tracing::enabled!(tracing::Level::DEBUG);
                 for r in raw.drain(..) {
                     match r {
-                        Raw::Overflow => burst.get_or_insert_with(|| Burst::new(at)).overflowed(at),
+                        Raw::Overflow => {
+                            tracing::debug!(app = %self.app, "inotify queue overflowed: a full rescan follows");
+                            burst.get_or_insert_with(|| Burst::new(at)).overflowed(at)
+                        }
                         Raw::Seen { rel, flags } => {
                             if rel.as_os_str().is_empty()
                                 || !self.matcher.is_relevant(&rel, flags.structural())
                             {
+                                if debug
+                                    && self.ignored_logged.len() < IGNORED_LOGGED
+                                    && self.ignored_logged.insert(rel.clone())
+                                {
+                                    tracing::debug!(
+                                        app = %self.app,
+                                        path = %rel.display(),
+                                        "ignored path: no watch glob matches it, or an ignore \
+                                         glob does (its further events are not logged)"
+                                    );
+                                }
                                 continue;
+                            }
+                            if debug {
+                                tracing::debug!(
+                                    app = %self.app,
+                                    path = %rel.display(),
+                                    event = %flags,
+                                    "changed"
+                                );
                             }
                             if flags.structural() {
                                 self.follow_structure(&rel, flags);
@@ -555,34 +620,37 @@ impl WatchThread {
     /// Sleeps until inotify has events, the handle has something to say, or `timeout`
     /// passes (forever if `None`).
     fn wait(&self, timeout: Option<Duration>) -> Woken {
-        let ms = match timeout {
-            // Round up: waking a little late is fine, spinning until the deadline is not.
-            Some(t) => i32::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX),
-            None => -1,
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        // Round up: waking a little late is fine, spinning until the deadline is not.
+        let timeout = match timeout {
+            Some(t) => {
+                PollTimeout::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
         };
-        let mut fds = [
-            libc::pollfd {
-                fd: self.waker.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                // poll(2) ignores negative descriptors: polling mode has no inotify.
-                fd: self.watches.as_ref().map_or(-1, |w| w.fd()),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a live array of two `pollfd`s for the whole call, its length
-        // is passed with it, and poll(2) only writes their `revents` fields.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if n <= 0 {
+        let waker = PollFd::new(self.waker.as_fd(), PollFlags::POLLIN);
+        let (mut one, mut both);
+        let fds: &mut [PollFd<'_>] = match &self.watches {
+            Some(w) => {
+                both = [waker, PollFd::new(w.fd(), PollFlags::POLLIN)];
+                &mut both
+            }
+            // Polling mode has no inotify descriptor.
+            None => {
+                one = [waker];
+                &mut one
+            }
+        };
+        match poll(fds, timeout) {
+            Ok(n) if n > 0 => {}
             // Timeout, or EINTR: the loop re-checks its deadlines either way.
-            return Woken::default();
+            _ => return Woken::default(),
         }
+        let ready = |fd: Option<&PollFd<'_>>| fd.and_then(PollFd::any).unwrap_or(false);
         Woken {
-            control: fds[0].revents != 0,
-            events: fds[1].revents != 0,
+            control: ready(fds.first()),
+            events: ready(fds.get(1)),
         }
     }
 
@@ -625,7 +693,11 @@ impl WatchThread {
             return;
         }
         self.poll_fingerprint = fingerprint;
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
         for (rel, flags, _) in diff {
+            if debug {
+                tracing::debug!(app = %self.app, path = %rel.display(), event = %flags, "changed (seen by a poll)");
+            }
             burst
                 .get_or_insert_with(|| Burst::new(now))
                 .add(rel, flags, now);
@@ -690,8 +762,10 @@ impl WatchThread {
         };
         let decided = Instant::now();
         let Some(decision) = self.judge(outcome, burst.overflow) else {
+            tracing::debug!(app = %self.app, "nothing to decide: no watched file differs");
             return true;
         };
+        tracing::debug!(app = %self.app, ?decision, "decided");
         if let Ok(mut s) = self.stats.lock() {
             s.decisions += 1;
             s.last_burst = Some(BurstTiming {

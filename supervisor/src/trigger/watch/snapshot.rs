@@ -129,6 +129,9 @@ pub(crate) struct Snapshot {
     /// (Marking entries is cheaper than building a set of 100,000 found paths.)
     epoch: u32,
     buf: Vec<u8>,
+    /// Whether debug lines are wanted, read once per comparison: per path, even a
+    /// disabled `debug!` costs a little, and a burst can name 100,000 paths.
+    debug: bool,
 }
 
 impl Snapshot {
@@ -158,6 +161,7 @@ impl Snapshot {
             entries: list.into_iter().collect(),
             epoch: 0,
             buf: vec![0; 64 * 1024],
+            debug: false,
         };
         (snap, built)
     }
@@ -170,6 +174,7 @@ impl Snapshot {
     /// Compares the whole tree with the baseline (after the watches were installed, and
     /// after a queue overflow), re-hashing only entries whose stat changed.
     pub fn rescan(&mut self, matcher: &Matcher) -> Outcome {
+        self.debug = tracing::enabled!(tracing::Level::DEBUG);
         let epoch = self.next_epoch();
         let mut out = Outcome::default();
         scan_all(matcher, None, &mut |rel, meta| {
@@ -192,6 +197,7 @@ impl Snapshot {
     /// Compares the paths named by one burst of events with the baseline, and updates
     /// the baseline to what is on disk now.
     pub fn reconcile(&mut self, matcher: &Matcher, dirty: &BTreeMap<PathBuf, Flags>) -> Outcome {
+        self.debug = tracing::enabled!(tracing::Level::DEBUG);
         let mut out = Outcome::default();
         // Regions already compared as a whole; `dirty` is in path order, so an ancestor
         // always comes before its descendants.
@@ -327,6 +333,9 @@ impl Snapshot {
             } else {
                 ChangeKind::Created
             };
+            if self.debug {
+                tracing::debug!(path = %rel.display(), change = kind.as_str(), "not in the baseline");
+            }
             out.changes.push((rel, kind));
             return;
         };
@@ -356,6 +365,9 @@ impl Snapshot {
         }
         match self.compare {
             Compare::Mtime => {
+                if self.debug {
+                    tracing::debug!(path = %rel.display(), "stat differs from the baseline (compare = mtime)");
+                }
                 put(&mut self.entries, now);
                 out.changes.push((rel, ChangeKind::Modified));
             }
@@ -365,6 +377,15 @@ impl Snapshot {
                 let changed = entry.len != old.len
                     || entry.hash != old.hash
                     || (entry.ino != old.ino && under_bin(&rel));
+                if self.debug {
+                    tracing::debug!(
+                        path = %rel.display(),
+                        size = entry.len,
+                        content = if entry.hash == old.hash { "equal" } else { "different" },
+                        changed,
+                        "compared the content with the baseline"
+                    );
+                }
                 if changed {
                     out.changes.push((rel, ChangeKind::Modified));
                 } else if direct {

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
@@ -91,8 +91,8 @@ impl Watches {
         })
     }
 
-    pub fn fd(&self) -> RawFd {
-        self.inotify.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
     }
 
     /// Directories watched now.

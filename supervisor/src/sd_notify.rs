@@ -1,4 +1,9 @@
-//! The sd_notify protocol: one `NOTIFY_SOCKET` per worker.
+//! The sd_notify protocol, both ways: one `NOTIFY_SOCKET` per worker that the
+//! supervisor reads ([`NotifySocket`]), and the supervisor's own messages to systemd
+//! when it runs as a `Type=notify` service ([`notify_own_parent`]).
+//!
+//! (Named for the protocol: `notify` alone would also fit inotify, which the file
+//! watchers in [`crate::trigger::watch`] use.)
 //!
 //! A worker (or anything it spawns) sends datagrams of `KEY=VALUE` lines. We read
 //! the sender's credentials (`SO_PASSCRED`) and accept messages only from the
@@ -10,13 +15,17 @@
 //! `X_APPVISOR_SESSIONS=<sessions handed off while draining>`. Others are ignored.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, RawFd};
+
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
 use std::path::{Path, PathBuf};
 
 use appvisor_contract::notify as key;
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
+
+use crate::procfs::Pid;
 
 /// One parsed datagram.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -110,9 +119,10 @@ impl NotifySocket {
         };
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
+            let mut cmsg = cmsg_buffer();
             loop {
                 let got = tokio::select! {
-                    r = recv_with_pid(&socket, &mut buf) => r,
+                    r = recv_with_pid(&socket, &mut buf, &mut cmsg) => r,
                     _ = tx.closed() => return,
                 };
                 let Ok((len, pid)) = got else {
@@ -135,79 +145,78 @@ impl NotifySocket {
 fn sender_allowed(pid: Option<i32>, pgid: i32) -> bool {
     match pid {
         Some(pid) if pid == pgid => true,
-        // SAFETY: getpgid has no memory-safety preconditions.
-        Some(pid) => (unsafe { libc::getpgid(pid) }) == pgid,
+        Some(pid) => {
+            nix::unistd::getpgid(Some(Pid::from_raw(pid))).is_ok_and(|group| group.as_raw() == pgid)
+        }
         // No credentials (should not happen with SO_PASSCRED): refuse.
         None => false,
     }
 }
 
 fn set_passcred(s: &std::os::unix::net::UnixDatagram) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt with a valid int option on a socket we own.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PASSCRED,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(setsockopt(s, sockopt::PassCred, &true)?)
 }
 
 /// Receives one datagram and the sender's pid from `SCM_CREDENTIALS`.
-async fn recv_with_pid(socket: &UnixDatagram, buf: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
+async fn recv_with_pid(
+    socket: &UnixDatagram,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> io::Result<(usize, Option<i32>)> {
     socket
         .async_io(Interest::READABLE, || {
-            recvmsg_creds(socket.as_raw_fd(), buf)
+            recvmsg_creds(socket.as_raw_fd(), buf, cmsg)
         })
         .await
 }
 
-fn recvmsg_creds(fd: i32, buf: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
-    // Room for one ucred control message.
-    let mut cmsg_space = [0u64; 8];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is plain data; all pointers below point into live buffers.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg_space.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cmsg_space);
-    // SAFETY: recvmsg with a properly initialised msghdr.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// Room for the credentials and a few descriptors: a sender passing more gets its
+/// message refused (the control data is truncated), and the kernel closes the rest.
+fn cmsg_buffer() -> Vec<u8> {
+    nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; 16])
+}
+
+fn recvmsg_creds(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(cmsg),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
     let mut pid = None;
-    // SAFETY: walking the control messages the kernel wrote into our buffer.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let hdr = &*cmsg;
-            if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_CREDENTIALS {
-                let cred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::ucred);
-                pid = Some(cred.pid);
-            } else if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
-                // Somebody passed fds (FDSTORE=1): close them, we don't keep any.
-                let data = libc::CMSG_DATA(cmsg) as *const i32;
-                let count = (hdr.cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                for i in 0..count {
-                    drop(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+    for c in msg.cmsgs()? {
+        match c {
+            ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+            // Somebody passed fds (FDSTORE=1): close them, we don't keep any.
+            ControlMessageOwned::ScmRights(fds) => {
+                for fd in fds {
+                    let _ = nix::unistd::close(fd);
                 }
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            _ => {}
         }
     }
-    Ok((n as usize, pid))
+    Ok((msg.bytes, pid))
+}
+
+/// sd_notify to whoever started the supervisor (systemd `Type=notify`); nothing
+/// without `NOTIFY_SOCKET`. Best effort: systemd not listening is no reason to stop.
+pub fn notify_own_parent(msg: &str) {
+    let Ok(path) = std::env::var(appvisor_contract::env::NOTIFY_SOCKET) else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(name) {
+            let _ = sock.send_to_addr(msg.as_bytes(), &addr);
+        }
+    } else {
+        let _ = sock.send_to(msg.as_bytes(), path);
+    }
 }
 
 #[cfg(test)]
@@ -224,5 +233,36 @@ mod tests {
         assert!(!m.stopping);
         let m = NotifyMessage::parse(b"STOPPING=1\nWATCHDOG=1\nBOGUS\n");
         assert!(m.stopping && m.watchdog && !m.ready);
+    }
+
+    /// Through a real socket: the kernel's credentials name our pid, so a socket
+    /// forwarding for our own process group passes the message on, and one for
+    /// another group drops it.
+    #[tokio::test]
+    async fn forwards_only_messages_from_the_workers_group() {
+        let dir = std::env::temp_dir().join(format!("appvisor-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let own = nix::unistd::getpgrp().as_raw();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut ours = NotifySocket::bind(&dir, "ours").unwrap();
+        ours.forward(own, "ours", tx.clone());
+        let mut theirs = NotifySocket::bind(&dir, "theirs").unwrap();
+        theirs.forward(own + 1_000_000, "theirs", tx);
+        let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        client
+            .send_to(b"READY=1\nX_APPVISOR_REQUESTS=3\n", &theirs.env_value)
+            .unwrap();
+        client
+            .send_to(b"READY=1\nX_APPVISOR_REQUESTS=3\n", &ours.env_value)
+            .unwrap();
+        let (tag, m) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a message within 5 s")
+            .unwrap();
+        assert_eq!(tag, "ours", "the other group's message was dropped");
+        assert!(m.ready);
+        assert_eq!(m.requests, Some(3));
+        drop((ours, theirs));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,7 +20,7 @@ impl Pool {
         if self.crashes.len() as u32 >= self.app.failure.rapid_fail_max_crashes
             && self.state == AppState::Running
         {
-            let mut e = self.event("rapid_fail_stopped");
+            let mut e = self.event(EventKind::RapidFailStopped);
             e.detail = Some(format!(
                 "{} crashes within {} — the app is stopped; fix it, then `appvisor start {}`",
                 self.crashes.len(),

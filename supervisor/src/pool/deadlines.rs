@@ -98,7 +98,7 @@ impl Pool {
             self.generation += 1;
             let generation = self.generation;
             if let Err(msg) = self.spawn_worker(slot, generation, Role::Current) {
-                self.emit(self.event("startup_failed").detail(msg));
+                self.emit(self.event(EventKind::StartupFailed).detail(msg));
                 self.on_crash_of_slot(slot);
             }
         }
@@ -129,7 +129,7 @@ impl Pool {
         };
         w.kill_at = None;
         w.killed = true;
-        let mut e = Event::new(&self.app.name, "killed");
+        let mut e = Event::new(&self.app.name, EventKind::Killed);
         e = e.of_worker(w.slot, w.generation, pid);
         e.drain_ms = w.retire_started.map(|t| (now - t).as_millis() as u64);
         e.detail = Some(format!(
@@ -148,7 +148,7 @@ impl Pool {
         };
         w.startup_deadline = None;
         let tail: Vec<String> = w.tail.lock().unwrap().iter().cloned().collect();
-        let mut e = Event::new(&self.app.name, "startup_failed");
+        let mut e = Event::new(&self.app.name, EventKind::StartupFailed);
         e = e.of_worker(w.slot, w.generation, pid);
         e.detail = Some(format!(
             "not ready within startup_timeout {}; killed, the previous generation keeps serving",

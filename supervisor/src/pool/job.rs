@@ -46,7 +46,7 @@ impl Pool {
                 let _ = done.send(Err(format!(
                     "{}: not running ({}); `appvisor start {}` first",
                     self.app.name,
-                    self.state_name(),
+                    self.run_state(),
                     self.app.name
                 )));
             }
@@ -56,7 +56,7 @@ impl Pool {
         if self.job.is_some() {
             // Coalesce: one follow-up recycle, whatever number of requests arrive.
             self.emit(
-                self.event("recycle_queued")
+                self.event(EventKind::RecycleQueued)
                     .because(&reason)
                     .detail(format!(
                         "{} — after the recycle under way (one follow-up at most)",
@@ -133,7 +133,7 @@ impl Pool {
         }
         self.slots[slot].restart_at = None;
         if let Err(msg) = self.spawn_worker(slot as u32, generation, Role::Candidate) {
-            self.emit(self.event("startup_failed").detail(msg.clone()));
+            self.emit(self.event(EventKind::StartupFailed).detail(msg.clone()));
             if !self.count_crash() {
                 self.finish_job(Err(msg));
             }

@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::events::{Event, EventLog};
+use crate::events::{Event, EventKind, EventLog};
 use crate::guard::Guard;
 use crate::notify::{NotifyMessage, NotifySocket};
 use crate::output::AppLog;
@@ -66,7 +66,7 @@ use crate::trigger::watch::{AppWatcher, WatchDecision};
 use deadlines::sleep_until_opt;
 pub use handle::{PoolHandle, Reply};
 use job::{Pending, RecycleJob};
-pub use status::{AppStatus, LastRecycle, WorkerStatus};
+pub use status::{AppRunState, AppStatus, LastRecycle, WorkerRunState, WorkerStatus};
 use worker::{Role, Slot, Worker};
 
 /// What the pool can be asked to do.
@@ -271,7 +271,7 @@ impl Pool {
         }
     }
 
-    fn event(&self, kind: &str) -> Event {
+    fn event(&self, kind: EventKind) -> Event {
         Event::new(&self.app.name, kind)
     }
 
@@ -349,7 +349,7 @@ impl Pool {
         for slot in 0..self.slots.len() {
             if self.slots[slot].current.is_none() && self.slots[slot].candidate.is_none() {
                 if let Err(msg) = self.spawn_worker(slot as u32, generation, Role::Current) {
-                    self.emit(self.event("startup_failed").detail(msg));
+                    self.emit(self.event(EventKind::StartupFailed).detail(msg));
                     self.on_crash_of_slot(slot as u32);
                 }
             }
@@ -398,7 +398,7 @@ impl Pool {
                 if self.state == AppState::Idle {
                     self.arm_wake();
                 } else if !rapid_fail {
-                    self.emit(self.event("stopped"));
+                    self.emit(self.event(EventKind::Stopped));
                 }
                 for w in self.stop_waiters.drain(..) {
                     let _ = w.send(Ok(format!("{}: stopped", self.app.name)));

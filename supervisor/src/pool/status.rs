@@ -6,9 +6,7 @@ use super::*;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppStatus {
     pub name: String,
-    /// `running`, `starting`, `degraded`, `idle`, `stopping`, `stopped`,
-    /// `stopped (rapid-fail)`.
-    pub state: String,
+    pub state: AppRunState,
     pub listen: Vec<String>,
     pub workers: Vec<WorkerStatus>,
     pub recycles: u64,
@@ -30,12 +28,81 @@ pub struct WorkerStatus {
     pub worker: u32,
     pub pid: i32,
     pub generation: u64,
-    /// `starting`, `ready`, `draining`.
-    pub state: String,
+    pub state: WorkerRunState,
     pub uptime_ms: u64,
     pub rss: Option<u64>,
     pub requests: u64,
     pub status: Option<String>,
+}
+
+/// An app's state as `appvisor status` shows it. The JSON strings are the ones the
+/// control socket has always sent (`stopped (rapid-fail)` included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppRunState {
+    /// Every slot has a ready worker.
+    Running,
+    /// A slot's worker is not ready yet.
+    Starting,
+    /// A slot has no worker (waiting for a crash restart).
+    Degraded,
+    /// Stopped by `idle_timeout`; the next connection starts it.
+    Idle,
+    /// Told to stop; workers still draining.
+    Stopping,
+    Stopped,
+    /// Stopped by rapid-fail protection, until `appvisor start`.
+    #[serde(rename = "stopped (rapid-fail)")]
+    RapidFailStopped,
+}
+
+impl AppRunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppRunState::Running => "running",
+            AppRunState::Starting => "starting",
+            AppRunState::Degraded => "degraded",
+            AppRunState::Idle => "idle",
+            AppRunState::Stopping => "stopping",
+            AppRunState::Stopped => "stopped",
+            AppRunState::RapidFailStopped => "stopped (rapid-fail)",
+        }
+    }
+}
+
+impl std::fmt::Display for AppRunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A worker's state as `appvisor status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerRunState {
+    /// Spawned, not ready yet.
+    Starting,
+    /// Ready and serving (or a candidate that is ready).
+    Ready,
+    /// Told to stop; finishing in-flight work.
+    Draining,
+}
+
+impl WorkerRunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerRunState::Starting => "starting",
+            WorkerRunState::Ready => "ready",
+            WorkerRunState::Draining => "draining",
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerRunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so the CLI's column widths (`{:<9}`) apply.
+        f.pad(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,7 +115,7 @@ pub struct LastRecycle {
 impl Pool {
     // ---- status ---------------------------------------------------------------
 
-    pub(super) fn state_name(&self) -> &'static str {
+    pub(super) fn run_state(&self) -> AppRunState {
         match self.state {
             AppState::Running => {
                 if self
@@ -56,17 +123,17 @@ impl Pool {
                     .values()
                     .any(|w| w.role == Role::Current && !w.is_ready())
                 {
-                    "starting"
+                    AppRunState::Starting
                 } else if self.slots.iter().any(|s| s.current.is_none()) {
-                    "degraded"
+                    AppRunState::Degraded
                 } else {
-                    "running"
+                    AppRunState::Running
                 }
             }
-            AppState::Idle => "idle",
-            AppState::Stopping { .. } => "stopping",
-            AppState::Stopped => "stopped",
-            AppState::RapidFailStopped => "stopped (rapid-fail)",
+            AppState::Idle => AppRunState::Idle,
+            AppState::Stopping { .. } => AppRunState::Stopping,
+            AppState::Stopped => AppRunState::Stopped,
+            AppState::RapidFailStopped => AppRunState::RapidFailStopped,
         }
     }
 
@@ -80,11 +147,10 @@ impl Pool {
                 pid: w.pid,
                 generation: w.generation,
                 state: match w.role {
-                    Role::Retiring => "draining",
-                    _ if w.is_ready() => "ready",
-                    _ => "starting",
-                }
-                .into(),
+                    Role::Retiring => WorkerRunState::Draining,
+                    _ if w.is_ready() => WorkerRunState::Ready,
+                    _ => WorkerRunState::Starting,
+                },
                 uptime_ms: (now - w.started).as_millis() as u64,
                 rss: crate::probe::rss_bytes(w.pid),
                 requests: w.requests,
@@ -94,7 +160,7 @@ impl Pool {
         workers.sort_by_key(|w| (w.worker, w.generation));
         AppStatus {
             name: self.app.name.clone(),
-            state: self.state_name().into(),
+            state: self.run_state(),
             listen: self
                 .sockets
                 .iter()
@@ -117,5 +183,36 @@ impl Pool {
                 .as_ref()
                 .map(|(_, at)| at.strftime("%Y-%m-%d %H:%M").to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_serialize_to_the_strings_the_cli_and_tests_read() {
+        for s in [
+            AppRunState::Running,
+            AppRunState::Starting,
+            AppRunState::Degraded,
+            AppRunState::Idle,
+            AppRunState::Stopping,
+            AppRunState::Stopped,
+            AppRunState::RapidFailStopped,
+        ] {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<AppRunState>(&json).unwrap(), s);
+        }
+        for s in [
+            WorkerRunState::Starting,
+            WorkerRunState::Ready,
+            WorkerRunState::Draining,
+        ] {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+        }
+        assert_eq!(format!("{:<9}|", WorkerRunState::Ready), "ready    |");
     }
 }

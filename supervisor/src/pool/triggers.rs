@@ -31,7 +31,7 @@ impl Pool {
         match w {
             Ok(w) if self.shutdown_waiter.is_none() => {
                 let stats = w.stats();
-                let mut e = self.event("watching");
+                let mut e = self.event(EventKind::Watching);
                 e.detail = Some(format!(
                     "{} files in {} directories ({}), set up in {} ms",
                     stats.files,
@@ -43,7 +43,7 @@ impl Pool {
                 self.watcher = Some(w);
             }
             Ok(_) => {}
-            Err(msg) => self.emit(self.event("watch_failed").detail(msg)),
+            Err(msg) => self.emit(self.event(EventKind::WatchFailed).detail(msg)),
         }
     }
 
@@ -61,7 +61,7 @@ impl Pool {
                 for pid in &pids {
                     self.signal(*pid, sig.number);
                 }
-                let mut e = self.event("soft_change");
+                let mut e = self.event(EventKind::SoftChange);
                 e.detail = Some(format!(
                     "{} to {} worker(s): {}",
                     sig.name,
@@ -71,12 +71,12 @@ impl Pool {
                 self.emit(e);
             }
             WatchDecision::Ignored { paths, count } => {
-                let mut e = self.event("ignored_change");
+                let mut e = self.event(EventKind::IgnoredChange);
                 e.detail = Some(format!("content unchanged: {}", list_paths(&paths, count)));
                 self.emit(e);
             }
             WatchDecision::Warning { detail } => {
-                self.emit(self.event("watch_warning").detail(detail))
+                self.emit(self.event(EventKind::WatchWarning).detail(detail))
             }
         }
     }
@@ -143,7 +143,7 @@ impl Pool {
         w.kill_at = None;
         let slot = w.slot;
         let generation = w.generation;
-        let mut e = self.event("killed").because(&reason);
+        let mut e = self.event(EventKind::Killed).because(&reason);
         e = e.of_worker(slot, generation, pid);
         if let Some(s) = self.slots.get_mut(slot as usize) {
             if s.current == Some(pid) {
@@ -197,7 +197,7 @@ impl Pool {
     /// Idle: wait for a connection on any listening socket, then start again.
     pub(super) fn arm_wake(&mut self) {
         let fds: Vec<i32> = self.sockets.iter().map(|s| s.raw_fd()).collect();
-        let mut e = self.event("idle_stop");
+        let mut e = self.event(EventKind::IdleStop);
         e.detail = Some(format!(
             "no requests for {}; workers stopped, sockets kept: the next connection starts them",
             humanize(self.app.recycle.idle_timeout.unwrap_or_default())
@@ -217,7 +217,7 @@ impl Pool {
         }
         self.state = AppState::Running;
         self.emit(
-            self.event("on_demand_start")
+            self.event(EventKind::OnDemandStart)
                 .detail("a connection arrived while idle"),
         );
         self.start_all();

@@ -199,7 +199,7 @@ impl Pool {
             Role::Candidate => s.candidate = Some(pid),
             _ => s.current = Some(pid),
         }
-        let mut e = self.event("started");
+        let mut e = self.event(EventKind::Started);
         e = e.of_worker(slot, generation, pid);
         self.emit(e);
         Ok(pid)
@@ -278,7 +278,7 @@ impl Pool {
         let (slot, generation, role) = (w.slot, w.generation, w.role);
         match role {
             Role::Current => {
-                let mut e = self.event("ready");
+                let mut e = self.event(EventKind::Ready);
                 e = e.of_worker(slot, generation, pid);
                 e.startup_ms = Some(startup_ms);
                 self.emit(e);
@@ -295,7 +295,7 @@ impl Pool {
                 let Some(job) = self.job.as_mut() else { return };
                 job.swaps.push((old, pid));
                 let reason = job.reason.clone();
-                let mut e = self.event("recycle").because(&reason);
+                let mut e = self.event(EventKind::Recycle).because(&reason);
                 e.worker = Some(slot);
                 e.generation = Some(generation);
                 e.old_pid = old;
@@ -399,7 +399,12 @@ impl Pool {
         let now = Instant::now();
         let uptime_ms = (now - w.started).as_millis() as u64;
         let tail: Vec<String> = w.tail.lock().unwrap().iter().cloned().collect();
-        let mut e = Event::new(&self.app.name, "");
+        let kind = match w.role {
+            Role::Retiring => EventKind::Retired,
+            Role::Current if w.is_ready() => EventKind::Crashed,
+            Role::Current | Role::Candidate => EventKind::StartupFailed,
+        };
+        let mut e = Event::new(&self.app.name, kind);
         e = e.of_worker(w.slot, w.generation, pid);
         e.uptime_ms = Some(uptime_ms);
         match exit.status {
@@ -409,7 +414,6 @@ impl Pool {
         match w.role {
             Role::Retiring => {
                 if !w.killed {
-                    e.kind = "retired".into();
                     e.sessions = w.sessions;
                     e.drain_ms = w.retire_started.map(|t| (now - t).as_millis() as u64);
                     e.detail = Some(format!("exited after drain ({})", exit.status));
@@ -422,7 +426,7 @@ impl Pool {
                     let generation = job.generation;
                     let slot = w.slot;
                     if let Err(msg) = self.spawn_worker(slot, generation, Role::Candidate) {
-                        self.emit(self.event("startup_failed").detail(msg.clone()));
+                        self.emit(self.event(EventKind::StartupFailed).detail(msg.clone()));
                         if !self.count_crash() {
                             self.finish_job(Err(msg));
                             self.schedule_restart(slot);
@@ -436,7 +440,6 @@ impl Pool {
                     "the new worker exited before it was ready ({})",
                     exit.status
                 );
-                e.kind = "startup_failed".into();
                 e.detail = Some(why.clone());
                 e.stderr_tail = Some(tail);
                 self.emit(e);
@@ -455,12 +458,6 @@ impl Pool {
                 }
             }
             Role::Current => {
-                e.kind = if w.is_ready() {
-                    "crashed"
-                } else {
-                    "startup_failed"
-                }
-                .into();
                 e.detail = Some(format!("exited unexpectedly ({})", exit.status));
                 e.stderr_tail = Some(tail);
                 self.emit(e);

@@ -28,7 +28,7 @@ impl Pool {
                 self.app.name
             ));
             self.emit(e);
-            self.stop_all(true, false);
+            self.stop_all(StopCause::RapidFail);
             return true;
         }
         false

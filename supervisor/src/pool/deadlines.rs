@@ -7,15 +7,19 @@ impl Pool {
     // ---- time -----------------------------------------------------------------
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        let workers = self.workers.values().flat_map(|w| {
-            let triggers = w.triggerable();
-            [
-                w.startup_deadline,
-                w.ready_after,
-                w.kill_at,
-                w.age_deadline.filter(|_| triggers),
-                w.watchdog_deadline.filter(|_| triggers),
-            ]
+        let workers = self.workers.values().flat_map(|w| match w.phase {
+            Phase::Starting {
+                startup_deadline,
+                ready_after,
+                ..
+            } => [Some(startup_deadline), ready_after],
+            Phase::Serving {
+                limits,
+                watchdog_deadline,
+                recycle_requested: false,
+            } => [limits.age_deadline, watchdog_deadline],
+            Phase::Serving { .. } | Phase::Retiring(Retire::Killed) => [None, None],
+            Phase::Retiring(Retire::Draining { kill_at, .. }) => [Some(kill_at), None],
         });
         let slots = self.slots.iter().map(|s| s.restart_at);
         let running = self.running();
@@ -42,25 +46,39 @@ impl Pool {
         let mut aged = Vec::new();
         let mut hung = Vec::new();
         for w in self.workers.values() {
-            if w.ready_after.is_some_and(|t| t <= now) {
-                ready.push(w.pid);
-            } else if w.startup_deadline.is_some_and(|t| t <= now) {
-                late.push(w.pid);
-            }
-            if w.kill_at.is_some_and(|t| t <= now) {
-                kill.push(w.pid);
-            }
-            if w.triggerable() {
-                if let (Some(t), Some(limit)) = (w.age_deadline, self.app.recycle.interval) {
-                    if t <= now {
-                        aged.push((w.pid, now - w.started, limit.max(t - w.started)));
+            match w.phase {
+                Phase::Starting {
+                    startup_deadline,
+                    ready_after,
+                    ..
+                } => {
+                    if ready_after.is_some_and(|t| t <= now) {
+                        ready.push(w.pid);
+                    } else if startup_deadline <= now {
+                        late.push(w.pid);
                     }
                 }
-                if let (Some(t), Some(d)) = (w.watchdog_deadline, self.app.health.watchdog) {
-                    if t <= now {
-                        hung.push((w.pid, d));
+                Phase::Serving {
+                    limits,
+                    watchdog_deadline,
+                    recycle_requested: false,
+                } => {
+                    if let (Some(t), Some(limit)) = (limits.age_deadline, self.app.recycle.interval)
+                    {
+                        if t <= now {
+                            aged.push((w.pid, now - w.started, limit.max(t - w.started)));
+                        }
+                    }
+                    if let (Some(t), Some(d)) = (watchdog_deadline, self.app.health.watchdog) {
+                        if t <= now {
+                            hung.push((w.pid, d));
+                        }
                     }
                 }
+                Phase::Retiring(Retire::Draining { kill_at, .. }) if kill_at <= now => {
+                    kill.push(w.pid);
+                }
+                Phase::Serving { .. } | Phase::Retiring(_) => {}
             }
         }
         for pid in ready {
@@ -97,7 +115,7 @@ impl Pool {
             }
             self.generation += 1;
             let generation = self.generation;
-            if let Err(msg) = self.spawn_worker(slot, generation, Role::Current) {
+            if let Err(msg) = self.spawn_worker(slot, generation, Entry::Fill) {
                 self.emit(self.event(EventKind::StartupFailed).detail(msg));
                 self.on_crash_of_slot(slot);
             }
@@ -127,18 +145,20 @@ impl Pool {
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
         };
-        w.kill_at = None;
-        w.killed = true;
+        let Phase::Retiring(Retire::Draining { since, .. }) = w.phase else {
+            return;
+        };
+        w.phase = Phase::Retiring(Retire::Killed);
         let mut e = Event::new(&self.app.name, EventKind::Killed);
         e = e.of_worker(w.slot, w.generation, pid);
-        e.drain_ms = w.retire_started.map(|t| (now - t).as_millis() as u64);
+        e.drain_ms = Some((now - since).as_millis() as u64);
         e.detail = Some(format!(
             "still running {} after {}; SIGKILL to its process group",
             humanize(self.app.recycle.shutdown_timeout),
             self.app.recycle.stop_signal.name
         ));
         self.emit(e);
-        self.kill_group(pid);
+        self.table.kill_group(pid);
     }
 
     pub(super) fn on_startup_timeout(&mut self, pid: i32) {
@@ -146,8 +166,7 @@ impl Pool {
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
         };
-        w.startup_deadline = None;
-        let tail: Vec<String> = w.tail.lock().unwrap().iter().cloned().collect();
+        let tail = w.stderr_tail();
         let mut e = Event::new(&self.app.name, EventKind::StartupFailed);
         e = e.of_worker(w.slot, w.generation, pid);
         e.detail = Some(format!(
@@ -156,8 +175,7 @@ impl Pool {
         ));
         e.stderr_tail = Some(tail);
         // Killed without a drain: it never served. Its exit is then expected.
-        w.role = Role::Retiring;
-        w.killed = true;
+        w.phase = Phase::Retiring(Retire::Killed);
         let slot = w.slot;
         let mut was_candidate = false;
         if let Some(s) = self.slots.get_mut(slot as usize) {
@@ -170,7 +188,7 @@ impl Pool {
             }
         }
         self.emit(e);
-        self.kill_group(pid);
+        self.table.kill_group(pid);
         if self.count_crash() {
             return;
         }

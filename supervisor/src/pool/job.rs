@@ -132,7 +132,7 @@ impl Pool {
             }
         }
         self.slots[slot].restart_at = None;
-        if let Err(msg) = self.spawn_worker(slot as u32, generation, Role::Candidate) {
+        if let Err(msg) = self.spawn_worker(slot as u32, generation, Entry::Replace) {
             self.emit(self.event(EventKind::StartupFailed).detail(msg.clone()));
             if !self.count_crash() {
                 self.finish_job(Err(msg));
@@ -193,15 +193,34 @@ impl Pool {
             let _ = w.send(Err(format!("{}: recycle aborted: {why}", self.app.name)));
         }
     }
+
+    /// Non-overlapped recycle: the slot's old worker is gone; start the new one.
+    pub(super) fn on_old_worker_gone(&mut self, slot: u32) {
+        let Some(job) = self.job.as_mut() else { return };
+        job.waiting_for_stop = None;
+        let generation = job.generation;
+        if let Err(msg) = self.spawn_worker(slot, generation, Entry::Replace) {
+            self.emit(self.event(EventKind::StartupFailed).detail(msg.clone()));
+            if !self.count_crash() {
+                self.finish_job(Err(msg));
+                self.schedule_restart(slot);
+            }
+        }
+    }
+
     /// A per-worker trigger fired: replace just this worker.
     pub(super) fn recycle_worker(&mut self, pid: i32, reason: RecycleReason) {
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
         };
-        if !w.triggerable() {
+        let Phase::Serving {
+            recycle_requested: requested @ false,
+            ..
+        } = &mut w.phase
+        else {
             return;
-        }
-        w.recycle_requested = true;
+        };
+        *requested = true;
         let slot = w.slot;
         self.request_recycle(reason, Some(vec![slot]), None);
     }

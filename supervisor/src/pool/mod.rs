@@ -37,13 +37,15 @@ mod crash;
 mod deadlines;
 mod handle;
 mod job;
+mod process;
 mod status;
+#[cfg(test)]
+mod tests;
 mod triggers;
 mod worker;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use appvisor_config::{AppConfig, ListenAddress, ReadyCheck};
@@ -53,12 +55,11 @@ use tokio::time::Instant;
 
 use crate::events::{Event, EventKind, EventLog};
 use crate::guard::Guard;
-use crate::notify::{NotifyMessage, NotifySocket};
+use crate::notify::NotifyMessage;
 use crate::output::AppLog;
 use crate::reaper::{signal_name, Exit, ExitStatus, Reaper};
 use crate::reason::RecycleReason;
 use crate::sockets::BoundSocket;
-use crate::spawn::{spawn, SpawnSpec};
 use crate::trigger::memory::{self, MemoryVerdict};
 use crate::trigger::schedule::{self, JitterRng};
 use crate::trigger::watch::{AppWatcher, WatchDecision};
@@ -66,8 +67,9 @@ use crate::trigger::watch::{AppWatcher, WatchDecision};
 use deadlines::sleep_until_opt;
 pub use handle::{PoolHandle, Reply};
 use job::{Pending, RecycleJob};
+pub use process::{OsProcessTable, ProcessTable, SpawnRequest, SpawnedWorker};
 pub use status::{AppRunState, AppStatus, LastRecycle, WorkerRunState, WorkerStatus};
-use worker::{Role, Slot, Worker};
+use worker::{Entry, Phase, Retire, Slot, Worker};
 
 /// What the pool can be asked to do.
 #[derive(Debug)]
@@ -118,16 +120,25 @@ enum AppState {
     Running,
     /// Stopped by `idle_timeout`; the next connection starts it.
     Idle,
-    Stopping {
-        rapid_fail: bool,
-        idle: bool,
-    },
+    /// Workers were told to stop; when the last is gone the state follows the cause.
+    Stopping(StopCause),
     Stopped,
     RapidFailStopped,
 }
 
+/// Why the app's workers are being stopped: decides the state it ends in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopCause {
+    /// `appvisor stop`, or the supervisor shutting down → `Stopped`.
+    Asked,
+    /// Too many crashes in `rapid_fail_interval` → `RapidFailStopped`.
+    RapidFail,
+    /// `idle_timeout` passed → `Idle`, sockets kept for an on-demand start.
+    Idle,
+}
+
+/// Messages from tasks the pool started (probes, the watcher's setup, the idle wake).
 enum Internal {
-    Exit(Exit),
     ProbeOk(i32),
     HealthProbe(bool),
     Watcher(Result<AppWatcher, String>),
@@ -138,6 +149,31 @@ enum Internal {
 /// Starts the pool's task for `app` on `sockets` and returns its handle. The
 /// workers are started at once.
 pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -> PoolHandle {
+    let table = OsProcessTable {
+        run_dir: ctx.run_dir,
+        reaper: ctx.reaper,
+        guard: ctx.guard,
+        log: ctx.log,
+    };
+    start_pool_with(
+        app,
+        sockets,
+        ctx.events,
+        ctx.extra_env,
+        ctx.config_generation,
+        Box::new(table),
+    )
+}
+
+/// [`start_pool`] over any process table (the unit tests pass a fake one).
+fn start_pool_with(
+    app: AppConfig,
+    sockets: Vec<BoundSocket>,
+    events: EventLog,
+    extra_env: Vec<(String, String)>,
+    config_generation: u64,
+    table: Box<dyn ProcessTable>,
+) -> PoolHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = PoolHandle {
         name: app.name.clone(),
@@ -146,12 +182,14 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
     let (itx, irx) = mpsc::unbounded_channel();
     let (ntx, nrx) = mpsc::unbounded_channel();
     let (wtx, wrx) = mpsc::unbounded_channel();
+    let (etx, erx) = mpsc::unbounded_channel();
     let slots = (0..app.processes).map(|_| Slot::default()).collect();
-    let config_generation = ctx.config_generation;
     let pool = Pool {
         app,
         sockets,
-        ctx,
+        events,
+        extra_env,
+        table,
         slots,
         workers: HashMap::new(),
         job: None,
@@ -169,6 +207,7 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         internal_tx: itx,
         notify_tx: ntx,
         watch_tx: wtx,
+        exit_tx: etx,
         watcher: None,
         watcher_epoch: 0,
         rng: JitterRng::from_entropy(),
@@ -182,14 +221,18 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         config_generation,
         wake_task: None,
     };
-    tokio::spawn(pool.run(rx, irx, nrx, wrx));
+    tokio::spawn(pool.run(rx, irx, nrx, wrx, erx));
     handle
 }
 
 struct Pool {
     app: AppConfig,
     sockets: Vec<BoundSocket>,
-    ctx: PoolContext,
+    events: EventLog,
+    /// Extra environment for workers (the store URL, session settings).
+    extra_env: Vec<(String, String)>,
+    /// Every side effect on a process goes through here.
+    table: Box<dyn ProcessTable>,
     slots: Vec<Slot>,
     workers: HashMap<i32, Worker>,
     job: Option<RecycleJob>,
@@ -207,6 +250,8 @@ struct Pool {
     internal_tx: mpsc::UnboundedSender<Internal>,
     notify_tx: mpsc::UnboundedSender<(i32, NotifyMessage)>,
     watch_tx: mpsc::UnboundedSender<WatchDecision>,
+    /// Every worker's exit, from the reaper.
+    exit_tx: mpsc::UnboundedSender<Exit>,
     watcher: Option<AppWatcher>,
     /// Bumped on reconfigure, so a watcher started for old settings is dropped.
     watcher_epoch: u64,
@@ -231,6 +276,7 @@ impl Pool {
         mut internal: mpsc::UnboundedReceiver<Internal>,
         mut notify: mpsc::UnboundedReceiver<(i32, NotifyMessage)>,
         mut watch: mpsc::UnboundedReceiver<WatchDecision>,
+        mut exits: mpsc::UnboundedReceiver<Exit>,
     ) {
         self.start_watcher();
         self.arm_app_timers();
@@ -258,12 +304,12 @@ impl Pool {
                     }
                 },
                 Some(msg) = internal.recv() => match msg {
-                    Internal::Exit(exit) => self.on_exit(exit),
                     Internal::ProbeOk(pid) => self.on_ready(pid),
                     Internal::HealthProbe(ok) => self.on_health_probe(ok),
                     Internal::Watcher(w) => self.on_watcher(w),
                     Internal::Wake => self.on_wake(),
                 },
+                Some(exit) = exits.recv() => self.on_exit(exit),
                 Some((pid, m)) = notify.recv() => self.on_notify(pid, m),
                 Some(d) = watch.recv() => self.on_watch(d),
                 _ = sleep_until_opt(deadline) => self.on_deadlines(),
@@ -276,7 +322,7 @@ impl Pool {
     }
 
     fn emit(&self, e: Event) {
-        self.ctx.events.emit(e);
+        self.events.emit(e);
     }
 
     fn running(&self) -> bool {
@@ -300,7 +346,7 @@ impl Pool {
                 AppState::Running => {
                     let _ = done.send(Ok(format!("{}: already running", self.app.name)));
                 }
-                AppState::Stopping { .. } => {
+                AppState::Stopping(_) => {
                     let _ = done.send(Err(format!(
                         "{}: still stopping; try again once `appvisor status` says stopped",
                         self.app.name
@@ -323,7 +369,7 @@ impl Pool {
                 }
                 _ => {
                     self.stop_waiters.push(done);
-                    self.stop_all(false, false);
+                    self.stop_all(StopCause::Asked);
                 }
             },
             PoolCommand::Status { reply } => {
@@ -336,7 +382,7 @@ impl Pool {
                     self.state,
                     AppState::Stopped | AppState::RapidFailStopped | AppState::Idle
                 ) {
-                    self.stop_all(false, false);
+                    self.stop_all(StopCause::Asked);
                 }
             }
         }
@@ -348,7 +394,7 @@ impl Pool {
         let generation = self.generation;
         for slot in 0..self.slots.len() {
             if self.slots[slot].current.is_none() && self.slots[slot].candidate.is_none() {
-                if let Err(msg) = self.spawn_worker(slot as u32, generation, Role::Current) {
+                if let Err(msg) = self.spawn_worker(slot as u32, generation, Entry::Fill) {
                     self.emit(self.event(EventKind::StartupFailed).detail(msg));
                     self.on_crash_of_slot(slot as u32);
                 }
@@ -357,20 +403,20 @@ impl Pool {
     }
 
     /// Stops every worker (graceful, then SIGKILL after `shutdown_timeout`).
-    fn stop_all(&mut self, rapid_fail: bool, idle: bool) {
-        self.abort_job(if rapid_fail {
+    fn stop_all(&mut self, cause: StopCause) {
+        self.abort_job(if cause == StopCause::RapidFail {
             "rapid-fail protection stopped the app"
         } else {
             "the app is stopping"
         });
-        self.state = AppState::Stopping { rapid_fail, idle };
+        self.state = AppState::Stopping(cause);
         for slot in &mut self.slots {
             slot.restart_at = None;
         }
         let pids: Vec<i32> = self
             .workers
             .values()
-            .filter(|w| w.role != Role::Retiring)
+            .filter(|w| !w.is_retiring())
             .map(|w| w.pid)
             .collect();
         for pid in pids {
@@ -386,19 +432,18 @@ impl Pool {
     }
 
     fn check_stopped(&mut self) {
-        if let AppState::Stopping { rapid_fail, idle } = self.state {
+        if let AppState::Stopping(cause) = self.state {
             if self.workers.is_empty() {
-                self.state = if rapid_fail {
-                    AppState::RapidFailStopped
-                } else if idle && self.shutdown_waiter.is_none() {
-                    AppState::Idle
-                } else {
-                    AppState::Stopped
+                self.state = match cause {
+                    StopCause::RapidFail => AppState::RapidFailStopped,
+                    StopCause::Idle if self.shutdown_waiter.is_none() => AppState::Idle,
+                    StopCause::Idle | StopCause::Asked => AppState::Stopped,
                 };
-                if self.state == AppState::Idle {
-                    self.arm_wake();
-                } else if !rapid_fail {
-                    self.emit(self.event(EventKind::Stopped));
+                match self.state {
+                    AppState::Idle => self.arm_wake(),
+                    // Rapid-fail wrote its own event when it stopped the app.
+                    AppState::RapidFailStopped => {}
+                    _ => self.emit(self.event(EventKind::Stopped)),
                 }
                 for w in self.stop_waiters.drain(..) {
                     let _ = w.send(Ok(format!("{}: stopped", self.app.name)));

@@ -121,7 +121,7 @@ impl Pool {
                 if self
                     .workers
                     .values()
-                    .any(|w| w.role == Role::Current && !w.is_ready())
+                    .any(|w| w.is_current() && !w.is_ready())
                 {
                     AppRunState::Starting
                 } else if self.slots.iter().any(|s| s.current.is_none()) {
@@ -131,7 +131,7 @@ impl Pool {
                 }
             }
             AppState::Idle => AppRunState::Idle,
-            AppState::Stopping { .. } => AppRunState::Stopping,
+            AppState::Stopping(_) => AppRunState::Stopping,
             AppState::Stopped => AppRunState::Stopped,
             AppState::RapidFailStopped => AppRunState::RapidFailStopped,
         }
@@ -146,13 +146,13 @@ impl Pool {
                 worker: w.slot,
                 pid: w.pid,
                 generation: w.generation,
-                state: match w.role {
-                    Role::Retiring => WorkerRunState::Draining,
-                    _ if w.is_ready() => WorkerRunState::Ready,
-                    _ => WorkerRunState::Starting,
+                state: match w.phase {
+                    Phase::Retiring(_) => WorkerRunState::Draining,
+                    Phase::Serving { .. } => WorkerRunState::Ready,
+                    Phase::Starting { .. } => WorkerRunState::Starting,
                 },
                 uptime_ms: (now - w.started).as_millis() as u64,
-                rss: crate::probe::rss_bytes(w.pid),
+                rss: self.table.rss(w.pid),
                 requests: w.requests,
                 status: w.status.clone(),
             })

@@ -55,11 +55,11 @@ impl Pool {
                 let pids: Vec<i32> = self
                     .workers
                     .values()
-                    .filter(|w| w.role == Role::Current)
+                    .filter(|w| w.is_current())
                     .map(|w| w.pid)
                     .collect();
                 for pid in &pids {
-                    self.signal(*pid, sig.number);
+                    self.table.signal(*pid, sig.number);
                 }
                 let mut e = self.event(EventKind::SoftChange);
                 e.detail = Some(format!(
@@ -117,7 +117,7 @@ impl Pool {
             .map(|w| w.pid)
             .collect();
         for pid in pids {
-            let Ok(sample) = memory::sample_tree(pid as u32) else {
+            let Some(sample) = self.table.memory(pid) else {
                 continue;
             };
             match memory::check(&sample, &self.app.recycle) {
@@ -138,9 +138,7 @@ impl Pool {
             bytes,
             limit,
         };
-        w.role = Role::Retiring;
-        w.killed = true;
-        w.kill_at = None;
+        w.phase = Phase::Retiring(Retire::Killed);
         let slot = w.slot;
         let generation = w.generation;
         let mut e = self.event(EventKind::Killed).because(&reason);
@@ -152,7 +150,7 @@ impl Pool {
             }
         }
         self.emit(e);
-        self.kill_group(pid);
+        self.table.kill_group(pid);
     }
 
     pub(super) fn start_health_probe(&mut self) {
@@ -164,9 +162,9 @@ impl Pool {
         };
         self.probe_in_flight = true;
         let tx = self.internal_tx.clone();
+        let ok = self.table.http_ok(address, probe.path, probe.timeout);
         tokio::spawn(async move {
-            let ok = crate::probe::http_ok(&address, &probe.path, probe.timeout).await;
-            let _ = tx.send(Internal::HealthProbe(ok));
+            let _ = tx.send(Internal::HealthProbe(ok.await));
         });
     }
 
@@ -204,8 +202,9 @@ impl Pool {
         ));
         self.emit(e);
         let tx = self.internal_tx.clone();
+        let connection = self.table.wait_for_connection(fds);
         self.wake_task = Some(tokio::spawn(async move {
-            let _ = crate::sockets::wait_for_connection(&fds).await;
+            connection.await;
             let _ = tx.send(Internal::Wake);
         }));
     }
@@ -231,20 +230,23 @@ impl Pool {
         let now_ticks: HashMap<i32, u64> = self
             .workers
             .values()
-            .filter(|w| w.role == Role::Current)
-            .filter_map(|w| Some((w.pid, crate::probe::cpu_ticks(w.pid)?)))
+            .filter(|w| w.is_current())
+            .map(|w| w.pid)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|pid| Some((pid, self.table.cpu_ticks(pid)?)))
             .collect();
         let used: u64 = now_ticks
             .iter()
             .map(|(pid, t)| t.saturating_sub(self.idle_cpu_mark.get(pid).copied().unwrap_or(0)))
             .sum();
         self.idle_cpu_mark = now_ticks;
-        let window_ticks = idle.as_secs_f64() * crate::probe::ticks_per_second();
+        let window_ticks = idle.as_secs_f64() * self.table.ticks_per_second();
         if used as f64 > window_ticks * 0.01 {
             self.last_activity = now;
             return;
         }
-        self.stop_all(false, true);
+        self.stop_all(StopCause::Idle);
     }
 
     pub(super) fn on_schedule(&mut self, at: jiff::Zoned) {

@@ -1,56 +1,113 @@
 //! One worker process and its slot: spawn, ready, notify messages, retire, exit.
 
+use super::process::StderrTail;
 use super::*;
 
+/// How a new worker enters its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Role {
-    /// Serving in its slot.
-    Current,
-    /// The next generation for its slot, not yet ready.
-    Candidate,
-    /// Told to stop; draining.
-    Retiring,
+pub(super) enum Entry {
+    /// The slot is empty (first start, crash restart): it is the slot's worker
+    /// from the start.
+    Fill,
+    /// A candidate of the next generation: it takes the slot from the current
+    /// worker once ready.
+    Replace,
 }
 
+/// The limits a serving worker is recycled at, drawn (with jitter) when it is
+/// spawned: its age counts from its start.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// This worker's `requests` limit, jitter included.
+    pub(super) requests: Option<u64>,
+    /// This worker's `interval` deadline, jitter included.
+    pub(super) age_deadline: Option<Instant>,
+}
+
+/// Where a worker is in its life. Each phase carries only its own deadlines, so
+/// leaving a phase drops them: nothing to clear by hand.
 #[derive(Debug)]
+pub(super) enum Phase {
+    /// Spawned, not ready yet.
+    Starting {
+        entry: Entry,
+        /// Killed as a startup failure if not ready by then.
+        startup_deadline: Instant,
+        /// `ready = "delay:…"`: ready at this instant.
+        ready_after: Option<Instant>,
+        limits: Limits,
+    },
+    /// Ready and the slot's current worker.
+    Serving {
+        limits: Limits,
+        /// `WATCHDOG=1` expected before this instant.
+        watchdog_deadline: Option<Instant>,
+        /// A trigger already asked for this worker's replacement.
+        recycle_requested: bool,
+    },
+    /// Out of its slot; its exit is expected.
+    Retiring(Retire),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Retire {
+    /// Sent `stop_signal`: it drains, and its group is SIGKILLed at `kill_at`.
+    Draining { since: Instant, kill_at: Instant },
+    /// Its group was SIGKILLed (drain too long, memory hard limit, never ready):
+    /// the event was written then; its exit writes none.
+    Killed,
+}
+
 pub(super) struct Worker {
     pub(super) pid: i32,
     pub(super) slot: u32,
     pub(super) generation: u64,
-    pub(super) role: Role,
     pub(super) started: Instant,
-    pub(super) ready_at: Option<Instant>,
-    /// Must be ready by then.
-    pub(super) startup_deadline: Option<Instant>,
-    /// `ready = "delay:…"`: ready at this instant.
-    pub(super) ready_after: Option<Instant>,
-    pub(super) retire_started: Option<Instant>,
-    pub(super) kill_at: Option<Instant>,
-    pub(super) killed: bool,
+    pub(super) phase: Phase,
     pub(super) status: Option<String>,
     pub(super) requests: u64,
-    /// This worker's `requests` limit, jitter included.
-    pub(super) request_limit: Option<u64>,
-    /// This worker's `interval` deadline, jitter included.
-    pub(super) age_deadline: Option<Instant>,
-    /// `WATCHDOG=1` expected before this instant.
-    pub(super) watchdog_deadline: Option<Instant>,
-    /// A trigger already asked for this worker's replacement.
-    pub(super) recycle_requested: bool,
     /// Sessions it handed to the store while draining (`X_APPVISOR_SESSIONS`).
     pub(super) sessions: Option<u64>,
-    pub(super) tail: Arc<Mutex<VecDeque<String>>>,
-    pub(super) _notify: NotifySocket,
+    pub(super) tail: StderrTail,
+    /// Its notify socket, kept open while it lives.
+    pub(super) _resources: Box<dyn Send>,
 }
 
 impl Worker {
     pub(super) fn is_ready(&self) -> bool {
-        self.ready_at.is_some()
+        matches!(self.phase, Phase::Serving { .. })
+    }
+
+    pub(super) fn is_retiring(&self) -> bool {
+        matches!(self.phase, Phase::Retiring(_))
+    }
+
+    /// The slot's worker (serving, or filling an empty slot), not a candidate and
+    /// not retiring.
+    pub(super) fn is_current(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Serving { .. }
+                | Phase::Starting {
+                    entry: Entry::Fill,
+                    ..
+                }
+        )
     }
 
     /// Serving and not yet marked for replacement: a trigger may fire for it.
     pub(super) fn triggerable(&self) -> bool {
-        self.role == Role::Current && self.is_ready() && !self.recycle_requested
+        matches!(
+            self.phase,
+            Phase::Serving {
+                recycle_requested: false,
+                ..
+            }
+        )
+    }
+
+    pub(super) fn stderr_tail(&self) -> Vec<String> {
+        self.tail.lock().unwrap().iter().cloned().collect()
     }
 }
 
@@ -64,22 +121,14 @@ pub(super) struct Slot {
 }
 
 impl Pool {
-    // ---- workers --------------------------------------------------------------
-
     pub(super) fn spawn_worker(
         &mut self,
         slot: u32,
         generation: u64,
-        role: Role,
+        entry: Entry,
     ) -> Result<i32, String> {
         self.spawn_seq += 1;
         let notify_name = format!("{}.{}.{}", self.app.name, slot, self.spawn_seq);
-        let mut notify = NotifySocket::bind(&self.ctx.run_dir, &notify_name).map_err(|e| {
-            format!(
-                "cannot create the notify socket in {}: {e}",
-                self.ctx.run_dir.display()
-            )
-        })?;
         let watchdog = self.app.health.watchdog;
         let mut env: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| {
@@ -95,7 +144,7 @@ impl Pool {
             })
             .collect();
         env.extend(self.app.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.extend(self.ctx.extra_env.iter().cloned());
+        env.extend(self.extra_env.iter().cloned());
         env.push((
             "APPVISOR_SESSION_MODE".into(),
             self.app.sessions.mode.as_str().into(),
@@ -113,7 +162,6 @@ impl Pool {
                 .collect();
             env.push(("LISTEN_FDNAMES".into(), names.join(":")));
         }
-        env.push(("NOTIFY_SOCKET".into(), notify.env_value.clone()));
         // Workers still alive (the ones this one replaces, or still draining): a
         // `handoff` worker waits for their sessions before loading from the store.
         let predecessors: Vec<String> = self.workers.keys().map(|p| p.to_string()).collect();
@@ -125,30 +173,17 @@ impl Pool {
             env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
         }
         let fds: Vec<i32> = self.sockets.iter().map(|s| s.raw_fd()).collect();
-        let spec = SpawnSpec {
+        let spawned = self.table.spawn(SpawnRequest {
+            name: &notify_name,
             argv: &self.app.command,
             cwd: &self.app.cwd,
             env,
             listen_fds: &fds,
             watchdog: watchdog.is_some(),
-        };
-        let spawned = spawn(&spec).map_err(|e| e.to_string())?;
+            exits: self.exit_tx.clone(),
+            notify: self.notify_tx.clone(),
+        })?;
         let pid = spawned.pid;
-        // Register before yielding (see reaper's invariant).
-        let itx = self.internal_tx.clone();
-        let (etx, mut erx) = mpsc::unbounded_channel();
-        self.ctx.reaper.watch(pid, etx);
-        tokio::spawn(async move {
-            if let Some(exit) = erx.recv().await {
-                let _ = itx.send(Internal::Exit(exit));
-            }
-        });
-        self.ctx.guard.protect(pid);
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
-        self.ctx
-            .log
-            .attach(pid, spawned.stdout, spawned.stderr, tail.clone());
-        notify.forward(pid, pid, self.notify_tx.clone());
 
         let now = Instant::now();
         let ready_after = match &self.app.ready {
@@ -160,44 +195,41 @@ impl Pool {
             ReadyCheck::Notify => None,
         };
         let rc = &self.app.recycle;
-        let request_limit = rc
-            .requests
-            .map(|l| schedule::requests_limit(l, rc.requests_jitter, &mut self.rng));
-        let age_deadline = rc.interval.map(|i| {
-            Instant::from_std(schedule::interval_deadline(
-                now.into_std(),
-                i,
-                rc.interval_jitter,
-                &mut self.rng,
-            ))
-        });
+        let limits = Limits {
+            requests: rc
+                .requests
+                .map(|l| schedule::requests_limit(l, rc.requests_jitter, &mut self.rng)),
+            age_deadline: rc.interval.map(|i| {
+                Instant::from_std(schedule::interval_deadline(
+                    now.into_std(),
+                    i,
+                    rc.interval_jitter,
+                    &mut self.rng,
+                ))
+            }),
+        };
         let worker = Worker {
             pid,
             slot,
             generation,
-            role,
             started: now,
-            ready_at: None,
-            startup_deadline: Some(now + self.app.recycle.startup_timeout),
-            ready_after,
-            retire_started: None,
-            kill_at: None,
-            killed: false,
+            phase: Phase::Starting {
+                entry,
+                startup_deadline: now + self.app.recycle.startup_timeout,
+                ready_after,
+                limits,
+            },
             status: None,
             requests: 0,
-            request_limit,
-            age_deadline,
-            watchdog_deadline: None,
-            recycle_requested: false,
             sessions: None,
-            tail,
-            _notify: notify,
+            tail: spawned.tail,
+            _resources: spawned.resources,
         };
         self.workers.insert(pid, worker);
         let s = &mut self.slots[slot as usize];
-        match role {
-            Role::Candidate => s.candidate = Some(pid),
-            _ => s.current = Some(pid),
+        match entry {
+            Entry::Replace => s.candidate = Some(pid),
+            Entry::Fill => s.current = Some(pid),
         }
         let mut e = self.event(EventKind::Started);
         e = e.of_worker(slot, generation, pid);
@@ -206,33 +238,21 @@ impl Pool {
     }
 
     /// `ready = "http:/path"`: GET the path on the first listen address until 2xx.
-    pub(super) fn spawn_ready_probe(&self, pid: i32, path: String) {
+    fn spawn_ready_probe(&self, pid: i32, path: String) {
         let Some(address) = self.sockets.first().map(|s| s.listen.address.clone()) else {
             return;
         };
+        let ready = self.table.wait_http_ready(address, path);
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
-            loop {
-                if tx.is_closed() {
-                    return;
-                }
-                if crate::probe::http_ok(&address, &path, Duration::from_secs(2)).await {
+            tokio::select! {
+                () = ready => {
                     let _ = tx.send(Internal::ProbeOk(pid));
-                    return;
                 }
-                tokio::time::sleep(Duration::from_millis(25)).await;
+                // The pool is gone: stop probing.
+                () = tx.closed() => {}
             }
         });
-    }
-
-    pub(super) fn signal(&self, pid: i32, sig: i32) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(pid, sig) };
-    }
-
-    pub(super) fn kill_group(&self, pgid: i32) {
-        // SAFETY: as above; a negative pid names the process group.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
     }
 
     /// Tells a worker to stop: `stop_signal` now, SIGKILL of its group later.
@@ -242,6 +262,10 @@ impl Pool {
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
         };
+        if w.is_retiring() {
+            // Already out of its slot: told to stop, or killed.
+            return;
+        }
         if let Some(slot) = self.slots.get_mut(w.slot as usize) {
             if slot.current == Some(pid) {
                 slot.current = None;
@@ -250,15 +274,12 @@ impl Pool {
                 slot.candidate = None;
             }
         }
-        w.role = Role::Retiring;
         let now = Instant::now();
-        w.retire_started = Some(now);
-        w.kill_at = Some(now + timeout);
-        w.startup_deadline = None;
-        w.ready_after = None;
-        w.watchdog_deadline = None;
-        w.age_deadline = None;
-        self.signal(pid, sig);
+        w.phase = Phase::Retiring(Retire::Draining {
+            since: now,
+            kill_at: now + timeout,
+        });
+        self.table.signal(pid, sig);
     }
 
     pub(super) fn on_ready(&mut self, pid: i32) {
@@ -266,32 +287,31 @@ impl Pool {
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
         };
-        if w.ready_at.is_some() || w.role == Role::Retiring {
+        let Phase::Starting { entry, limits, .. } = w.phase else {
+            // Already ready, or retiring: nothing to do.
             return;
-        }
+        };
         let now = Instant::now();
-        w.ready_at = Some(now);
-        w.startup_deadline = None;
-        w.ready_after = None;
-        w.watchdog_deadline = watchdog.map(|d| now + d);
+        w.phase = Phase::Serving {
+            limits,
+            watchdog_deadline: watchdog.map(|d| now + d),
+            recycle_requested: false,
+        };
         let startup_ms = (now - w.started).as_millis() as u64;
-        let (slot, generation, role) = (w.slot, w.generation, w.role);
-        match role {
-            Role::Current => {
+        let (slot, generation) = (w.slot, w.generation);
+        match entry {
+            Entry::Fill => {
                 let mut e = self.event(EventKind::Ready);
                 e = e.of_worker(slot, generation, pid);
                 e.startup_ms = Some(startup_ms);
                 self.emit(e);
                 self.check_started();
             }
-            Role::Candidate => {
+            Entry::Replace => {
                 let s = &mut self.slots[slot as usize];
                 let old = s.current.take();
                 s.candidate = None;
                 s.current = Some(pid);
-                if let Some(w) = self.workers.get_mut(&pid) {
-                    w.role = Role::Current;
-                }
                 let Some(job) = self.job.as_mut() else { return };
                 job.swaps.push((old, pid));
                 let reason = job.reason.clone();
@@ -309,17 +329,12 @@ impl Pool {
                 });
                 self.emit(e);
                 if let Some(old) = old {
-                    if self
-                        .workers
-                        .get(&old)
-                        .is_some_and(|w| w.role != Role::Retiring)
-                    {
+                    if self.workers.get(&old).is_some_and(|w| !w.is_retiring()) {
                         self.retire(old);
                     }
                 }
                 self.advance_job();
             }
-            Role::Retiring => {}
         }
     }
 
@@ -367,16 +382,28 @@ impl Pool {
                 self.last_activity = Instant::now();
             }
             w.requests = n;
-            if let Some(limit) = w.request_limit {
-                if w.triggerable() {
-                    limit_hit = schedule::requests_reached(n, limit);
-                }
+            if let Phase::Serving {
+                limits:
+                    Limits {
+                        requests: Some(limit),
+                        ..
+                    },
+                recycle_requested: false,
+                ..
+            } = w.phase
+            {
+                limit_hit = schedule::requests_reached(n, limit);
             }
         }
-        if m.watchdog && w.role != Role::Retiring && w.is_ready() {
-            w.watchdog_deadline = watchdog.map(|d| Instant::now() + d);
+        if m.watchdog {
+            if let Phase::Serving {
+                watchdog_deadline, ..
+            } = &mut w.phase
+            {
+                *watchdog_deadline = watchdog.map(|d| Instant::now() + d);
+            }
         }
-        if m.stopping && w.role != Role::Retiring {
+        if m.stopping && !w.is_retiring() {
             w.status = Some("stopping".into());
         }
         if m.ready && ready_by_notify {
@@ -391,18 +418,17 @@ impl Pool {
         let pid = exit.pid;
         // Whatever the worker left in its group goes with it: an orphaned child
         // must not keep the port or the files busy.
-        self.kill_group(pid);
-        self.ctx.guard.release(pid);
+        self.table.kill_group(pid);
+        self.table.release(pid);
         let Some(w) = self.workers.remove(&pid) else {
             return;
         };
         let now = Instant::now();
         let uptime_ms = (now - w.started).as_millis() as u64;
-        let tail: Vec<String> = w.tail.lock().unwrap().iter().cloned().collect();
-        let kind = match w.role {
-            Role::Retiring => EventKind::Retired,
-            Role::Current if w.is_ready() => EventKind::Crashed,
-            Role::Current | Role::Candidate => EventKind::StartupFailed,
+        let kind = match w.phase {
+            Phase::Retiring(_) => EventKind::Retired,
+            Phase::Serving { .. } => EventKind::Crashed,
+            Phase::Starting { .. } => EventKind::StartupFailed,
         };
         let mut e = Event::new(&self.app.name, kind);
         e = e.of_worker(w.slot, w.generation, pid);
@@ -411,37 +437,29 @@ impl Pool {
             ExitStatus::Code(c) => e.exit_code = Some(c),
             ExitStatus::Signal(s) => e.signal = Some(signal_name(s)),
         }
-        match w.role {
-            Role::Retiring => {
-                if !w.killed {
+        match w.phase {
+            Phase::Retiring(retire) => {
+                if let Retire::Draining { since, .. } = retire {
                     e.sessions = w.sessions;
-                    e.drain_ms = w.retire_started.map(|t| (now - t).as_millis() as u64);
+                    e.drain_ms = Some((now - since).as_millis() as u64);
                     e.detail = Some(format!("exited after drain ({})", exit.status));
                     self.emit(e);
                 }
                 if self.job.as_ref().and_then(|j| j.waiting_for_stop) == Some(pid) {
-                    // Non-overlapped recycle: the old one is gone; start the new.
-                    let job = self.job.as_mut().unwrap();
-                    job.waiting_for_stop = None;
-                    let generation = job.generation;
-                    let slot = w.slot;
-                    if let Err(msg) = self.spawn_worker(slot, generation, Role::Candidate) {
-                        self.emit(self.event(EventKind::StartupFailed).detail(msg.clone()));
-                        if !self.count_crash() {
-                            self.finish_job(Err(msg));
-                            self.schedule_restart(slot);
-                        }
-                    }
+                    self.on_old_worker_gone(w.slot);
                 }
                 self.check_stopped();
             }
-            Role::Candidate => {
+            Phase::Starting {
+                entry: Entry::Replace,
+                ..
+            } => {
                 let why = format!(
                     "the new worker exited before it was ready ({})",
                     exit.status
                 );
                 e.detail = Some(why.clone());
-                e.stderr_tail = Some(tail);
+                e.stderr_tail = Some(w.stderr_tail());
                 self.emit(e);
                 if let Some(s) = self.slots.get_mut(w.slot as usize) {
                     s.candidate = None;
@@ -457,9 +475,12 @@ impl Pool {
                     }
                 }
             }
-            Role::Current => {
+            Phase::Serving { .. }
+            | Phase::Starting {
+                entry: Entry::Fill, ..
+            } => {
                 e.detail = Some(format!("exited unexpectedly ({})", exit.status));
-                e.stderr_tail = Some(tail);
+                e.stderr_tail = Some(w.stderr_tail());
                 self.emit(e);
                 let stable = Duration::from_millis(uptime_ms) >= self.app.failure.stable_uptime;
                 if let Some(slot) = self.slots.get_mut(w.slot as usize) {

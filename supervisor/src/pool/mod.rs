@@ -155,74 +155,94 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         guard: ctx.guard,
         log: ctx.log,
     };
-    start_pool_with(
+    let (pool, inbox, handle) = Pool::new(
         app,
         sockets,
         ctx.events,
         ctx.extra_env,
         ctx.config_generation,
         Box::new(table),
-    )
+    );
+    tokio::spawn(pool.run(inbox));
+    handle
 }
 
-/// [`start_pool`] over any process table (the unit tests pass a fake one).
-fn start_pool_with(
-    app: AppConfig,
-    sockets: Vec<BoundSocket>,
-    events: EventLog,
-    extra_env: Vec<(String, String)>,
-    config_generation: u64,
-    table: Box<dyn ProcessTable>,
-) -> PoolHandle {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let handle = PoolHandle {
-        name: app.name.clone(),
-        tx,
-    };
-    let (itx, irx) = mpsc::unbounded_channel();
-    let (ntx, nrx) = mpsc::unbounded_channel();
-    let (wtx, wrx) = mpsc::unbounded_channel();
-    let (etx, erx) = mpsc::unbounded_channel();
-    let slots = (0..app.processes).map(|_| Slot::default()).collect();
-    let pool = Pool {
-        app,
-        sockets,
-        events,
-        extra_env,
-        table,
-        slots,
-        workers: HashMap::new(),
-        job: None,
-        pending: None,
-        state: AppState::Running,
-        generation: 0,
-        spawn_seq: 0,
-        crashes: VecDeque::new(),
-        total_crashes: 0,
-        recycles: 0,
-        last_recycle: None,
-        start_waiters: Vec::new(),
-        stop_waiters: Vec::new(),
-        shutdown_waiter: None,
-        internal_tx: itx,
-        notify_tx: ntx,
-        watch_tx: wtx,
-        exit_tx: etx,
-        watcher: None,
-        watcher_epoch: 0,
-        rng: JitterRng::from_entropy(),
-        next_schedule: None,
-        next_memory_check: None,
-        next_probe: None,
-        probe_in_flight: false,
-        probe_failures: 0,
-        last_activity: Instant::now(),
-        idle_cpu_mark: HashMap::new(),
-        config_generation,
-        wake_task: None,
-    };
-    tokio::spawn(pool.run(rx, irx, nrx, wrx, erx));
-    handle
+/// What a pool's task receives, besides its own deadlines.
+struct Inbox {
+    commands: mpsc::UnboundedReceiver<PoolCommand>,
+    internal: mpsc::UnboundedReceiver<Internal>,
+    notify: mpsc::UnboundedReceiver<(i32, NotifyMessage)>,
+    watch: mpsc::UnboundedReceiver<WatchDecision>,
+    exits: mpsc::UnboundedReceiver<Exit>,
+}
+
+impl Pool {
+    /// A pool over any process table (the unit tests pass a fake one), not yet
+    /// running: [`Pool::run`] starts its workers.
+    fn new(
+        app: AppConfig,
+        sockets: Vec<BoundSocket>,
+        events: EventLog,
+        extra_env: Vec<(String, String)>,
+        config_generation: u64,
+        table: Box<dyn ProcessTable>,
+    ) -> (Pool, Inbox, PoolHandle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = PoolHandle {
+            name: app.name.clone(),
+            tx,
+        };
+        let (itx, irx) = mpsc::unbounded_channel();
+        let (ntx, nrx) = mpsc::unbounded_channel();
+        let (wtx, wrx) = mpsc::unbounded_channel();
+        let (etx, erx) = mpsc::unbounded_channel();
+        let slots = (0..app.processes).map(|_| Slot::default()).collect();
+        let pool = Pool {
+            app,
+            sockets,
+            events,
+            extra_env,
+            table,
+            slots,
+            workers: HashMap::new(),
+            job: None,
+            pending: None,
+            state: AppState::Running,
+            generation: 0,
+            spawn_seq: 0,
+            crashes: VecDeque::new(),
+            total_crashes: 0,
+            recycles: 0,
+            last_recycle: None,
+            start_waiters: Vec::new(),
+            stop_waiters: Vec::new(),
+            shutdown_waiter: None,
+            internal_tx: itx,
+            notify_tx: ntx,
+            watch_tx: wtx,
+            exit_tx: etx,
+            watcher: None,
+            watcher_epoch: 0,
+            rng: JitterRng::from_entropy(),
+            next_schedule: None,
+            next_memory_check: None,
+            next_probe: None,
+            probe_in_flight: false,
+            probe_failures: 0,
+            last_activity: Instant::now(),
+            idle_cpu_mark: HashMap::new(),
+            config_generation,
+            wake_task: None,
+        };
+        let inbox = Inbox {
+            commands: rx,
+            internal: irx,
+            notify: nrx,
+            watch: wrx,
+            exits: erx,
+        };
+        (pool, inbox, handle)
+    }
 }
 
 struct Pool {
@@ -270,14 +290,14 @@ struct Pool {
 }
 
 impl Pool {
-    async fn run(
-        mut self,
-        mut commands: mpsc::UnboundedReceiver<PoolCommand>,
-        mut internal: mpsc::UnboundedReceiver<Internal>,
-        mut notify: mpsc::UnboundedReceiver<(i32, NotifyMessage)>,
-        mut watch: mpsc::UnboundedReceiver<WatchDecision>,
-        mut exits: mpsc::UnboundedReceiver<Exit>,
-    ) {
+    async fn run(mut self, inbox: Inbox) {
+        let Inbox {
+            mut commands,
+            mut internal,
+            mut notify,
+            mut watch,
+            mut exits,
+        } = inbox;
         self.start_watcher();
         self.arm_app_timers();
         self.start_all();

@@ -32,6 +32,18 @@
 //! once a worker stays up `stable_uptime`. `rapid_fail_max_crashes` crashes (or
 //! startup failures) within `rapid_fail_interval` stop the app:
 //! `stopped (rapid-fail)`, until `appvisor start APP`.
+//!
+//! # Layout
+//! - `mod.rs` — [`PoolCommand`], [`start_pool`], the pool's state and its command
+//!   loop (one `select!`, one timer on the nearest deadline); start, stop, reconfigure.
+//! - `handle.rs` — [`PoolHandle`]. `job.rs` — the recycle job and coalescing.
+//! - `worker.rs` — a worker's phase (`Starting`, `Serving`, `Retiring`, each with
+//!   only its own deadlines): spawn, ready, notify messages, retire, exit.
+//! - `crash.rs` — backoff and rapid-fail. `deadlines.rs` — what each deadline does.
+//! - `triggers.rs` — reactions to watch decisions, memory, probes, schedule, idle.
+//! - `status.rs` — [`AppStatus`]. `process.rs` — [`ProcessTable`], the seam every
+//!   side effect on a process goes through, and [`OsProcessTable`], the real one.
+//! - `tests.rs` — the state machine under a fake process table and paused time.
 
 mod crash;
 mod deadlines;

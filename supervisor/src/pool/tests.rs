@@ -805,6 +805,8 @@ async fn the_request_count_limit_recycles_that_worker() {
     h.settle().await;
     assert_eq!(h.fake.spawned().len(), 1);
     h.fake.send_notify(old, requests(10));
+    h.settle().await;
+    assert_eq!(h.fake.spawned().len(), 2, "at the limit");
     h.fake.send_notify(old, requests(11));
     h.settle().await;
     assert_eq!(h.fake.spawned().len(), 2, "once, not per report");

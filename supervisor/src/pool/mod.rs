@@ -43,7 +43,7 @@
 //! - `triggers.rs` — reactions to watch decisions, memory, probes, schedule, idle.
 //! - `status.rs` — [`AppStatus`]. `process.rs` — [`ProcessTable`], the seam every
 //!   side effect on a process goes through, and [`OsProcessTable`], the real one.
-//! - `tests.rs` — the state machine under a fake process table and paused time.
+//! - `tests/` — the state machine under a fake process table and paused time.
 
 mod crash;
 mod deadlines;

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::Backend;
 use crate::control::{self, ControlState, DaemonRequest};
-use crate::events::{Event, EventLog};
+use crate::events::{Event, EventKind, EventLog};
 use crate::guard::Guard;
 use crate::output::AppLog;
 use crate::pool::{start_pool, PoolContext, PoolHandle};
@@ -274,7 +274,7 @@ impl Live {
                 let detail = format!("{why}: config generation {}: {summary}", self.generation);
                 self.shared
                     .events
-                    .emit(Event::new("-", "config_reloaded").detail(detail.clone()));
+                    .emit(Event::new("-", EventKind::ConfigReloaded).detail(detail.clone()));
                 Ok(detail)
             }
             Ok(None) => Ok(format!(
@@ -288,7 +288,7 @@ impl Live {
                 );
                 self.shared
                     .events
-                    .emit(Event::new("-", "config_rejected").detail(detail.clone()));
+                    .emit(Event::new("-", EventKind::ConfigRejected).detail(detail.clone()));
                 Err(detail)
             }
         }

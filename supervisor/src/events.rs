@@ -16,15 +16,13 @@ use tokio::sync::broadcast;
 use crate::reason::RecycleReason;
 
 /// One line of `events.jsonl`. Fields that do not apply are omitted.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
     pub app: String,
-    /// `started`, `ready`, `recycle`, `retired`, `startup_failed`, `crashed`,
-    /// `killed`, `restarted`, `rapid_fail_stopped`, `stopped`, `ignored_change`,
-    /// `soft_change`, `idle_stop`, `config_reloaded`, `config_rejected`, …
-    pub kind: String,
+    /// What happened; see [`EventKind`].
+    pub kind: EventKind,
     /// Short cause: `manual`, `file_change`, `memory`, … (see `RecycleReason::name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -63,13 +61,105 @@ pub struct Event {
     pub stderr_tail: Option<Vec<String>>,
 }
 
+/// What an event says happened. Serialized as the snake_case name (`startup_failed`),
+/// the strings `events.jsonl` has always carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A worker process was spawned.
+    Started,
+    /// A worker that is not replacing another became ready.
+    Ready,
+    /// A candidate became ready and took its slot; the old worker is told to stop.
+    Recycle,
+    /// A recycle request arrived during a recycle: merged into one follow-up.
+    RecycleQueued,
+    /// A worker exited or missed `startup_timeout` before it was ready.
+    StartupFailed,
+    /// A serving worker exited unasked.
+    Crashed,
+    /// SIGKILL to a worker's process group (drain too long, memory hard limit).
+    Killed,
+    /// A retiring worker exited after its drain.
+    Retired,
+    /// Too many crashes in `rapid_fail_interval`: the app is stopped.
+    RapidFailStopped,
+    /// Every worker of a stopping app is gone.
+    Stopped,
+    /// The file watcher is set up.
+    Watching,
+    /// The file watcher could not be set up.
+    WatchFailed,
+    /// The file watcher reports a problem it worked around.
+    WatchWarning,
+    /// A `soft` path changed: the soft signal went to the workers.
+    SoftChange,
+    /// Files were touched but their content is the same.
+    IgnoredChange,
+    /// `idle_timeout` passed: workers stopped, sockets kept.
+    IdleStop,
+    /// A connection arrived while idle: the workers start again.
+    OnDemandStart,
+    /// `appvisor.toml` was reloaded.
+    ConfigReloaded,
+    /// A reload was refused; everything stays as it was.
+    ConfigRejected,
+}
+
+impl EventKind {
+    /// The name in `events.jsonl`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Started => "started",
+            EventKind::Ready => "ready",
+            EventKind::Recycle => "recycle",
+            EventKind::RecycleQueued => "recycle_queued",
+            EventKind::StartupFailed => "startup_failed",
+            EventKind::Crashed => "crashed",
+            EventKind::Killed => "killed",
+            EventKind::Retired => "retired",
+            EventKind::RapidFailStopped => "rapid_fail_stopped",
+            EventKind::Stopped => "stopped",
+            EventKind::Watching => "watching",
+            EventKind::WatchFailed => "watch_failed",
+            EventKind::WatchWarning => "watch_warning",
+            EventKind::SoftChange => "soft_change",
+            EventKind::IgnoredChange => "ignored_change",
+            EventKind::IdleStop => "idle_stop",
+            EventKind::OnDemandStart => "on_demand_start",
+            EventKind::ConfigReloaded => "config_reloaded",
+            EventKind::ConfigRejected => "config_rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 impl Event {
-    pub fn new(app: &str, kind: &str) -> Event {
+    pub fn new(app: &str, kind: EventKind) -> Event {
         Event {
             time: now_rfc3339(),
             app: app.to_string(),
-            kind: kind.to_string(),
-            ..Event::default()
+            kind,
+            reason: None,
+            detail: None,
+            cause: None,
+            worker: None,
+            generation: None,
+            pid: None,
+            old_pid: None,
+            new_pid: None,
+            startup_ms: None,
+            drain_ms: None,
+            uptime_ms: None,
+            exit_code: None,
+            signal: None,
+            sessions: None,
+            stderr_tail: None,
         }
     }
 
@@ -137,7 +227,7 @@ impl EventLog {
     pub fn emit(&self, event: Event) {
         let mut line = serde_json::to_string(&event).expect("events serialize");
         let text = describe(&event);
-        if is_trouble(&event.kind) {
+        if is_trouble(event.kind) {
             tracing::warn!("{text}");
         } else {
             tracing::info!("{text}");
@@ -162,10 +252,14 @@ impl EventLog {
 }
 
 /// Kinds that say something went wrong, logged as warnings.
-fn is_trouble(kind: &str) -> bool {
+fn is_trouble(kind: EventKind) -> bool {
     matches!(
         kind,
-        "startup_failed" | "crashed" | "killed" | "rapid_fail_stopped" | "config_rejected"
+        EventKind::StartupFailed
+            | EventKind::Crashed
+            | EventKind::Killed
+            | EventKind::RapidFailStopped
+            | EventKind::ConfigRejected
     )
 }
 
@@ -231,5 +325,42 @@ pub fn human_ms(ms: u64) -> String {
         format!("{} min", ms / 60_000)
     } else {
         format!("{:.1} h", ms as f64 / 3_600_000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON names are the contract with `events.jsonl` readers: the enum must
+    /// serialize to exactly the strings the log carried as free text.
+    #[test]
+    fn event_kinds_serialize_to_their_names() {
+        use EventKind::*;
+        for kind in [
+            Started,
+            Ready,
+            Recycle,
+            RecycleQueued,
+            StartupFailed,
+            Crashed,
+            Killed,
+            Retired,
+            RapidFailStopped,
+            Stopped,
+            Watching,
+            WatchFailed,
+            WatchWarning,
+            SoftChange,
+            IgnoredChange,
+            IdleStop,
+            OnDemandStart,
+            ConfigReloaded,
+            ConfigRejected,
+        ] {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
+        }
     }
 }

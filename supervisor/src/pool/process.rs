@@ -1,0 +1,184 @@
+//! The seam between the pool's decisions and the operating system.
+//!
+//! Everything the pool does to or learns from a process goes through
+//! [`ProcessTable`]: spawning a worker (fork/exec, reaper registration, the guard's
+//! `+pgid`, output and notify forwarding), signalling it, killing its process group,
+//! releasing it from the guard, and the figures triggers read (`/proc` memory and CPU,
+//! the HTTP probe, a connection on an idle socket). [`OsProcessTable`] is the real
+//! one, over `spawn.rs`, `reaper.rs`, `guard.rs`, `notify.rs` and `probe.rs`; the
+//! pool's unit tests use a fake that records what it was asked and lets the test
+//! deliver READY, notify messages and exits. The clock is tokio's `Instant`, so those
+//! tests run under paused time.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use appvisor_config::ListenAddress;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+
+use crate::guard::Guard;
+use crate::output::AppLog;
+use crate::reaper::{Exit, Reaper};
+use crate::sd_notify::{NotifyMessage, NotifySocket};
+use crate::spawn::{spawn, SpawnSpec};
+use crate::trigger::memory::{self, MemorySample};
+
+/// A future the pool awaits off its own task (a probe, a wake-up).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The last lines of a worker's stderr, shared with its output reader.
+pub type StderrTail = Arc<Mutex<VecDeque<String>>>;
+
+/// One worker to start.
+pub struct SpawnRequest<'a> {
+    /// Unique per spawn in this pool (`app.slot.seq`): names the notify socket.
+    pub name: &'a str,
+    pub argv: &'a [String],
+    pub cwd: &'a Path,
+    /// The environment, except `NOTIFY_SOCKET`, which the table adds for the
+    /// socket it binds.
+    pub env: Vec<(String, String)>,
+    /// Listening sockets, passed as fds 3, 4, …
+    pub listen_fds: &'a [RawFd],
+    pub watchdog: bool,
+    /// Where the worker's exit goes (registered before the spawn returns).
+    pub exits: mpsc::UnboundedSender<Exit>,
+    /// Where its sd_notify messages go, tagged with its pid.
+    pub notify: mpsc::UnboundedSender<(i32, NotifyMessage)>,
+}
+
+/// A started worker.
+pub struct SpawnedWorker {
+    pub pid: i32,
+    pub tail: StderrTail,
+    /// Kept as long as the worker lives (its notify socket; dropping it removes the
+    /// socket file).
+    pub resources: Box<dyn Send>,
+}
+
+/// What the pool may do to processes and learn about them. See the module docs.
+pub trait ProcessTable: Send + 'static {
+    /// Starts a worker in its own process group. Its exit must reach
+    /// `request.exits` even if it exits at once: register before returning.
+    fn spawn(&mut self, request: SpawnRequest<'_>) -> Result<SpawnedWorker, String>;
+    /// Sends `signal` (a Linux signal number) to `pid`.
+    fn signal(&mut self, pid: i32, signal: i32);
+    /// SIGKILL to the whole process group `pgid`.
+    fn kill_group(&mut self, pgid: i32);
+    /// The group `pgid` is gone: the guard need not kill it any more.
+    fn release(&mut self, pgid: i32);
+    /// Memory of `pid`'s process tree; `None` if it cannot be read.
+    fn memory(&mut self, pid: i32) -> Option<MemorySample>;
+    /// CPU time of `pid` in clock ticks.
+    fn cpu_ticks(&mut self, pid: i32) -> Option<u64>;
+    fn ticks_per_second(&self) -> f64;
+    /// Resident memory of `pid`, for `appvisor status`.
+    fn rss(&self, pid: i32) -> Option<u64>;
+    /// GET `path` on `address`: did it answer 2xx within `timeout`?
+    fn http_ok(&self, address: ListenAddress, path: String, timeout: Duration) -> BoxFuture<bool>;
+    /// Resolves once GET `path` on `address` answers 2xx (`ready = "http:…"`),
+    /// trying every 25 ms.
+    fn wait_http_ready(&self, address: ListenAddress, path: String) -> BoxFuture<()>;
+    /// Resolves when a connection waits on any of `fds` (not accepted).
+    fn wait_for_connection(&self, fds: Vec<RawFd>) -> BoxFuture<()>;
+}
+
+/// The real process table.
+#[derive(Debug, Clone)]
+pub struct OsProcessTable {
+    pub run_dir: PathBuf,
+    pub reaper: Reaper,
+    pub guard: Guard,
+    pub log: AppLog,
+}
+
+impl ProcessTable for OsProcessTable {
+    fn spawn(&mut self, request: SpawnRequest<'_>) -> Result<SpawnedWorker, String> {
+        let mut notify = NotifySocket::bind(&self.run_dir, request.name).map_err(|e| {
+            format!(
+                "cannot create the notify socket in {}: {e}",
+                self.run_dir.display()
+            )
+        })?;
+        let mut env = request.env;
+        env.push(("NOTIFY_SOCKET".into(), notify.env_value.clone()));
+        let spec = SpawnSpec {
+            argv: request.argv,
+            cwd: request.cwd,
+            env,
+            listen_fds: request.listen_fds,
+            watchdog: request.watchdog,
+        };
+        let spawned = spawn(&spec).map_err(|e| e.to_string())?;
+        let pid = spawned.pid;
+        // Register before yielding (see reaper's invariant).
+        self.reaper.watch(pid, request.exits);
+        self.guard.protect(pid);
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        self.log
+            .attach(pid, spawned.stdout, spawned.stderr, tail.clone());
+        notify.forward(pid, pid, request.notify);
+        Ok(SpawnedWorker {
+            pid,
+            tail,
+            resources: Box::new(notify),
+        })
+    }
+
+    fn signal(&mut self, pid: i32, signal: i32) {
+        // Signal numbers come from the config's table of standard signals, which
+        // all convert; a failed `kill` means the process is already gone.
+        if let Ok(signal) = Signal::try_from(signal) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+
+    fn kill_group(&mut self, pgid: i32) {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+
+    fn release(&mut self, pgid: i32) {
+        self.guard.release(pgid);
+    }
+
+    fn memory(&mut self, pid: i32) -> Option<MemorySample> {
+        memory::sample_tree(pid as u32).ok()
+    }
+
+    fn cpu_ticks(&mut self, pid: i32) -> Option<u64> {
+        crate::probe::cpu_ticks(pid)
+    }
+
+    fn ticks_per_second(&self) -> f64 {
+        crate::probe::ticks_per_second()
+    }
+
+    fn rss(&self, pid: i32) -> Option<u64> {
+        crate::probe::rss_bytes(pid)
+    }
+
+    fn http_ok(&self, address: ListenAddress, path: String, timeout: Duration) -> BoxFuture<bool> {
+        Box::pin(async move { crate::probe::http_ok(&address, &path, timeout).await })
+    }
+
+    fn wait_http_ready(&self, address: ListenAddress, path: String) -> BoxFuture<()> {
+        Box::pin(async move {
+            while !crate::probe::http_ok(&address, &path, Duration::from_secs(2)).await {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    }
+
+    fn wait_for_connection(&self, fds: Vec<RawFd>) -> BoxFuture<()> {
+        Box::pin(async move {
+            let _ = crate::sockets::wait_for_connection(&fds).await;
+        })
+    }
+}

@@ -1,0 +1,105 @@
+//! Issue 12: faults survived. The supervisor's own output (an unread stdout, a
+//! broken or full stderr), special files in a watched directory, notify
+//! datagrams from strangers, a worker's stdout flood, and kill -9 / SIGTERM under
+//! load. Every test drives the real binary.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use appvisor_e2e::*;
+
+/// An app of `flood.py` printing `lines` lines (at `rate` a second, 0 = as fast as
+/// it can), ready after 100 ms, no watcher.
+fn flood_config(lines: u32, rate: u32, supervisor: &str) -> String {
+    format!(
+        r#"
+[supervisor]
+{supervisor}
+
+[[app]]
+name = "flood"
+command = ["python3", "{script}", "{lines}", "{rate}"]
+ready = "delay:100ms"
+[app.watch]
+enabled = false
+"#,
+        script = worker_script("flood.py").display()
+    )
+}
+
+/// The numbers of the lines of generation `gen` found in the app's log.
+fn flood_lines(sv: &Supervisor, gen: u64) -> Vec<u32> {
+    let prefix = format!("flood {gen} ");
+    sv.app_log("flood")
+        .iter()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(&prefix)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Waits until the log holds every line of generation `gen` (0..lines), and
+/// asserts each is there exactly once, in order.
+fn wait_all_logged(sv: &Supervisor, gen: u64, lines: u32) {
+    let got = wait_until(
+        Duration::from_secs(30),
+        &format!("all {lines} lines of generation {gen} in logs/flood.log"),
+        || {
+            let got = flood_lines(sv, gen);
+            (got.len() >= lines as usize).then_some(got)
+        },
+    );
+    let want: Vec<u32> = (0..lines).collect();
+    assert_eq!(got, want, "the log keeps every line once, in order");
+}
+
+/// The generation of the app's ready worker.
+fn generation(sv: &Supervisor) -> u64 {
+    sv.app("flood")["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "ready")
+        .filter_map(|w| w["generation"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Status and a recycle answer within a deadline; returns the new generation.
+fn answers_and_recycles(sv: &Supervisor) -> u64 {
+    let before = generation(sv);
+    let status = sv.cli_within(Duration::from_secs(10), &["status", "--json"]);
+    assert!(status.status.success(), "{status:?}");
+    let out = sv.cli_within(Duration::from_secs(20), &["recycle", "flood"]);
+    assert!(
+        out.status.success(),
+        "recycle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = generation(sv);
+    assert!(after > before, "generation {before} → {after}");
+    after
+}
+
+#[test]
+fn an_unread_stdout_never_blocks_the_supervisor() {
+    let sb = Sandbox::new("unread");
+    // 4 MiB of output per generation: 60 times the pipe's buffer.
+    let lines = 32_000;
+    sb.config(&flood_config(lines, 0, "log_max_size = \"1GiB\""));
+    let err = std::fs::File::create(sb.path("supervisor.err")).unwrap();
+    // stdout is a pipe whose read end this test holds and never reads.
+    let sv = sb.start_with(
+        Command::new(appvisor_bin())
+            .stdout(Stdio::piped())
+            .stderr(err),
+    );
+    sv.wait_running("flood", 1);
+    let first = generation(&sv);
+    wait_all_logged(&sv, first, lines);
+    let second = answers_and_recycles(&sv);
+    wait_all_logged(&sv, second, lines);
+    sv.cli_within(Duration::from_secs(10), &["status"]);
+    assert!(sv.stop().success());
+}

@@ -103,3 +103,75 @@ fn an_unread_stdout_never_blocks_the_supervisor() {
     sv.cli_within(Duration::from_secs(10), &["status"]);
     assert!(sv.stop().success());
 }
+
+/// With its output broken by `setup`, the supervisor still runs its app: the
+/// flood's lines (echoed to the broken stdout) reach the log, `status` answers,
+/// two recycles (each logging to the broken stderr) work, and a SIGTERM ends it
+/// with exit code 0.
+fn survives_broken_output(name: &str, setup: impl FnOnce(&Sandbox, &mut Command)) {
+    let sb = Sandbox::new(name);
+    let lines = 5_000;
+    sb.config(&flood_config(lines, 0, ""));
+    let mut cmd = Command::new(appvisor_bin());
+    setup(&sb, &mut cmd);
+    let sv = sb.start_with(&mut cmd);
+    drop(cmd);
+    sv.wait_running("flood", 1);
+    let first = generation(&sv);
+    wait_all_logged(&sv, first, lines);
+    let second = answers_and_recycles(&sv);
+    wait_all_logged(&sv, second, lines);
+    answers_and_recycles(&sv);
+    assert!(alive(sv.pid()), "the supervisor died of its own output");
+    // Nothing written to the broken stderr landed in a state file.
+    assert!(sv.events_of("recycle").len() >= 2);
+    let status = sv.stop();
+    assert!(status.success(), "exit: {status}");
+}
+
+#[test]
+fn stdout_and_stderr_to_a_pipe_whose_reader_exits_leave_it_running() {
+    // `appvisor run 2>&1 | head -1`.
+    let mut head = Command::new("head")
+        .arg("-1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("head");
+    let pipe = std::os::fd::OwnedFd::from(head.stdin.take().unwrap());
+    survives_broken_output("head", |_, cmd| {
+        let err = pipe.try_clone().unwrap();
+        cmd.stdout(Stdio::from(pipe)).stderr(Stdio::from(err));
+    });
+    // `head` read its one line and left long before the end.
+    assert!(head.try_wait().unwrap().is_some(), "head never got a line");
+}
+
+#[test]
+fn stderr_to_dev_full_leaves_it_running() {
+    survives_broken_output("full", |sb, cmd| {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        cmd.stdout(std::fs::File::create(sb.path("supervisor.out")).unwrap())
+            .stderr(full);
+    });
+}
+
+#[test]
+fn a_closed_stderr_and_stdout_leave_it_running() {
+    use std::os::unix::process::CommandExt;
+    survives_broken_output("closed", |_, cmd| {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: close(2) is async-signal-safe and touches only the child's own
+        // descriptors, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::close(1);
+                libc::close(2);
+                Ok(())
+            });
+        }
+    });
+}

@@ -175,3 +175,78 @@ fn a_closed_stderr_and_stdout_leave_it_running() {
         }
     });
 }
+
+fn demo_app(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        "[[app]]\nname = \"{name}\"\ncommand = [\"{demo}\"]\nlisten = [\"tcp://127.0.0.1:{port}\"]\n{extra}\n",
+        demo = example_bin("demo").display()
+    )
+}
+
+fn recycles(sv: &Supervisor, app: &str, n: usize) -> Vec<serde_json::Value> {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{n} recycle(s) of {app}"),
+        || {
+            let r: Vec<_> = sv
+                .events_of("recycle")
+                .into_iter()
+                .filter(|e| e["app"] == app)
+                .collect();
+            (r.len() >= n).then_some(r)
+        },
+    )
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+#[test]
+fn a_fifo_and_a_device_in_bin_do_not_freeze_the_watcher() {
+    let sb = Sandbox::new("fifo");
+    let port = free_port();
+    sb.write("bin/app.dll", "v1");
+    sb.write("web.config", "v1");
+    // One FIFO before the start (the baseline), one after.
+    mkfifo(&sb.path("bin/early"));
+    sb.config(&demo_app(
+        "web",
+        port,
+        "[app.watch]\ndebounce = \"200ms\"\n",
+    ));
+    let sv = sb.start();
+    sv.wait_running("web", 1);
+    sv.wait_event("the watcher", Duration::from_secs(30), |e| {
+        e["kind"] == "watching"
+    });
+    mkfifo(&sb.path("bin/pipe"));
+    // A character device where we may make one (root): /dev/zero reads forever.
+    let zero = std::ffi::CString::new(sb.path("bin/zero").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mknod fails harmlessly without privilege.
+    let _ = unsafe { libc::mknod(zero.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 5)) };
+    // The real change: recycled once, naming only it.
+    sb.write("bin/app.dll", "v2");
+    let first = recycles(&sv, "web", 1);
+    assert_eq!(
+        first[0]["cause"]["paths"],
+        serde_json::json!(["bin/app.dll"]),
+        "{}",
+        first[0]
+    );
+    sv.wait_running("web", 1);
+    // A sentinel: the next recycle is its own, so nothing in between recycled.
+    sb.write("web.config", "v2");
+    let all = recycles(&sv, "web", 2);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        all[1]["cause"]["paths"],
+        serde_json::json!(["web.config"]),
+        "{}",
+        all[1]
+    );
+    assert!(sv.events_of("watch_failed").is_empty());
+    assert!(sv.stop().success());
+}

@@ -250,3 +250,76 @@ fn a_fifo_and_a_device_in_bin_do_not_freeze_the_watcher() {
     assert!(sv.events_of("watch_failed").is_empty());
     assert!(sv.stop().success());
 }
+
+/// `NOTIFY_SOCKET` from a worker's environment.
+fn notify_socket_of(pid: i32) -> String {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    env.split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .expect("NOTIFY_SOCKET in the worker's environment")
+}
+
+fn send_notify(address: &str, message: &[u8]) {
+    let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    if let Some(name) = address.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+        s.send_to_addr(message, &addr).unwrap();
+    } else {
+        s.send_to(message, address).unwrap();
+    }
+}
+
+#[test]
+fn notify_messages_from_a_stranger_are_ignored() {
+    let sb = Sandbox::new("stranger");
+    sb.config(&format!(
+        r#"
+[[app]]
+name = "probe"
+command = ["python3", "{script}", "{dir}"]
+ready = "notify"
+[app.recycle]
+startup_timeout = "60s"
+[app.watch]
+enabled = false
+"#,
+        script = worker_script("notify_probe.py").display(),
+        dir = sb.dir.display()
+    ));
+    let sv = sb.start();
+    let worker = |sv: &Supervisor| sv.app("probe")["workers"][0].clone();
+    let pid = wait_until(Duration::from_secs(30), "a starting worker", || {
+        let w = worker(&sv);
+        (w["state"] == "starting").then(|| w["pid"].as_i64().unwrap() as i32)
+    });
+    let address = notify_socket_of(pid);
+    // The test process is outside the worker's process tree: a stranger.
+    send_notify(
+        &address,
+        b"READY=1\nX_APPVISOR_REQUESTS=1000\nSTATUS=stranger\n",
+    );
+    send_notify(&address, b"X_APPVISOR_REQUESTS=2000\n");
+    // The worker's own marker comes after them on the same socket: once it shows,
+    // the stranger's datagrams were handled.
+    sb.write("go", "");
+    let w = wait_until(Duration::from_secs(20), "the worker's marker", || {
+        let w = worker(&sv);
+        (w["status"] == "synced").then_some(w)
+    });
+    assert_eq!(
+        w["state"], "starting",
+        "a stranger's READY=1 was taken: {w}"
+    );
+    assert_eq!(
+        w["requests"], 0,
+        "a stranger's request count was taken: {w}"
+    );
+    // The worker's own READY=1 is taken.
+    sb.write("go2", "");
+    let pids = sv.wait_running("probe", 1);
+    assert_eq!(pids, vec![pid]);
+    assert_eq!(worker(&sv)["requests"], 3);
+    assert!(sv.stop().success());
+}

@@ -58,9 +58,25 @@ struct LogFile {
 }
 
 impl LogFile {
+    /// Appends `line`, rotating first if it would not fit, so no file ever passes
+    /// `max_size` and the app's logs never take more than `max_size × (keep + 1)`
+    /// however fast a worker writes. A line longer than a whole file (possible only
+    /// with a `max_size` under [`MAX_LINE`]) is cut to `max_size`.
     fn write_line(&mut self, line: &[u8]) {
         if self.file.is_none() {
             self.reopen();
+        }
+        let cut;
+        let line = if line.len() as u64 > self.max_size {
+            let mut l = line[..self.max_size as usize - 1].to_vec();
+            l.push(b'\n');
+            cut = l;
+            &cut[..]
+        } else {
+            line
+        };
+        if self.size > 0 && self.size + line.len() as u64 > self.max_size {
+            self.rotate();
         }
         let Some(f) = self.file.as_mut() else {
             return;
@@ -329,6 +345,33 @@ mod tests {
             "only log_keep rotated files are kept"
         );
         assert!(std::fs::metadata(dir.join("web.log.1")).unwrap().len() >= 4096);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// No file passes `max_size`, whatever the line lengths: a line that would not
+    /// fit goes to the next file, one longer than a file is cut.
+    #[test]
+    fn no_log_file_passes_max_size() {
+        let dir = std::env::temp_dir().join(format!("appvisor-bound-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = LogFile {
+            path: dir.join("web.log"),
+            file: None,
+            size: 0,
+            max_size: 4096,
+            keep: 2,
+        };
+        for n in 0..200 {
+            let mut line = vec![b'x'; 1 + (n * 397) % 6000];
+            line.push(b'\n');
+            f.write_line(&line);
+            for name in ["web.log", "web.log.1", "web.log.2"] {
+                let len = std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+                assert!(len <= 4096, "{name}: {len} bytes after line {n}");
+            }
+        }
+        assert!(!dir.join("web.log.3").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -323,3 +323,56 @@ enabled = false
     assert_eq!(worker(&sv)["requests"], 3);
     assert!(sv.stop().success());
 }
+
+#[test]
+fn a_stdout_flood_keeps_the_logs_dir_within_max_size_times_keep_plus_one() {
+    let sb = Sandbox::new("rotate");
+    let (max_size, keep) = (64 * 1024u64, 2u64);
+    let lines = 20_000; // 2.5 MiB: 13 times the bound
+    sb.config(&flood_config(
+        lines,
+        0,
+        &format!("log_max_size = {max_size}\nlog_keep = {keep}"),
+    ));
+    let sv = sb.start();
+    sv.wait_running("flood", 1);
+    let gen = generation(&sv);
+    let last = format!("flood {gen} {:08} ", lines - 1);
+    wait_until(Duration::from_secs(30), "the flood's last line", || {
+        sv.app_log("flood")
+            .iter()
+            .any(|l| l.contains(&last))
+            .then_some(())
+    });
+    let logs = sb.path(".appvisor/logs");
+    let mut total = 0;
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&logs).unwrap() {
+        let e = e.unwrap();
+        let len = e.metadata().unwrap().len();
+        assert!(len <= max_size, "{:?} is {len} bytes", e.file_name());
+        total += len;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    assert_eq!(names, ["flood.log", "flood.log.1", "flood.log.2"]);
+    assert!(
+        total <= max_size * (keep + 1),
+        "logs/ holds {total} bytes, over {max_size} × {}",
+        keep + 1
+    );
+    // What is kept is the newest output, whole and in order.
+    let mut kept = Vec::new();
+    for name in ["flood.log.2", "flood.log.1", "flood.log"] {
+        let text = std::fs::read_to_string(logs.join(name)).unwrap();
+        kept.extend(text.lines().filter_map(|l| {
+            let (_, rest) = l.split_once(&format!("flood {gen} "))?;
+            rest.split_whitespace().next()?.parse::<u32>().ok()
+        }));
+    }
+    let first = kept[0];
+    assert_eq!(kept, (first..lines).collect::<Vec<_>>());
+    // And nearly all the room is used: each rotated file is full but for one line.
+    assert!(total > keep * (max_size - 256), "only {total} bytes kept");
+    assert!(sv.stop().success());
+}

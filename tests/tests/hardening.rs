@@ -376,3 +376,100 @@ fn a_stdout_flood_keeps_the_logs_dir_within_max_size_times_keep_plus_one() {
     assert!(total > keep * (max_size - 256), "only {total} bytes kept");
     assert!(sv.stop().success());
 }
+
+#[test]
+fn kill_9_of_a_worker_under_load_fails_only_its_in_flight_requests() {
+    use appvisor_e2e::load::Load;
+    let sb = Sandbox::new("kill9w");
+    let port = free_port();
+    sb.config(&demo_app(
+        "web",
+        port,
+        "processes = 2\n[app.watch]\nenabled = false\n",
+    ));
+    let sv = sb.start();
+    let before = sv.wait_running("web", 2);
+    // No keep-alive: each client has at most one request in flight, so at most
+    // `clients` requests can be in flight on the victim when it dies.
+    let clients = 8;
+    let load = Load::start(port, clients, false, "/slow?ms=20");
+    load.wait_for_requests(200);
+    let victim = before[0];
+    // SAFETY: kill with the pid of a worker this test's supervisor runs.
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    sv.wait_event("the crash", Duration::from_secs(20), |e| {
+        e["kind"] == "crashed" && e["pid"] == victim
+    });
+    let after = wait_until(Duration::from_secs(30), "a replacement worker", || {
+        let pids = sv.ready_pids("web");
+        (pids.len() == 2 && !pids.contains(&victim)).then_some(pids)
+    });
+    let replacement = *after.iter().find(|p| !before.contains(p)).unwrap();
+    // The slot serves again: the load reaches the replacement.
+    let served = load.ok_so_far.clone();
+    let mark = served.load(std::sync::atomic::Ordering::Relaxed);
+    load.wait_for_requests(mark + 300);
+    let report = load.finish();
+    assert!(
+        report.failed <= clients as u64,
+        "{} failed requests, more than the {clients} that could be in flight on the victim: {:?}",
+        report.failed,
+        report.errors
+    );
+    assert!(
+        report.pids.contains(&replacement),
+        "the replacement {replacement} never served; saw {:?}",
+        report.pids
+    );
+    assert!(report.pids.contains(&before[1]));
+    assert!(sv.stop().success());
+}
+
+#[test]
+fn sigterm_under_load_completes_in_flight_requests_and_exits_0() {
+    use appvisor_e2e::load::Load;
+    let sb = Sandbox::new("sigterm");
+    let port = free_port();
+    sb.config(&demo_app(
+        "web",
+        port,
+        "processes = 2\n[app.watch]\nenabled = false\n",
+    ));
+    let sv = sb.start();
+    sv.wait_running("web", 2);
+    // Slow requests, in flight (the workers counted them) when SIGTERM comes.
+    let slow = 6;
+    let threads: Vec<_> = (0..slow)
+        .map(|_| std::thread::spawn(move || http_get(port, "/slow?ms=2000")))
+        .collect();
+    wait_until(
+        Duration::from_secs(10),
+        "the slow requests in the workers",
+        || {
+            let counted: u64 = sv.app("web")["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["requests"].as_u64().unwrap_or(0))
+                .sum();
+            (counted >= slow).then_some(())
+        },
+    );
+    let load = Load::start(port, 4, false, "/");
+    load.wait_for_requests(100);
+    let status = sv.stop();
+    let report = load.finish();
+    for t in threads {
+        let (code, body) = t
+            .join()
+            .unwrap()
+            .expect("an in-flight request failed at shutdown");
+        assert_eq!(code, 200);
+        assert!(body.starts_with("slept 2000 ms"), "{body}");
+    }
+    assert!(status.success(), "exit: {status}");
+    assert_eq!(status.code(), Some(0));
+    // The load's requests after the sockets closed may be refused; those in
+    // flight were answered (a failure is a refused or reset connection only).
+    assert!(report.ok >= 100);
+}

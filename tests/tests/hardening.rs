@@ -251,13 +251,19 @@ fn a_fifo_and_a_device_in_bin_do_not_freeze_the_watcher() {
     assert!(sv.stop().success());
 }
 
-/// `NOTIFY_SOCKET` from a worker's environment.
+/// `NOTIFY_SOCKET` from a worker's environment (once it has exec'ed: until then
+/// /proc shows the supervisor's environment).
 fn notify_socket_of(pid: i32) -> String {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    env.split(|&b| b == 0)
-        .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET="))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .expect("NOTIFY_SOCKET in the worker's environment")
+    wait_until(
+        Duration::from_secs(10),
+        "NOTIFY_SOCKET in the worker's environment",
+        || {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            env.split(|&b| b == 0)
+                .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET="))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        },
+    )
 }
 
 fn send_notify(address: &str, message: &[u8]) {
@@ -405,11 +411,33 @@ fn kill_9_of_a_worker_under_load_fails_only_its_in_flight_requests() {
         (pids.len() == 2 && !pids.contains(&victim)).then_some(pids)
     });
     let replacement = *after.iter().find(|p| !before.contains(p)).unwrap();
+    // How long the slot was empty: crash → the replacement ready. The pool waits
+    // `backoff_initial` (100 ms by default) before restarting a crashed slot.
+    let time = |kind: &str, pid: i32| {
+        let e = sv.wait_event(kind, Duration::from_secs(10), |e| {
+            e["kind"] == kind && e["pid"] == pid
+        });
+        e["time"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    let empty = time("ready", replacement).duration_since(time("crashed", victim));
+    assert!(
+        empty < jiff::SignedDuration::from_secs(1),
+        "the slot stayed empty {empty:?}"
+    );
     // The slot serves again: the load reaches the replacement.
     let served = load.ok_so_far.clone();
     let mark = served.load(std::sync::atomic::Ordering::Relaxed);
     load.wait_for_requests(mark + 300);
     let report = load.finish();
+    eprintln!(
+        "kill -9 under load: {} of {} requests failed; the slot was empty {empty:?}",
+        report.failed,
+        report.ok + report.failed
+    );
     assert!(
         report.failed <= clients as u64,
         "{} failed requests, more than the {clients} that could be in flight on the victim: {:?}",

@@ -5,13 +5,27 @@
 //! the supervisor runs in the foreground — printed as `app[pid] line`. The last
 //! lines of stderr are kept per worker so a `startup_failed` or `crashed` event can
 //! say what the worker said before it died.
+//!
+//! # The terminal never slows anything down
+//! The log file is the record; the terminal echo is a courtesy. A stdout that
+//! nobody reads (`appvisor run > fifo`, a paused pager, a stuck pipe) must not
+//! stall the runtime thread — that would freeze every pool, the control socket and
+//! the store with it, and then the workers blocked on their own full pipes. So echo
+//! lines go through a bounded queue ([`ECHO_QUEUE_BYTES`]) to one writer thread,
+//! the only code that touches stdout; a line that does not fit is dropped and
+//! counted, and once stdout takes lines again the writer says how many were not
+//! echoed (they are all in `logs/<app>.log`). Write errors (EPIPE after `| head`)
+//! are ignored. Lines still queued when the supervisor exits are not echoed: the
+//! exit must not wait on a reader that may never come.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::unix::pipe;
@@ -44,9 +58,25 @@ struct LogFile {
 }
 
 impl LogFile {
+    /// Appends `line`, rotating first if it would not fit, so no file ever passes
+    /// `max_size` and the app's logs never take more than `max_size × (keep + 1)`
+    /// however fast a worker writes. A line longer than a whole file (possible only
+    /// with a `max_size` under [`MAX_LINE`]) is cut to `max_size`.
     fn write_line(&mut self, line: &[u8]) {
         if self.file.is_none() {
             self.reopen();
+        }
+        let cut;
+        let line = if line.len() as u64 > self.max_size {
+            let mut l = line[..self.max_size as usize - 1].to_vec();
+            l.push(b'\n');
+            cut = l;
+            &cut[..]
+        } else {
+            line
+        };
+        if self.size > 0 && self.size + line.len() as u64 > self.max_size {
+            self.rotate();
         }
         let Some(f) = self.file.as_mut() else {
             return;
@@ -166,8 +196,98 @@ impl AppLog {
         let record = format!("{time} [{pid}]{mark} {text}\n");
         self.inner.lock().unwrap().write_line(record.as_bytes());
         if self.echo {
-            let line = format!("{}[{pid}] {text}\n", self.app);
-            let _ = io::stdout().lock().write_all(line.as_bytes());
+            echo(format!("{}[{pid}] {text}\n", self.app).into_bytes());
+        }
+    }
+}
+
+/// Echo lines (bytes) waiting for the terminal before new ones are dropped: a few
+/// seconds of a fast worker at a terminal's speed, and a bound on memory.
+pub const ECHO_QUEUE_BYTES: usize = 1 << 20;
+
+/// The queue to the stdout writer thread (see the module docs).
+struct Echo {
+    tx: SyncSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Hands `line` to the writer thread, or drops and counts it; never blocks.
+fn echo(line: Vec<u8>) {
+    static ECHO: OnceLock<Option<Echo>> = OnceLock::new();
+    let Some(q) = ECHO.get_or_init(start_echo) else {
+        return;
+    };
+    q.offer(line);
+}
+
+/// The writer thread; `None` (no echo at all) if no thread can be started.
+fn start_echo() -> Option<Echo> {
+    let (echo, rx) = Echo::new();
+    let (q, d) = (echo.queued.clone(), echo.dropped.clone());
+    match std::thread::Builder::new()
+        .name("appvisor-echo".into())
+        .spawn(move || write_echoed(rx, &q, &d, &mut io::stdout()))
+    {
+        Ok(_) => Some(echo),
+        Err(e) => {
+            tracing::warn!(
+                "Cannot start the terminal echo of worker output ({e}); it goes to the app logs only."
+            );
+            None
+        }
+    }
+}
+
+impl Echo {
+    fn new() -> (Echo, Receiver<Vec<u8>>) {
+        // The byte bound is the real limit; the channel's slot count only has to be
+        // large enough never to be the one that binds for normal lines.
+        let (tx, rx) = sync_channel::<Vec<u8>>(ECHO_QUEUE_BYTES / 64);
+        let echo = Echo {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        (echo, rx)
+    }
+
+    fn offer(&self, line: Vec<u8>) {
+        let len = line.len();
+        // Reserve room first, so concurrent offers cannot overshoot the bound.
+        let before = self.queued.fetch_add(len, Ordering::AcqRel);
+        if before + len > ECHO_QUEUE_BYTES {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.tx.try_send(line).is_err() {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The writer thread: each queued line to `out`, errors ignored. After lines were
+/// dropped, one note with their count as soon as a write succeeds again — when the
+/// reader has caught up, so the note is read where the gap is.
+fn write_echoed(
+    rx: Receiver<Vec<u8>>,
+    queued: &AtomicUsize,
+    dropped: &AtomicU64,
+    out: &mut dyn Write,
+) {
+    while let Ok(line) = rx.recv() {
+        let ok = out.write_all(&line).and_then(|()| out.flush()).is_ok();
+        queued.fetch_sub(line.len(), Ordering::AcqRel);
+        if ok {
+            let lost = dropped.swap(0, Ordering::Relaxed);
+            if lost > 0 {
+                let note = format!(
+                    "appvisor: {lost} lines of worker output were not echoed here (stdout was not being read); the app logs have them\n"
+                );
+                let _ = out.write_all(note.as_bytes()).and_then(|()| out.flush());
+            }
         }
     }
 }
@@ -226,5 +346,84 @@ mod tests {
         );
         assert!(std::fs::metadata(dir.join("web.log.1")).unwrap().len() >= 4096);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// No file passes `max_size`, whatever the line lengths: a line that would not
+    /// fit goes to the next file, one longer than a file is cut.
+    #[test]
+    fn no_log_file_passes_max_size() {
+        let dir = std::env::temp_dir().join(format!("appvisor-bound-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = LogFile {
+            path: dir.join("web.log"),
+            file: None,
+            size: 0,
+            max_size: 4096,
+            keep: 2,
+        };
+        for n in 0..200 {
+            let mut line = vec![b'x'; 1 + (n * 397) % 6000];
+            line.push(b'\n');
+            f.write_line(&line);
+            for name in ["web.log", "web.log.1", "web.log.2"] {
+                let len = std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+                assert!(len <= 4096, "{name}: {len} bytes after line {n}");
+            }
+        }
+        assert!(!dir.join("web.log.3").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn echo_drops_and_counts_beyond_its_bound_and_never_blocks() {
+        let (echo, rx) = Echo::new();
+        let mut line = vec![b'x'; 999];
+        line.push(b'\n');
+        let offered = 3 * ECHO_QUEUE_BYTES / line.len();
+        // Nobody reads `rx`: every offer returns at once.
+        for _ in 0..offered {
+            echo.offer(line.clone());
+        }
+        let queued = echo.queued.load(Ordering::Relaxed);
+        let dropped = echo.dropped.load(Ordering::Relaxed) as usize;
+        assert!(queued <= ECHO_QUEUE_BYTES, "{queued} bytes queued");
+        assert_eq!(queued / line.len() + dropped, offered);
+        assert!(dropped >= offered / 2, "{dropped} of {offered} dropped");
+
+        // The reader catches up: everything queued is written, then one note.
+        drop(echo.tx);
+        let mut out = Vec::new();
+        write_echoed(rx, &echo.queued, &echo.dropped, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches('x').count(), queued / line.len() * 999);
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("appvisor: ")).count(),
+            1,
+            "one note"
+        );
+        assert!(text.contains(&format!("{dropped} lines of worker output were not echoed")));
+        assert_eq!(echo.queued.load(Ordering::Relaxed), 0);
+    }
+
+    /// A stdout that fails (EPIPE after `| head -1`) is ignored, line after line.
+    #[test]
+    fn echo_write_errors_are_ignored() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (echo, rx) = Echo::new();
+        for _ in 0..10 {
+            echo.offer(b"web[1] line\n".to_vec());
+        }
+        drop(echo.tx);
+        write_echoed(rx, &echo.queued, &echo.dropped, &mut Broken);
+        assert_eq!(echo.queued.load(Ordering::Relaxed), 0);
     }
 }

@@ -10,6 +10,10 @@
 //! worker's own process group — systemd's `NotifyAccess=` idea — so a stray child
 //! that inherited the variable cannot declare a generation ready.
 //!
+//! A datagram is at most [`MAX_DATAGRAM`] bytes (4096, as systemd's
+//! `NOTIFY_BUFFER_MAX`); a longer one is refused whole — never parsed from its
+//! truncated first 4 KiB, where a `READY=1` could hide in front of garbage.
+//!
 //! Understood keys: `READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=…`, and
 //! appvisor's own `X_APPVISOR_REQUESTS=<cumulative count>` and
 //! `X_APPVISOR_SESSIONS=<sessions handed off while draining>`. Others are ignored.
@@ -59,6 +63,9 @@ impl NotifyMessage {
         m
     }
 }
+
+/// The longest notify datagram accepted (see the module docs).
+pub const MAX_DATAGRAM: usize = 4096;
 
 /// A bound notify socket. Dropping it removes the socket file.
 #[derive(Debug)]
@@ -118,7 +125,7 @@ impl NotifySocket {
             return;
         };
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
+            let mut buf = vec![0u8; MAX_DATAGRAM];
             let mut cmsg = cmsg_buffer();
             loop {
                 let got = tokio::select! {
@@ -127,6 +134,10 @@ impl NotifySocket {
                 };
                 let Ok((len, pid)) = got else {
                     return;
+                };
+                // Too long (truncated): refused whole, as a stranger's is.
+                let Some(len) = len else {
+                    continue;
                 };
                 if !sender_allowed(pid, pgid) {
                     continue;
@@ -157,12 +168,13 @@ fn set_passcred(s: &std::os::unix::net::UnixDatagram) -> io::Result<()> {
     Ok(setsockopt(s, sockopt::PassCred, &true)?)
 }
 
-/// Receives one datagram and the sender's pid from `SCM_CREDENTIALS`.
+/// Receives one datagram and the sender's pid from `SCM_CREDENTIALS`; the length is
+/// `None` if the datagram did not fit in `buf` (or its control data did not).
 async fn recv_with_pid(
     socket: &UnixDatagram,
     buf: &mut [u8],
     cmsg: &mut [u8],
-) -> io::Result<(usize, Option<i32>)> {
+) -> io::Result<(Option<usize>, Option<i32>)> {
     socket
         .async_io(Interest::READABLE, || {
             recvmsg_creds(socket.as_raw_fd(), buf, cmsg)
@@ -176,7 +188,11 @@ fn cmsg_buffer() -> Vec<u8> {
     nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; 16])
 }
 
-fn recvmsg_creds(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
+fn recvmsg_creds(
+    fd: RawFd,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> io::Result<(Option<usize>, Option<i32>)> {
     let mut iov = [io::IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         fd,
@@ -197,7 +213,10 @@ fn recvmsg_creds(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> io::Result<(usiz
             _ => {}
         }
     }
-    Ok((msg.bytes, pid))
+    let whole = !msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    Ok((whole.then_some(msg.bytes), pid))
 }
 
 /// sd_notify to whoever started the supervisor (systemd `Type=notify`); nothing
@@ -263,6 +282,39 @@ mod tests {
         assert!(m.ready);
         assert_eq!(m.requests, Some(3));
         drop((ours, theirs));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A datagram longer than [`MAX_DATAGRAM`] is refused whole, even from the
+    /// worker's own group and with `READY=1` in its first bytes; one of exactly
+    /// the limit is taken.
+    #[tokio::test]
+    async fn a_datagram_over_the_limit_is_refused_whole() {
+        let dir = std::env::temp_dir().join(format!("appvisor-notify-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let own = nix::unistd::getpgrp().as_raw();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut sock = NotifySocket::bind(&dir, "w").unwrap();
+        sock.forward(own, "w", tx);
+        let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let padded = |total: usize, head: &str| {
+            let mut d = head.as_bytes().to_vec();
+            d.resize(total, b'x');
+            d
+        };
+        client
+            .send_to(&padded(MAX_DATAGRAM + 1, "READY=1\n"), &sock.env_value)
+            .unwrap();
+        client
+            .send_to(&padded(MAX_DATAGRAM, "STATUS=fits\n"), &sock.env_value)
+            .unwrap();
+        let (_, m) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a message within 5 s")
+            .unwrap();
+        assert!(!m.ready, "the oversized READY=1 was parsed");
+        assert_eq!(m.status.as_deref(), Some("fits"));
+        drop(sock);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

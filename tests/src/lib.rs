@@ -185,15 +185,21 @@ impl Sandbox {
     }
 
     /// Starts `appvisor run` in the sandbox; returns once the control socket answers.
+    /// Its stdout and stderr go to `supervisor.out` and `supervisor.err`.
     pub fn start(&self) -> Supervisor {
         let out = std::fs::File::create(self.dir.join("supervisor.out")).unwrap();
         let err = std::fs::File::create(self.dir.join("supervisor.err")).unwrap();
-        let child = Command::new(appvisor_bin())
+        self.start_with(Command::new(appvisor_bin()).stdout(out).stderr(err))
+    }
+
+    /// Starts `appvisor run` from `cmd` (a `Command` of [`appvisor_bin`] with its
+    /// stdout and stderr already chosen: a pipe nobody reads, `/dev/full`, …);
+    /// returns once the control socket answers.
+    pub fn start_with(&self, cmd: &mut Command) -> Supervisor {
+        let child = cmd
             .arg("run")
             .current_dir(&self.dir)
             .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
             .spawn()
             .expect("start appvisor run");
         let mut sv = Supervisor {
@@ -324,6 +330,31 @@ impl Supervisor {
 
     pub fn cli(&self, args: &[&str]) -> Output {
         run_cli(&self.dir, args)
+    }
+
+    /// `appvisor ARGS`, killed and failed if it has not answered within `timeout`:
+    /// for tests where a hang is the defect.
+    pub fn cli_within(&self, timeout: Duration, args: &[&str]) -> Output {
+        let mut child = Command::new(appvisor_bin())
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run appvisor");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("appvisor {args:?} did not answer within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// `appvisor ARGS`, asserting success; returns stdout.

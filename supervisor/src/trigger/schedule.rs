@@ -11,6 +11,12 @@
 //! - a time that occurs twice (in the fall-back fold) fires once, at its first
 //!   occurrence.
 //!
+//! Clock jumps (an NTP step, a hand-set clock, a VM resumed): [`ScheduleTimer`] sleeps
+//! on the monotonic clock and re-reads the wall clock when it wakes, so a schedule
+//! fires once per time of day — late after a forward jump past it, at the wall time
+//! after a backward jump — never zero or twice. `interval` never reads the wall clock:
+//! its deadline is an [`Instant`] (monotonic) from the worker's start.
+//!
 //! Jitter spreads workers apart so that a pool of N workers started together does not
 //! recycle all at once: each worker draws its own extra in `0..=jitter`.
 
@@ -62,6 +68,60 @@ pub fn next_schedule_fire(now: &Zoned, times: &[TimeOfDay]) -> Option<Zoned> {
 pub fn duration_until(now: &Zoned, at: &Zoned) -> Duration {
     let nanos = at.timestamp().as_nanosecond() - now.timestamp().as_nanosecond();
     Duration::from_nanos(u64::try_from(nanos.max(0)).unwrap_or(u64::MAX))
+}
+
+/// The `schedule` trigger of one app: the next fire as a monotonic deadline and the
+/// wall-clock time it stands for. The clocks are read by the caller and passed in
+/// (`Zoned::now()` and `Instant::now()` in the pool, fakes in tests): that is the
+/// seam that lets a test jump the wall clock.
+#[derive(Debug, Clone)]
+pub struct ScheduleTimer {
+    times: Vec<TimeOfDay>,
+    next: Option<(Instant, Zoned)>,
+}
+
+impl ScheduleTimer {
+    /// Armed for the first of `times` after `wall`; `mono` is the same moment on the
+    /// monotonic clock.
+    pub fn arm(times: &[TimeOfDay], wall: &Zoned, mono: Instant) -> ScheduleTimer {
+        let mut timer = ScheduleTimer {
+            times: times.to_vec(),
+            next: None,
+        };
+        timer.arm_after(wall, mono);
+        timer
+    }
+
+    fn arm_after(&mut self, wall: &Zoned, mono: Instant) {
+        self.next =
+            next_schedule_fire(wall, &self.times).map(|at| (mono + duration_until(wall, &at), at));
+    }
+
+    /// When to wake (monotonic), if any time is scheduled.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.next.as_ref().map(|(t, _)| *t)
+    }
+
+    /// The wall-clock time of the next fire.
+    pub fn next_fire(&self) -> Option<&Zoned> {
+        self.next.as_ref().map(|(_, at)| at)
+    }
+
+    /// The deadline passed: the time to fire for, or `None` if the wall clock moved
+    /// back while we slept (then re-armed for the rest of the wait). After a fire the
+    /// next time is strictly after `wall`, so one time of day never fires twice.
+    pub fn on_deadline(&mut self, wall: &Zoned, mono: Instant) -> Option<Zoned> {
+        let (t, at) = self.next.clone()?;
+        if mono < t {
+            return None;
+        }
+        if wall.timestamp() < at.timestamp() {
+            self.next = Some((mono + duration_until(wall, &at), at));
+            return None;
+        }
+        self.arm_after(wall, mono);
+        Some(at)
+    }
 }
 
 /// The instant a worker started at `start` reaches its `interval` age, plus its own
@@ -279,5 +339,77 @@ mod tests {
                 limit_ms: 60_000
             })
         );
+    }
+
+    /// Drives a [`ScheduleTimer`] for `horizon` of monotonic time with a wall clock
+    /// that starts at 2025-06-10 02:00 (UTC+2) and steps by `jump` seconds once
+    /// `jump_after` has passed; returns the wall times it fired for.
+    fn drive(jump_after: Duration, jump: i64, horizon: Duration) -> Vec<civil::DateTime> {
+        let tz = TimeZone::fixed(jiff::tz::offset(2));
+        let start_wall = at(&tz, 2025, 6, 10, 2, 0);
+        let start = Instant::now();
+        let wall = |mono: Instant| {
+            let elapsed = (mono - start).as_secs() as i64;
+            let step = if mono - start >= jump_after { jump } else { 0 };
+            start_wall.checked_add((elapsed + step).seconds()).unwrap()
+        };
+        let mut timer = ScheduleTimer::arm(&[tod(3, 0)], &wall(start), start);
+        let mut fired = Vec::new();
+        for _ in 0..1000 {
+            let Some(t) = timer.deadline() else { break };
+            if t - start > horizon {
+                break;
+            }
+            // A wake exactly at the deadline (the pool's sleep_until).
+            if let Some(at) = timer.on_deadline(&wall(t), t) {
+                fired.push(at.datetime());
+            }
+        }
+        fired
+    }
+
+    #[test]
+    fn schedule_fires_once_per_day_across_wall_clock_jumps() {
+        let day = Duration::from_secs(24 * 3600);
+        let three = |d: i8| civil::date(2025, 6, d).at(3, 0, 0, 0);
+        // No jump: 03:00 today and tomorrow.
+        assert_eq!(
+            drive(day * 10, 0, day + Duration::from_secs(3600)),
+            [three(10), three(11)]
+        );
+        // Back 30 min at 02:59 (monotonic 59 min): the sleep ends at wall 02:30 and
+        // waits the rest; still once.
+        assert_eq!(drive(Duration::from_secs(59 * 60), -1800, day), [three(10)]);
+        // Forward 2 h at 02:30, past 03:00: today's fires once (late, at wall 05:00),
+        // not zero times; tomorrow's at its wall time (22 h of monotonic time later).
+        let fired = drive(Duration::from_secs(30 * 60), 7200, day);
+        assert_eq!(fired, [three(10), three(11)]);
+        // Back 1 h just after the fire (03:00:01 → 02:00:01): 03:00 does not fire
+        // again today; tomorrow's does, once.
+        assert_eq!(
+            drive(
+                Duration::from_secs(3601),
+                -3600,
+                day + Duration::from_secs(2 * 3600)
+            ),
+            [three(10), three(11)]
+        );
+        // Forward a whole day and more: one fire, not one per skipped day.
+        assert_eq!(
+            drive(Duration::from_secs(1800), 3 * 24 * 3600, day / 2).len(),
+            1
+        );
+    }
+
+    /// `interval` is measured on the monotonic clock: its deadline is an `Instant`
+    /// from the worker's start and reads no wall clock, so a wall-clock step cannot
+    /// move it.
+    #[test]
+    fn interval_deadline_is_monotonic() {
+        let start = Instant::now();
+        let mut rng = JitterRng::seeded(1);
+        let d = interval_deadline(start, Duration::from_secs(3600), Duration::ZERO, &mut rng);
+        assert_eq!(d - start, Duration::from_secs(3600));
+        assert!(age_reached(d - start, Duration::from_secs(3600)).is_some());
     }
 }

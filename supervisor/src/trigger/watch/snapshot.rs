@@ -32,6 +32,22 @@
 //!
 //! If a file cannot be read (permission denied), its "hash" is derived from its stat,
 //! so it degrades to mtime comparison rather than failing the watch.
+//!
+//! # Special files and large files
+//! Only regular files are ever opened. A FIFO, a socket or a device in a watched
+//! directory is not watched at all — not an entry of the baseline, its appearance or
+//! a write into it no change: opening a FIFO blocks until a writer comes and a
+//! device such as `/dev/zero` reads forever, so hashing either would freeze the
+//! watch, and neither is code or configuration. The type is checked before opening
+//! (`lstat`), and again on the open file (`fstat`), which is opened with `O_NONBLOCK`
+//! and `O_NOFOLLOW` so a file swapped for a FIFO or a symlink in between cannot
+//! block it either.
+//!
+//! At most [`MAX_HASHED_BYTES`] (256 MiB) of a file are hashed. A larger file's
+//! "hash" is its first 256 MiB plus its size, mtime and ctime: past the bound it
+//! compares as under `mtime` (an identical rewrite of a 1 GiB file is a change),
+//! and a change within the bound is still seen by its bytes. Reading 256 MiB takes a
+//! fraction of a second, and the watcher's thread is never held longer.
 
 use std::collections::BTreeMap;
 use std::fs::{self, Metadata};
@@ -46,6 +62,15 @@ use appvisor_config::Compare;
 
 use super::plan::Matcher;
 use super::{ChangeKind, Flags};
+
+/// Bytes of one file hashed at most (see the module docs).
+pub(crate) const MAX_HASHED_BYTES: u64 = 256 << 20;
+
+/// A FIFO, socket or device: never watched, never opened (see the module docs).
+fn is_special(meta: &Metadata) -> bool {
+    let ft = meta.file_type();
+    !(ft.is_file() || ft.is_dir() || ft.is_symlink())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -207,7 +232,15 @@ impl Snapshot {
                 continue;
             }
             let abs = matcher.cwd.join(rel);
-            let meta = fs::symlink_metadata(&abs);
+            // A special file is not watched: as if it were not there (a watched file
+            // replaced by a FIFO is removed).
+            let meta = fs::symlink_metadata(&abs).and_then(|m| {
+                if is_special(&m) {
+                    Err(io::ErrorKind::Unsupported.into())
+                } else {
+                    Ok(m)
+                }
+            });
             let exists_as_file = matches!(&meta, Ok(m) if !m.is_dir());
             if flags.structural() || meta.is_err() || (exists_as_file && self.has_descendants(rel))
             {
@@ -439,7 +472,7 @@ fn content_hash(abs: &Path, e: &Entry, buf: &mut [u8]) -> u64 {
             }
             Err(_) => stat_hash(e),
         },
-        Kind::File => hash_file(abs, buf).unwrap_or_else(|_| stat_hash(e)),
+        Kind::File => hash_file(abs, buf, MAX_HASHED_BYTES).unwrap_or_else(|_| stat_hash(e)),
     }
 }
 
@@ -450,19 +483,39 @@ fn under_bin(rel: &Path) -> bool {
         .is_some_and(|p| p.components().any(|c| c.as_os_str() == "bin"))
 }
 
-/// SipHash-1-3 (std's `DefaultHasher`, fixed keys) over the file's bytes. Collisions
-/// are a 2⁻⁶⁴ event; this is change detection, not integrity.
-fn hash_file(abs: &Path, buf: &mut [u8]) -> io::Result<u64> {
-    let mut file = fs::File::open(abs)?;
+/// SipHash-1-3 (std's `DefaultHasher`, fixed keys) over the file's bytes, at most
+/// `limit` of them (past it, the size and times stand in for the rest). Collisions
+/// are a 2⁻⁶⁴ event; this is change detection, not integrity. Anything but a regular
+/// file is an error, without a read: `O_NONBLOCK` makes the open of a FIFO return at
+/// once, `O_NOFOLLOW` refuses a symlink, and `fstat` checks what was opened.
+fn hash_file(abs: &Path, buf: &mut [u8], limit: u64) -> io::Result<u64> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(abs)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
     let mut h = std::hash::DefaultHasher::new();
+    let mut reader = file.take(limit);
+    let mut read = 0u64;
     loop {
-        let n = match file.read(buf) {
+        let n = match reader.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        read += n as u64;
         h.write(&buf[..n]);
+    }
+    if read >= limit {
+        h.write(b"beyond the bound");
+        h.write_u64(meta.len());
+        h.write_i64(meta.mtime() * 1_000_000_000 + meta.mtime_nsec());
+        h.write_i64(meta.ctime() * 1_000_000_000 + meta.ctime_nsec());
     }
     Ok(h.finish())
 }
@@ -520,7 +573,9 @@ fn scan_region(matcher: &Matcher, rel: &Path, visit: Visit<'_>) {
             .any(|d| Some(d.rel.as_path()) == rel.parent());
     if parent_watched && matcher.is_watched(rel) {
         if let Ok(meta) = entry_metadata(matcher, rel) {
-            visit(rel.to_path_buf(), &meta);
+            if !is_special(&meta) {
+                visit(rel.to_path_buf(), &meta);
+            }
         }
     }
     if matcher.in_recursive(rel) {
@@ -584,7 +639,9 @@ fn scan_dir(
                         ent.metadata()
                     };
                     if let Ok(meta) = meta {
-                        visit(child, &meta);
+                        if !is_special(&meta) {
+                            visit(child, &meta);
+                        }
                     }
                 }
             }
@@ -725,5 +782,39 @@ mod tests {
         assert!(!under_bin(Path::new("bin")));
         assert!(!under_bin(Path::new("web.config")));
         assert!(!under_bin(Path::new("binary/app")));
+    }
+
+    /// At most `limit` bytes are read; past it the size and times stand for the rest,
+    /// and only regular files are read at all.
+    #[test]
+    fn hashing_is_bounded_and_reads_regular_files_only() {
+        let root = tree("bound");
+        let big = root.join("big");
+        let mut buf = vec![0; 4096];
+        fs::write(&big, vec![b'a'; 10_000]).unwrap();
+        let h1 = hash_file(&big, &mut buf, 4096).unwrap();
+        assert_eq!(h1, hash_file(&big, &mut buf, 4096).unwrap(), "stable");
+        // A different tail with another mtime: beyond the bound, the stat tells.
+        let mut bytes = vec![b'a'; 10_000];
+        bytes[9_000] = b'b';
+        fs::write(&big, &bytes).unwrap();
+        let f = fs::File::options().write(true).open(&big).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        drop(f);
+        assert_ne!(h1, hash_file(&big, &mut buf, 4096).unwrap());
+        // Within the bound the bytes alone decide: equal content, equal hash.
+        let small = root.join("small");
+        fs::write(&small, "same").unwrap();
+        let s1 = hash_file(&small, &mut buf, 4096).unwrap();
+        fs::write(&small, "same").unwrap();
+        assert_eq!(s1, hash_file(&small, &mut buf, 4096).unwrap());
+        // A FIFO (no writer) and a device fail at once instead of blocking or
+        // reading forever.
+        let fifo = root.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(hash_file(&fifo, &mut buf, MAX_HASHED_BYTES).is_err());
+        assert!(hash_file(Path::new("/dev/zero"), &mut buf, MAX_HASHED_BYTES).is_err());
+        let _ = fs::remove_dir_all(&root);
     }
 }

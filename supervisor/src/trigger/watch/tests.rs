@@ -5,7 +5,7 @@
 //! an absence.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -510,5 +510,50 @@ fn watch_limit_message_says_what_to_do() {
     assert!(
         m.contains("sysctl fs.inotify.max_user_watches=16384"),
         "{m}"
+    );
+}
+
+/// A FIFO (or a device) in a watched directory is never opened: opening a FIFO
+/// blocks until a writer comes and a device can be read forever, either of which
+/// would freeze the watch. Special files are not watched at all: their appearance is
+/// not a change, and a real change next to them is still seen, once.
+#[tokio::test]
+async fn special_files_are_skipped_and_the_watch_goes_on() {
+    use nix::sys::stat::Mode;
+    let tree = Tree::new("fifo");
+    tree.write("bin/app.dll", "v1");
+    nix::unistd::mkfifo(&tree.path("bin/before"), Mode::S_IRWXU).unwrap();
+    let (w, mut rx) = timeout(DEADLINE, start(&tree, &default_paths()))
+        .await
+        .expect("building the baseline blocked on a FIFO");
+    assert_eq!(w.stats().files, 1, "the FIFO is not a watched file");
+
+    nix::unistd::mkfifo(&tree.path("bin/pipe"), Mode::S_IRWXU).unwrap();
+    // A character device, where we may make one (root); /dev/zero reads forever.
+    let dev = tree.path("bin/zero");
+    let _ = nix::sys::stat::mknod(
+        &dev,
+        nix::sys::stat::SFlag::S_IFCHR,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+        nix::sys::stat::makedev(1, 5),
+    );
+    tree.write("bin/app.dll", "v2");
+    assert_eq!(
+        next(&mut rx).await,
+        file_change(&["bin/app.dll"], 1, "modified")
+    );
+    // A write into the FIFO (an IN_MODIFY on it) is not a change either.
+    let reader = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(tree.path("bin/pipe"))
+        .unwrap();
+    fs::write(tree.path("bin/pipe"), "data").unwrap();
+    drop(reader);
+    silent(&mut rx, Duration::from_millis(600)).await;
+    tree.write("bin/app.dll", "v3");
+    assert_eq!(
+        next(&mut rx).await,
+        file_change(&["bin/app.dll"], 1, "modified")
     );
 }

@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use appvisor_config::ListenAddress;
-use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
@@ -69,7 +68,7 @@ pub trait ProcessTable: Send + 'static {
     /// `request.exits` even if it exits at once: register before returning.
     fn spawn(&mut self, request: SpawnRequest<'_>) -> Result<SpawnedWorker, String>;
     /// Sends `signal` (a Linux signal number) to `pid`.
-    fn signal(&mut self, pid: i32, signal: i32);
+    fn signal(&mut self, pid: i32, signal: crate::signal::Signal);
     /// SIGKILL to the whole process group `pgid`.
     fn kill_group(&mut self, pgid: i32);
     /// The group `pgid` is gone: the guard need not kill it any more.
@@ -132,16 +131,13 @@ impl ProcessTable for OsProcessTable {
         })
     }
 
-    fn signal(&mut self, pid: i32, signal: i32) {
-        // Signal numbers come from the config's table of standard signals, which
-        // all convert; a failed `kill` means the process is already gone.
-        if let Ok(signal) = Signal::try_from(signal) {
-            let _ = kill(Pid::from_raw(pid), signal);
-        }
+    fn signal(&mut self, pid: i32, signal: crate::signal::Signal) {
+        // A failed `kill` means the process is already gone.
+        let _ = crate::signal::send(Pid::from_raw(pid), signal);
     }
 
     fn kill_group(&mut self, pgid: i32) {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let _ = crate::signal::kill_group(Pid::from_raw(pgid));
     }
 
     fn release(&mut self, pgid: i32) {

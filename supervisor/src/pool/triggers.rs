@@ -59,7 +59,7 @@ impl Pool {
                     .map(|w| w.pid)
                     .collect();
                 for pid in &pids {
-                    self.table.signal(*pid, sig.number);
+                    self.table.signal(*pid, sig);
                 }
                 let mut e = self.event(EventKind::SoftChange);
                 e.detail = Some(format!(

@@ -258,7 +258,7 @@ impl Pool {
     /// Tells a worker to stop: `stop_signal` now, SIGKILL of its group later.
     pub(super) fn retire(&mut self, pid: i32) {
         let timeout = self.app.recycle.shutdown_timeout;
-        let sig = self.app.recycle.stop_signal.number;
+        let sig = self.app.recycle.stop_signal;
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
         };

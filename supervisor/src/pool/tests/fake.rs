@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::super::process::{BoxFuture, StderrTail};
 use super::super::*;
-use super::SIGTERM;
+use super::{Signal, SIGTERM};
 use crate::trigger::memory::MemorySample;
 
 /// What the pool did, in order.
@@ -18,7 +18,7 @@ pub(super) enum Op {
     },
     Signal {
         pid: i32,
-        signal: i32,
+        signal: Signal,
     },
     KillGroup {
         pid: i32,
@@ -69,7 +69,7 @@ impl Fake {
         *self.spawned().last().expect("a spawn")
     }
 
-    pub(super) fn signals_to(&self, pid: i32) -> Vec<i32> {
+    pub(super) fn signals_to(&self, pid: i32) -> Vec<Signal> {
         self.ops()
             .iter()
             .filter_map(|o| match o {
@@ -143,7 +143,7 @@ impl ProcessTable for Fake {
         })
     }
 
-    fn signal(&mut self, pid: i32, signal: i32) {
+    fn signal(&mut self, pid: i32, signal: Signal) {
         let stubborn = {
             let mut st = self.state();
             st.ops.push(Op::Signal { pid, signal });

@@ -19,9 +19,10 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use super::*;
+use crate::signal::Signal;
 use fake::{Fake, Op};
 
-const SIGTERM: i32 = 15;
+const SIGTERM: Signal = Signal::TERM;
 
 /// An app with one slot, `ready = "notify"`, no watcher, and round figures.
 fn app(processes: u32) -> AppConfig {
@@ -36,10 +37,7 @@ fn app(processes: u32) -> AppConfig {
     rc.overlapped = true;
     rc.startup_timeout = Duration::from_secs(10);
     rc.shutdown_timeout = Duration::from_secs(30);
-    rc.stop_signal = appvisor_config::Signal {
-        name: "SIGTERM",
-        number: SIGTERM,
-    };
+    rc.stop_signal = SIGTERM;
     let f = &mut app.failure;
     f.rapid_fail_max_crashes = 100;
     f.rapid_fail_interval = Duration::from_secs(60);

@@ -6,17 +6,14 @@ use super::fake::Op;
 use super::*;
 use crate::trigger::memory::MemorySample;
 
-const SIGHUP: i32 = 1;
+const SIGHUP: Signal = Signal::HUP;
 
 // ---- triggers -------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
 async fn a_watch_decision_recycles_every_slot_and_a_soft_one_signals() {
     let mut a = app(2);
-    a.watch.soft_signal = appvisor_config::Signal {
-        name: "SIGHUP",
-        number: SIGHUP,
-    };
+    a.watch.soft_signal = SIGHUP;
     let mut h = serving(a).await;
     let old = h.fake.spawned();
     h.watch_tx

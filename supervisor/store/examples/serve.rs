@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         max_clients: 10_000,
         apps: Vec::new(),
         rewrite_min_size: store::DEFAULT_REWRITE_MIN_SIZE,
+        max_output: store::DEFAULT_MAX_OUTPUT,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {

@@ -49,6 +49,8 @@ pub(crate) struct Multi {
 #[derive(Debug)]
 pub(crate) struct Client {
     pub id: u64,
+    /// Where it connected from, for log lines: `tcp 10.0.0.5:41234`, `unix socket`.
+    pub peer: String,
     /// The app (namespace) this connection is logged in as.
     pub db: Option<usize>,
     /// The app a per-app socket logs its connections into (RESET returns there).
@@ -74,6 +76,7 @@ impl Client {
     pub fn new(id: u64, db: Option<usize>) -> Client {
         Client {
             id,
+            peer: String::from("unix socket"),
             db,
             socket_db: db,
             resp3: false,

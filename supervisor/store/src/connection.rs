@@ -6,6 +6,7 @@
 //! subscriptions also waits on its message queue and writes pushes as they come.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use std::io::Read;
@@ -106,7 +107,7 @@ where
                     writer.throttle(seq).await;
                 }
             }
-            if !wbuf.is_empty() && stream.write_all(&wbuf).await.is_err() {
+            if !wbuf.is_empty() && write_counted(&inner, &stream, &wbuf).await.is_err() {
                 break 'conn;
             }
             wbuf.clear();
@@ -125,6 +126,45 @@ where
     }
     let mut ks = inner.lock();
     client.detach(&mut ks);
+}
+
+/// Writes `data`, counting it against max_memory (as queued output) while the
+/// client is slow to take it. Small replies are not counted: they are written
+/// at once, and a pass stops queueing at [`OUTPUT_FLUSH`].
+async fn write_counted<S: Socket>(
+    inner: &Shared,
+    stream: &Transport<S>,
+    data: &[u8],
+) -> std::io::Result<()>
+where
+    for<'a> &'a S: Read,
+{
+    if data.len() <= OUTPUT_FLUSH {
+        return stream.write_all(data).await;
+    }
+    let _queued = QueuedOutput::count(&inner.state.output, data.len());
+    stream.write_all(data).await
+}
+
+/// Reply bytes counted in `ServerState::output` until dropped (also when the
+/// connection's task is aborted mid-write).
+struct QueuedOutput<'a> {
+    total: &'a AtomicU64,
+    bytes: u64,
+}
+
+impl<'a> QueuedOutput<'a> {
+    fn count(total: &'a AtomicU64, bytes: usize) -> QueuedOutput<'a> {
+        let bytes = bytes as u64;
+        total.fetch_add(bytes, Ordering::Relaxed);
+        QueuedOutput { total, bytes }
+    }
+}
+
+impl Drop for QueuedOutput<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// Parses and runs the whole requests at the front of `rbuf` with the keyspace
@@ -162,15 +202,47 @@ fn run_requests(
             Parse::Complete { consumed } => {
                 let buf = &rbuf[pass.consumed..];
                 let resp3 = client.resp3;
+                let before = wbuf.len();
                 let mut ctx = Ctx {
                     ks: &mut ks,
                     client: &mut *client,
-                    out: Reply { buf: wbuf, resp3 },
+                    out: Reply {
+                        buf: wbuf,
+                        resp3,
+                        limit: inner.state.max_output,
+                        overflowed: false,
+                    },
                     now,
                     server: &inner.state,
                 };
                 execute(&mut ctx, Args { buf, ranges: args });
+                let overflowed = ctx.out.overflowed;
                 pass.consumed += consumed;
+                if overflowed {
+                    // As Redis's client-output-buffer-limit: the client is cut,
+                    // not the store's memory. Its partial reply is dropped, so
+                    // what it reads is whole frames and then the reason.
+                    wbuf.truncate(before);
+                    let app = client.db.map(|db| ks.dbs[db].name.clone());
+                    tracing::warn!(
+                        "closing client {} ({}{}{}): its replies would take more than {} bytes (max_output)",
+                        client.id,
+                        client.peer,
+                        app.map(|a| format!(", app {a}")).unwrap_or_default(),
+                        client
+                            .name
+                            .as_ref()
+                            .map(|n| format!(", name {}", String::from_utf8_lossy(n)))
+                            .unwrap_or_default(),
+                        inner.state.max_output,
+                    );
+                    Reply::unlimited(wbuf, client.resp3).error(&format!(
+                        "ERR reply too large: more than the store's max_output of {} bytes would be queued for this client; closing the connection",
+                        inner.state.max_output
+                    ));
+                    pass.close = true;
+                    break;
+                }
                 if client.closing {
                     pass.close = true;
                     break;
@@ -181,11 +253,7 @@ fn run_requests(
                 break;
             }
             Parse::Invalid(why) => {
-                Reply {
-                    buf: wbuf,
-                    resp3: client.resp3,
-                }
-                .error(&format!("ERR Protocol error: {why}"));
+                Reply::unlimited(wbuf, client.resp3).error(&format!("ERR Protocol error: {why}"));
                 pass.close = true;
                 break;
             }
@@ -207,7 +275,7 @@ fn run_requests(
 /// Encodes `first` and whatever else is queued (up to a batch) as push frames.
 fn write_pushes(client: &mut Client, first: Push, wbuf: &mut BytesMut) {
     let resp3 = client.resp3;
-    let mut out = Reply { buf: wbuf, resp3 };
+    let mut out = Reply::unlimited(wbuf, resp3);
     encode_push(&mut out, &first);
     if let Some(inbox) = client.inbox.as_mut() {
         for _ in 1..PUSH_BATCH {

@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), appvisor_store::StoreError> {
-//! use appvisor_store::{serve, AppCredential, StoreOptions, DEFAULT_REWRITE_MIN_SIZE};
+//! use appvisor_store::{serve, AppCredential, StoreOptions, DEFAULT_MAX_OUTPUT, DEFAULT_REWRITE_MIN_SIZE};
 //! let opts = StoreOptions {
 //!     unix_path: "/tmp/store.sock".into(),
 //!     app_socket_dir: None,
@@ -17,6 +17,7 @@
 //!     max_clients: 1000,
 //!     apps: vec![AppCredential { app: "web".into(), password: "secret".into() }],
 //!     rewrite_min_size: DEFAULT_REWRITE_MIN_SIZE,
+//!     max_output: DEFAULT_MAX_OUTPUT,
 //! };
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let store = serve(opts, async { let _ = stopped.await; }).await?;
@@ -101,7 +102,9 @@ use std::sync::Arc;
 
 pub use aof::{LoadReport, Truncation};
 pub use error::StoreError;
-pub use options::{AppCredential, StoreOptions, DEFAULT_REWRITE_MIN_SIZE};
+pub use options::{
+    default_max_memory, AppCredential, StoreOptions, DEFAULT_MAX_OUTPUT, DEFAULT_REWRITE_MIN_SIZE,
+};
 
 /// Figures for `appvisor status` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]

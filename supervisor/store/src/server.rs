@@ -56,8 +56,12 @@ const BULK_SLACK: u64 = 64 * 1024;
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 
 impl Server {
-    fn spawn_connection<S: Socket>(self: &Arc<Self>, stream: S, db: Option<usize>)
-    where
+    fn spawn_connection<S: Socket>(
+        self: &Arc<Self>,
+        stream: S,
+        db: Option<usize>,
+        peer: Option<std::net::SocketAddr>,
+    ) where
         for<'a> &'a S: Read + Write,
     {
         let shared = self.shared.clone();
@@ -84,7 +88,11 @@ impl Server {
         let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         let task = tokio::spawn(async move {
             let _guard = guard;
-            connection::serve(shared, stream, Client::new(id, db)).await;
+            let mut client = Client::new(id, db);
+            if let Some(peer) = peer {
+                client.peer = format!("tcp {peer}");
+            }
+            connection::serve(shared, stream, client).await;
         });
         conns.insert(id, task.abort_handle());
     }
@@ -251,7 +259,7 @@ async fn accept_unix(inner: Arc<Server>, listener: UnixListener, db: Option<usiz
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => match stream.into_std() {
-                    Ok(stream) => inner.spawn_connection(stream, db),
+                    Ok(stream) => inner.spawn_connection(stream, db, None),
                     Err(e) => tracing::warn!("cannot take over an accepted socket: {e}"),
                 },
                 Err(e) => {
@@ -269,10 +277,10 @@ async fn accept_tcp(inner: Arc<Server>, listener: TcpListener) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     match stream.into_std() {
-                        Ok(stream) => inner.spawn_connection(stream, None),
+                        Ok(stream) => inner.spawn_connection(stream, None, Some(peer)),
                         Err(e) => tracing::warn!("cannot take over an accepted socket: {e}"),
                     }
                 }
@@ -354,6 +362,13 @@ pub(crate) async fn start(
             next_client_id: AtomicU64::new(1),
             started: Instant::now(),
             tcp: tcp_addr,
+            // Any single value can always be read, whatever max_value_size is.
+            max_output: opts
+                .max_output
+                .max(2 * opts.max_value_size)
+                .try_into()
+                .unwrap_or(usize::MAX),
+            output: AtomicU64::new(0),
         },
         limits: FrameLimits {
             max_bulk,

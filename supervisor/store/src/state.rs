@@ -32,16 +32,25 @@ pub(crate) struct ServerState {
     pub next_client_id: AtomicU64,
     pub started: Instant,
     pub tcp: Option<SocketAddr>,
+    /// The most reply bytes one client may have queued (see
+    /// [`StoreOptions::max_output`](super::options::StoreOptions)).
+    pub max_output: usize,
+    /// Reply bytes queued for clients that have not read them yet: memory as
+    /// much as the data is, so it counts against max_memory.
+    pub output: AtomicU64,
 }
 
 impl ServerState {
     pub fn over_memory(&self, ks: &Keyspace) -> bool {
-        let over = self.max_memory.is_some_and(|max| ks.memory() as u64 > max);
+        let Some(max) = self.max_memory else {
+            return false;
+        };
+        let output = self.output.load(Ordering::Relaxed);
+        let over = ks.memory() as u64 + output > max;
         if over {
             tracing::debug!(
-                "refused a write: data holds {} bytes, over max_memory {}",
+                "refused a write: data holds {} bytes and {output} bytes of replies wait for their readers, over max_memory {max}",
                 ks.memory(),
-                self.max_memory.unwrap_or(0)
             );
         }
         over

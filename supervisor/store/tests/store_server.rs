@@ -72,6 +72,7 @@ fn options(dir: &Path) -> StoreOptions {
         max_clients: 10_000,
         apps: creds(&[SHOP, BLOG]),
         rewrite_min_size: store::DEFAULT_REWRITE_MIN_SIZE,
+        max_output: store::DEFAULT_MAX_OUTPUT,
     }
 }
 
@@ -1121,6 +1122,8 @@ mod persistence {
     const CHILD_DIR: &str = "APPVISOR_STORE_TEST_CHILD_DIR";
     const CHILD_PERSIST: &str = "APPVISOR_STORE_TEST_CHILD_PERSIST";
     const CHILD_READY: &str = "store-child-ready";
+    /// Optional: the child's max_value_size in bytes.
+    pub(super) const CHILD_MAX_VALUE: &str = "APPVISOR_STORE_TEST_CHILD_MAX_VALUE";
 
     /// Not a test by itself: the body of the child process that the kill -9 tests
     /// start (this binary re-run with `--exact persistence::child_store_process`).
@@ -1134,7 +1137,14 @@ mod persistence {
             Ok("always") => Persist::Always,
             _ => Persist::EverySec,
         };
-        let server = Server::start(persistent_options(Path::new(&dir), persist));
+        let mut opts = persistent_options(Path::new(&dir), persist);
+        if let Some(max) = std::env::var(CHILD_MAX_VALUE)
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            opts.max_value_size = max;
+        }
+        let server = Server::start(opts);
         // libtest prints "test … ... " first: the marker goes on its own line.
         println!("\n{CHILD_READY}");
         std::io::stdout().flush().unwrap();
@@ -1146,10 +1156,15 @@ mod persistence {
     }
 
     /// The child process, killed when dropped.
-    struct ChildStore(Child);
+    pub(super) struct ChildStore(Child);
 
     impl ChildStore {
-        fn start(dir: &Path, persist: &str) -> ChildStore {
+        pub(super) fn start(dir: &Path, persist: &str) -> ChildStore {
+            ChildStore::start_with(dir, persist, &[])
+        }
+
+        /// With extra environment: [`CHILD_MAX_VALUE`].
+        pub(super) fn start_with(dir: &Path, persist: &str, env: &[(&str, &str)]) -> ChildStore {
             let exe = std::env::current_exe().expect("test binary path");
             let child = Command::new(exe)
                 .args([
@@ -1160,6 +1175,7 @@ mod persistence {
                 ])
                 .env(CHILD_DIR, dir)
                 .env(CHILD_PERSIST, persist)
+                .envs(env.iter().copied())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -1185,6 +1201,10 @@ mod persistence {
             rx.recv_timeout(Duration::from_secs(30))
                 .expect("child store became ready");
             guard
+        }
+
+        pub(super) fn pid(&self) -> u32 {
+            self.0.id()
         }
 
         fn kill_9(mut self) {
@@ -1458,5 +1478,123 @@ mod limits {
         fn below(&mut self, n: u64) -> u64 {
             self.next() % n.max(1)
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hardening (issue 12): memory bounds, large pipelines, hostile connections
+// ---------------------------------------------------------------------------
+
+mod hardening {
+    use super::persistence::ChildStore;
+    use super::*;
+
+    /// The peak resident set of process `pid` (VmHWM), in bytes.
+    fn peak_rss(pid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM line");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("VmHWM value");
+        kib * 1024
+    }
+
+    /// The first line of the next reply, without reading the rest of it.
+    fn reply_head(raw: &mut Raw) -> String {
+        let mut line = String::new();
+        raw.reader.read_line(&mut line).expect("read reply");
+        line.trim_end_matches("\r\n").to_owned()
+    }
+
+    /// Defect 5: `MGET` of a 1 MiB key 800 times took 831 MB. The reply is cut at
+    /// the client's output limit: that client gets an error and is closed, the
+    /// store's memory stays put, and every other client is served.
+    #[test]
+    fn a_reply_past_the_output_limit_closes_that_client_only() {
+        let dir = TempDir::new("mget");
+        let child = ChildStore::start(dir.path(), "everysec");
+        let sock = dir.path().join("store.sock");
+        let mut raw = Raw::login(&sock, SHOP);
+        let mut bystander = Raw::login(&sock, SHOP);
+        assert_eq!(raw.call(&["SET", "big", &"v".repeat(1 << 20)]), "+OK");
+        let before = peak_rss(child.pid());
+        let mut mget = vec!["MGET"];
+        mget.extend(std::iter::repeat_n("big", 800));
+        raw.send(&mget);
+        let head = reply_head(&mut raw);
+        assert!(
+            head.starts_with("-ERR reply too large"),
+            "the reply was not refused: {head}"
+        );
+        assert!(raw.closed(), "the client is disconnected");
+        let grown = peak_rss(child.pid()).saturating_sub(before);
+        assert!(
+            grown < 160 << 20,
+            "the store's peak memory grew by {} MiB",
+            grown >> 20
+        );
+        assert_eq!(bystander.call(&["EXISTS", "big"]), ":1");
+    }
+
+    /// Defect 5: output that waits for a slow reader is memory too: it counts
+    /// against max_memory (writes are refused while it is queued), and stops
+    /// counting once the reader has taken it.
+    #[test]
+    fn queued_output_counts_against_max_memory() {
+        let dir = TempDir::new("outmem");
+        let server = Server::start(StoreOptions {
+            max_memory: Some(3_300_000),
+            ..options(dir.path())
+        });
+        let sock = server.sock();
+        let mut writer = Raw::login(&sock, SHOP);
+        let value = "v".repeat(1_000_000);
+        for key in ["a", "b", "c"] {
+            assert_eq!(writer.call(&["SET", key, &value]), "+OK");
+        }
+        assert_eq!(writer.call(&["SET", "x", "1"]), "+OK", "data alone fits");
+        let mut reader = Raw::login(&sock, SHOP);
+        for _ in 0..32 {
+            reader.send(&["GET", "a"]);
+        }
+        wait_until(
+            "a write refused while the replies wait",
+            Duration::from_secs(10),
+            || writer.call(&["SET", "x", "1"]).starts_with("-OOM"),
+        );
+        for _ in 0..32 {
+            assert_eq!(reader.reply().len(), 1_000_001);
+        }
+        wait_until(
+            "writes accepted once the reader caught up",
+            Duration::from_secs(10),
+            || writer.call(&["SET", "x", "1"]) == "+OK",
+        );
+    }
+
+    /// Defect 5: max_memory has a default when `[store]` sets none.
+    #[test]
+    fn max_memory_has_a_default() {
+        let config = appvisor_config::EmbeddedStore {
+            tcp: None,
+            persist: Persist::EverySec,
+            max_memory: None,
+            max_value_size: 1 << 20,
+            max_clients: 10_000,
+        };
+        let opts = StoreOptions::from_config(Path::new("/tmp/x"), &config, Vec::new());
+        let max = opts.max_memory.expect("a default max_memory");
+        assert!((64 << 20..=1 << 30).contains(&max), "{max}");
+        let set = appvisor_config::EmbeddedStore {
+            max_memory: Some(5 << 30),
+            ..config
+        };
+        let opts = StoreOptions::from_config(Path::new("/tmp/x"), &set, Vec::new());
+        assert_eq!(opts.max_memory, Some(5 << 30), "a configured value is kept");
     }
 }

@@ -94,6 +94,27 @@ where
         Ok(())
     }
 
+    /// Sends what the socket takes now of `data`, without waiting: the number
+    /// of bytes sent, 0 when the socket buffer is full.
+    pub fn write_some(&self, data: &[u8]) -> io::Result<usize> {
+        loop {
+            match socket2::SockRef::from(self.fd.get_ref())
+                .send_with_flags(data, libc::MSG_NOSIGNAL)
+            {
+                Ok(0) if !data.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Resolves once the socket has room for more bytes.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.wait_writable().await
+    }
+
     async fn wait_writable(&self) -> io::Result<()> {
         // epoll will not take the same descriptor twice; a duplicate is a separate
         // registration of the same socket, dropped (deregistered) once writable.

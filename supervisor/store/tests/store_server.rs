@@ -1597,4 +1597,85 @@ mod hardening {
         let opts = StoreOptions::from_config(Path::new("/tmp/x"), &set, Vec::new());
         assert_eq!(opts.max_memory, Some(5 << 30), "a configured value is kept");
     }
+
+    const PY_PIPELINES: &str = r#"
+import os, time, redis
+r = redis.Redis.from_url(os.environ["URL"], socket_timeout=20)
+started = time.monotonic()
+p = r.pipeline(transaction=False)
+for i in range(50000):
+    p.set(f"p{i}", f"value-{i}")
+assert all(x is True for x in p.execute())
+p = r.pipeline(transaction=True)
+for i in range(50000):
+    p.get(f"p{i}")
+got = p.execute()
+assert len(got) == 50000 and got[0] == b"value-0" and got[49999] == b"value-49999", got[:3]
+print("pipelines ok in", round(time.monotonic() - started, 2), "s")
+"#;
+
+    /// Defect 6: redis-py writes a whole pipeline before reading any reply. 50,000
+    /// SETs, then a MULTI of 50,000 GETs, over the app's unix socket and over TCP.
+    #[test]
+    fn redis_py_pipeline_of_50000_and_multi_of_50000() {
+        let dir = TempDir::new("pipe");
+        let server = Server::start(StoreOptions {
+            tcp: Some("127.0.0.1:0".parse().unwrap()),
+            ..options(dir.path())
+        });
+        for url in [
+            server.handle.url_for("shop").unwrap(),
+            server.handle.tcp_url_for("shop").unwrap(),
+        ] {
+            let out = python(PY_PIPELINES, &[("URL", &url)]);
+            assert!(out.contains("pipelines ok"), "{out}");
+        }
+    }
+
+    /// Defect 6 with a raw socket: 50,000 SETs written in one go, then a MULTI of
+    /// 50,000 GETs, each written whole before a single byte is read.
+    #[test]
+    fn a_client_that_writes_its_whole_pipeline_before_reading() {
+        let dir = TempDir::new("rawpipe");
+        let server = Server::start(options(dir.path()));
+        let mut raw = Raw::login(&server.sock(), SHOP);
+        raw.reader
+            .get_ref()
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut sets = Vec::new();
+        for i in 0..50_000 {
+            let key = format!("k{i}");
+            append_command(&mut sets, &[b"SET", key.as_bytes(), &[b'x'; 100]]);
+        }
+        raw.send_bytes(&sets);
+        for i in 0..50_000 {
+            assert_eq!(raw.reply(), "+OK", "reply {i}");
+        }
+        let mut multi = Vec::new();
+        append_command(&mut multi, &[b"MULTI"]);
+        for i in 0..50_000 {
+            append_command(&mut multi, &[b"GET", format!("k{i}").as_bytes()]);
+        }
+        append_command(&mut multi, &[b"EXEC"]);
+        raw.send_bytes(&multi);
+        assert_eq!(raw.reply(), "+OK");
+        for _ in 0..50_000 {
+            assert_eq!(raw.reply(), "+QUEUED");
+        }
+        assert_eq!(reply_head(&mut raw), "*50000");
+        for _ in 0..50_000 {
+            assert_eq!(raw.reply().len(), 101);
+        }
+        assert_eq!(raw.call(&["PING"]), "+PONG");
+    }
+
+    fn append_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
+        out.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
+        for part in parts {
+            out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+            out.extend_from_slice(part);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
 }

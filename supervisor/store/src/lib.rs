@@ -73,6 +73,23 @@
 //! errors at `info`/`warn`; at `debug`, its decisions (purge rounds, rewrite due,
 //! a client refused for max_clients).
 //!
+//! *Limits.* Every bound is checked before the bytes it governs are buffered:
+//!
+//! | what | bound | past it |
+//! |---|---|---|
+//! | a length line (`*N`, `$N`) | 24 bytes, a strict decimal | protocol error, closed |
+//! | one bulk string | `max_value_size` + 64 KiB, at most 512 MiB (Redis's `proto-max-bulk-len`); 4 KiB before AUTH | protocol error, closed |
+//! | elements of one request | 1,048,576 (Redis's bound); 16 before AUTH | protocol error, closed |
+//! | one request in all | 256 MiB or twice the bulk bound; 64 KiB before AUTH | protocol error, closed |
+//! | an inline request | 64 KiB | protocol error, closed |
+//! | requests read ahead while replies wait | 64 MiB; 64 KiB before AUTH | the store stops reading (the client's writes wait) |
+//! | replies waiting for a client | running its requests pauses at 1 MiB; one reply may not take them past `max_output` (64 MiB, and at least twice `max_value_size`) | error `reply too large`, closed, logged |
+//! | data plus every client's waiting replies | `max_memory` (default: ¼ of RAM, at most 1 GiB) | writes refused with `OOM` |
+//!
+//! So a header claiming 2 GiB (`$2147483648`) or 2^31 elements is refused as
+//! soon as it is read; a header within bounds reserves nothing up front (the
+//! read buffer grows only with the bytes that come).
+//!
 //! *Expiry.* Absolute unix-millisecond deadlines, removed lazily on access and
 //! actively by [`expiry`]; every removal publishes `__keyevent@0__:expired` (payload:
 //! the key) and `__keyspace@0__:<key>` (payload: `expired`) in the app's namespace.

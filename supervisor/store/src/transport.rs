@@ -187,9 +187,13 @@ impl ReadBuffer {
         }
     }
 
-    /// Free space to read into, making room for `need` unparsed bytes in all.
+    /// Free space to read into, making room toward `need` unparsed bytes in all.
+    /// The room grows with the bytes that actually came (at most twice what is
+    /// buffered, plus one read), never straight to what a header claims: a
+    /// client that sends `$268435000\r\n` and stalls costs a few KiB, not 256 MiB.
     fn spare(&mut self, need: usize) -> &mut [u8] {
-        let want = need.max(self.len() + self.read_size);
+        let earned = self.len().saturating_mul(2).saturating_add(MAX_READ);
+        let want = need.min(earned).max(self.len() + self.read_size);
         if self.buf.len() - self.start < want {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -237,6 +241,9 @@ mod tests {
         assert_eq!(b.data(), b"456789");
         let spare = b.spare(100);
         assert!(spare.len() >= 94);
+        // A claim far past what came is not reserved up front.
+        let spare = b.spare(1 << 30);
+        assert!(spare.len() < 1 << 20, "{}", spare.len());
         assert_eq!(b.data(), b"456789");
         b.consume(6);
         assert_eq!(b.len(), 0);

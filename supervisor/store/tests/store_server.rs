@@ -1486,7 +1486,7 @@ mod limits {
 // ---------------------------------------------------------------------------
 
 mod hardening {
-    use super::persistence::ChildStore;
+    use super::persistence::{ChildStore, CHILD_MAX_VALUE};
     use super::*;
 
     /// The peak resident set of process `pid` (VmHWM), in bytes.
@@ -1677,5 +1677,64 @@ print("pipelines ok in", round(time.monotonic() - started, 2), "s")
             out.extend_from_slice(part);
             out.extend_from_slice(b"\r\n");
         }
+    }
+
+    /// Limits: a bulk header of 2 GiB and an array header of absurd length are
+    /// refused as soon as the header is read, even when max_value_size is the
+    /// largest Redis allows.
+    #[test]
+    fn a_2_gib_bulk_header_and_an_absurd_array_header_are_refused() {
+        let dir = TempDir::new("hdr");
+        let server = Server::start(StoreOptions {
+            max_value_size: 512 << 20,
+            ..options(dir.path())
+        });
+        let sock = server.sock();
+        let mut raw = Raw::login(&sock, SHOP);
+        raw.send_bytes(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2147483648\r\n");
+        assert_eq!(raw.reply(), "-ERR Protocol error: invalid bulk length");
+        assert!(raw.closed());
+        let mut raw = Raw::login(&sock, SHOP);
+        raw.send_bytes(b"*2147483648\r\n");
+        assert_eq!(raw.reply(), "-ERR Protocol error: invalid multibulk length");
+        assert!(raw.closed());
+        let mut raw = Raw::login(&sock, SHOP);
+        raw.send_bytes(b"*9223372036854775807\r\n");
+        assert_eq!(raw.reply(), "-ERR Protocol error: invalid multibulk length");
+        assert!(raw.closed());
+    }
+
+    /// Limits: a bulk header within the limits reserves no memory for its value
+    /// up front: the read buffer grows with the bytes that actually arrive.
+    #[test]
+    fn a_large_bulk_header_reserves_nothing_before_its_bytes_come() {
+        let dir = TempDir::new("hdr2");
+        let child = ChildStore::start_with(
+            dir.path(),
+            "everysec",
+            &[(CHILD_MAX_VALUE, &(256u64 << 20).to_string())],
+        );
+        let sock = dir.path().join("store.sock");
+        let mut bystander = Raw::login(&sock, SHOP);
+        let before = peak_rss(child.pid());
+        let mut claims = Vec::new();
+        for _ in 0..4 {
+            let mut raw = Raw::login(&sock, SHOP);
+            raw.send_bytes(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$268435000\r\nsome bytes");
+            claims.push(raw);
+        }
+        // The store has read those headers once it answers a later request; then
+        // more bytes come, to be read into the buffer made for them.
+        assert_eq!(bystander.call(&["PING"]), "+PONG");
+        for raw in &mut claims {
+            raw.send_bytes(b"and more bytes");
+        }
+        assert_eq!(bystander.call(&["PING"]), "+PONG");
+        let grown = peak_rss(child.pid()).saturating_sub(before);
+        assert!(
+            grown < 16 << 20,
+            "four 256 MiB headers grew the store by {} MiB",
+            grown >> 20
+        );
     }
 }

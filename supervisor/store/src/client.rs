@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::args::Args;
 use super::keyspace::Keyspace;
 use super::pubsub::{Push, Subscriber, QUEUE_DEPTH};
+use super::seat::Seat;
 
 /// A request copied out of the read buffer to run later, at EXEC.
 #[derive(Debug)]
@@ -70,10 +71,12 @@ pub(crate) struct Client {
     pub inbox: Option<mpsc::Receiver<Push>>,
     /// QUIT: close once the replies so far are written.
     pub closing: bool,
+    /// Its place in max_clients or, until it logs in, max_anonymous.
+    pub seat: Seat,
 }
 
 impl Client {
-    pub fn new(id: u64, db: Option<usize>) -> Client {
+    pub fn new(id: u64, db: Option<usize>, seat: Seat) -> Client {
         Client {
             id,
             peer: String::from("unix socket"),
@@ -90,6 +93,7 @@ impl Client {
             subscriber: None,
             inbox: None,
             closing: false,
+            seat,
         }
     }
 

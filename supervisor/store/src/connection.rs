@@ -92,6 +92,11 @@ where
     // Whole requests may wait in `rbuf` (a pass stopped early, or was paused).
     let mut runnable = false;
     let mut queued = QueuedOutput::new(&inner.state.output);
+    // A connection that has not logged in is closed at this deadline.
+    let mut auth_deadline = client
+        .seat
+        .is_anonymous()
+        .then(|| Box::pin(tokio::time::sleep(inner.state.auth_timeout)));
     'conn: loop {
         // Run requests while few replies wait, sending them as they come.
         while runnable && wbuf.len() < OUTPUT_PAUSE {
@@ -141,7 +146,11 @@ where
             ANONYMOUS_LIMITS.max_frame
         };
         let can_read = rbuf.len() < need.max(read_ahead);
-        if !pending && !subscribed {
+        if auth_deadline.is_some() && !client.seat.is_anonymous() {
+            auth_deadline = None;
+        }
+        let anonymous = auth_deadline.is_some();
+        if !pending && !subscribed && !anonymous {
             // The common case, kept free of select!'s bookkeeping.
             match stream.read(&mut rbuf, need).await {
                 Ok(0) | Err(_) => break 'conn,
@@ -166,6 +175,18 @@ where
                 if send_now(&stream, &mut wbuf).is_err() {
                     break 'conn;
                 }
+            }
+            () = expire(auth_deadline.as_mut()), if anonymous => {
+                tracing::debug!(
+                    "closing client {} ({}): not logged in within {:?} (auth_timeout)",
+                    client.id,
+                    client.peer,
+                    inner.state.auth_timeout
+                );
+                wbuf.extend_from_slice(b"-ERR not logged in in time (AUTH); closing the connection\r\n");
+                let _ = send_now(&stream, &mut wbuf);
+                stream.shutdown();
+                break 'conn;
             }
             // Unreachable: with nothing pending, a request is incomplete, so
             // reading is allowed.
@@ -193,6 +214,14 @@ where
         wbuf.advance(sent);
     }
     Ok(())
+}
+
+/// Resolves at the deadline (never, without one).
+async fn expire(deadline: Option<&mut std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match deadline {
+        Some(deadline) => deadline.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next message for a subscribed connection (never, without a queue).

@@ -5,7 +5,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), appvisor_store::StoreError> {
-//! use appvisor_store::{serve, AppCredential, StoreOptions, DEFAULT_MAX_OUTPUT, DEFAULT_REWRITE_MIN_SIZE};
+//! use appvisor_store::{
+//!     serve, AppCredential, StoreOptions, DEFAULT_AUTH_TIMEOUT, DEFAULT_MAX_ANONYMOUS,
+//!     DEFAULT_MAX_OUTPUT, DEFAULT_REWRITE_MIN_SIZE,
+//! };
 //! let opts = StoreOptions {
 //!     unix_path: "/tmp/store.sock".into(),
 //!     app_socket_dir: None,
@@ -18,6 +21,8 @@
 //!     apps: vec![AppCredential { app: "web".into(), password: "secret".into() }],
 //!     rewrite_min_size: DEFAULT_REWRITE_MIN_SIZE,
 //!     max_output: DEFAULT_MAX_OUTPUT,
+//!     max_anonymous: DEFAULT_MAX_ANONYMOUS,
+//!     auth_timeout: DEFAULT_AUTH_TIMEOUT,
 //! };
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let store = serve(opts, async { let _ = stopped.await; }).await?;
@@ -41,6 +46,8 @@
 //!   handlers by theme.
 //! - [`args`]: one request's words, as ranges of a buffer.
 //! - [`client`]: per-connection state (login, protocol, MULTI, WATCH, subscriptions).
+//! - [`seat`]: the connection counts: logged-in clients (`max_clients`) and those
+//!   still to log in (`max_anonymous`, `auth_timeout`).
 //! - [`state`]: what every task shares: the locked keyspace, settings and
 //!   counters, the log's writer.
 //! - [`connection`]: the per-connection task: read, run a batch, write.
@@ -84,6 +91,7 @@
 //! | an inline request | 64 KiB | protocol error, closed |
 //! | requests read ahead while replies wait | 64 MiB; 64 KiB before AUTH | the store stops reading (the client's writes wait) |
 //! | replies waiting for a client | running its requests pauses at 1 MiB; one reply may not take them past `max_output` (64 MiB, and at least twice `max_value_size`) | error `reply too large`, closed, logged |
+//! | connections not logged in yet | `max_anonymous` (default 32), each for `auth_timeout` (default 10 s); logged-in ones: `max_clients` | refused at accept / closed at the deadline |
 //! | data plus every client's waiting replies | `max_memory` (default: ¼ of RAM, at most 1 GiB) | writes refused with `OOM` |
 //!
 //! So a header claiming 2 GiB (`$2147483648`) or 2^31 elements is refused as
@@ -106,6 +114,7 @@ mod keyspace;
 mod options;
 mod pubsub;
 mod resp;
+mod seat;
 mod server;
 mod state;
 mod transport;
@@ -120,7 +129,8 @@ use std::sync::Arc;
 pub use aof::{LoadReport, Truncation};
 pub use error::StoreError;
 pub use options::{
-    default_max_memory, AppCredential, StoreOptions, DEFAULT_MAX_OUTPUT, DEFAULT_REWRITE_MIN_SIZE,
+    default_max_memory, AppCredential, StoreOptions, DEFAULT_AUTH_TIMEOUT, DEFAULT_MAX_ANONYMOUS,
+    DEFAULT_MAX_OUTPUT, DEFAULT_REWRITE_MIN_SIZE,
 };
 
 /// Figures for `appvisor status` and metrics.

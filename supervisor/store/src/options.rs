@@ -50,7 +50,25 @@ pub struct StoreOptions {
     /// disconnected (Redis's `client-output-buffer-limit`, as a hard limit). See
     /// [`DEFAULT_MAX_OUTPUT`] for the choice.
     pub max_output: u64,
+    /// Connections that have not logged in yet may number this many at once,
+    /// apart from `max_clients` (see [`seat`](super::seat)).
+    pub max_anonymous: u32,
+    /// A connection that has not logged in within this is closed.
+    pub auth_timeout: std::time::Duration,
 }
+
+/// Default for [`StoreOptions::max_anonymous`].
+///
+/// Clients send AUTH (or HELLO … AUTH) as their first request, so a
+/// connection is anonymous for one round trip: even a fleet of workers
+/// reconnecting at once holds a handful of these seats at a time. 32 is room
+/// for that and little for a stranger, who can no longer take the apps' seats.
+pub const DEFAULT_MAX_ANONYMOUS: u32 = 32;
+
+/// Default for [`StoreOptions::auth_timeout`]: 10 s, long enough for a slow
+/// network or a person typing AUTH into `redis-cli`, short enough that idle
+/// strangers give their seat back quickly.
+pub const DEFAULT_AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Default for [`StoreOptions::max_output`]: 64 MiB per client.
 ///
@@ -110,6 +128,8 @@ impl StoreOptions {
             apps,
             rewrite_min_size: DEFAULT_REWRITE_MIN_SIZE,
             max_output: DEFAULT_MAX_OUTPUT,
+            max_anonymous: DEFAULT_MAX_ANONYMOUS,
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
         }
     }
 }

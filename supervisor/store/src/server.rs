@@ -21,6 +21,7 @@ use super::error::StoreError;
 use super::keyspace::Keyspace;
 use super::options::{AppCredential, StoreOptions};
 use super::resp::{FrameLimits, MAX_ARGS, MAX_BULK_HARD};
+use super::seat::{SeatKind, Seats};
 use super::state::{now_ms, ServerState, Shared};
 use super::transport::Socket;
 use super::{connection, expiry};
@@ -66,29 +67,37 @@ impl Server {
     {
         let shared = self.shared.clone();
         let state = &shared.state;
+        let kind = if db.is_some() {
+            SeatKind::LoggedIn
+        } else {
+            SeatKind::Anonymous
+        };
+        let seat = match state.seats.take(kind) {
+            Ok(seat) => seat,
+            Err(refusal) => {
+                tracing::debug!(
+                    "refused a client ({}): {}",
+                    peer.map(|p| format!("tcp {p}"))
+                        .unwrap_or_else(|| "unix socket".to_owned()),
+                    refusal.reply()
+                );
+                // A fresh connection's socket buffer always has room for this line.
+                let _ = (&stream).write_all(format!("-{}\r\n", refusal.reply()).as_bytes());
+                return;
+            }
+        };
         let id = state.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let admitted = state.clients.fetch_add(1, Ordering::Relaxed) < state.max_clients;
+        state.clients.fetch_add(1, Ordering::Relaxed);
         let guard = ConnectionGuard {
             server: self.clone(),
             id,
         };
-        if !admitted {
-            tracing::debug!(
-                "refused a client: {} connections is max_clients",
-                state.max_clients
-            );
-            // A fresh connection's socket buffer always has room for this line.
-            let _ = (&stream).write_all(b"-ERR max number of clients reached\r\n");
-            drop(stream);
-            drop(guard);
-            return;
-        }
         // The map is locked across the spawn so the guard (which removes the entry
         // when the task ends) cannot run before the entry exists.
         let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         let task = tokio::spawn(async move {
             let _guard = guard;
-            let mut client = Client::new(id, db);
+            let mut client = Client::new(id, db, seat);
             if let Some(peer) = peer {
                 client.peer = format!("tcp {peer}");
             }
@@ -174,7 +183,8 @@ impl Server {
     }
 }
 
-/// Counts a connection for max_clients and forgets it when it ends.
+/// Counts an open connection (shutdown waits for them) and forgets it when it
+/// ends. Its seat (max_clients or max_anonymous) is the client's.
 struct ConnectionGuard {
     server: Arc<Server>,
     id: u64,
@@ -354,7 +364,8 @@ pub(crate) async fn start(
         state: ServerState {
             max_memory: opts.max_memory,
             max_value_size: opts.max_value_size,
-            max_clients: opts.max_clients,
+            seats: Seats::new(opts.max_clients, opts.max_anonymous),
+            auth_timeout: opts.auth_timeout,
             persist: opts.persist,
             logging,
             log: log_status,

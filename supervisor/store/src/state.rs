@@ -10,24 +10,29 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use appvisor_config::Persist;
 
 use super::aof::{LogStatus, LogWriter};
 use super::keyspace::Keyspace;
 use super::resp::FrameLimits;
+use super::seat::Seats;
 
 /// Settings and counters that commands read.
 #[derive(Debug)]
 pub(crate) struct ServerState {
     pub max_memory: Option<u64>,
     pub max_value_size: u64,
-    pub max_clients: u32,
+    /// Logged-in and anonymous connection counts (see [`seat`](super::seat)).
+    pub seats: Arc<Seats>,
+    /// How long a connection may stay anonymous.
+    pub auth_timeout: Duration,
     pub persist: Persist,
     /// Whether a log is kept at all.
     pub logging: bool,
     pub log: Arc<LogStatus>,
+    /// Open connections, with or without a seat (shutdown waits for 0).
     pub clients: AtomicU32,
     pub next_client_id: AtomicU64,
     pub started: Instant,

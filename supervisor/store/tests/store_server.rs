@@ -73,6 +73,8 @@ fn options(dir: &Path) -> StoreOptions {
         apps: creds(&[SHOP, BLOG]),
         rewrite_min_size: store::DEFAULT_REWRITE_MIN_SIZE,
         max_output: store::DEFAULT_MAX_OUTPUT,
+        max_anonymous: store::DEFAULT_MAX_ANONYMOUS,
+        auth_timeout: store::DEFAULT_AUTH_TIMEOUT,
     }
 }
 
@@ -1736,5 +1738,113 @@ print("pipelines ok in", round(time.monotonic() - started, 2), "s")
             "four 256 MiB headers grew the store by {} MiB",
             grown >> 20
         );
+    }
+}
+
+mod strangers {
+    use super::*;
+    use std::net::TcpStream;
+
+    /// Reads one line (a reply's first) from a TCP connection; None at EOF.
+    fn line(conn: &mut BufReader<TcpStream>) -> Option<String> {
+        let mut line = String::new();
+        match conn.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(line.trim_end().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("reading from the store: {e}"),
+        }
+    }
+
+    fn tcp(addr: std::net::SocketAddr) -> BufReader<TcpStream> {
+        let conn = TcpStream::connect(addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        BufReader::new(conn)
+    }
+
+    fn call(conn: &mut BufReader<TcpStream>, args: &[&str]) -> Option<String> {
+        let mut frame = format!("*{}\r\n", args.len());
+        for a in args {
+            frame.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        conn.get_mut().write_all(frame.as_bytes()).expect("write");
+        line(conn)
+    }
+
+    /// Defect 4: with `[store] tcp` on, connections that never log in have their
+    /// own small quota and a deadline, so they cannot take the apps' seats.
+    #[test]
+    fn strangers_on_tcp_cannot_lock_the_apps_out() {
+        let dir = TempDir::new("anon");
+        let deadline = Duration::from_millis(500);
+        let server = Server::start(StoreOptions {
+            tcp: Some("127.0.0.1:0".parse().unwrap()),
+            max_clients: 8,
+            max_anonymous: 4,
+            auth_timeout: deadline,
+            ..options(dir.path())
+        });
+        let addr = server.handle.tcp_addr().unwrap();
+        let mut app_tcp = tcp(addr);
+        assert_eq!(
+            call(&mut app_tcp, &["AUTH", SHOP.0, SHOP.1]).unwrap(),
+            "+OK"
+        );
+
+        // Fifty strangers: four get an anonymous seat, the rest are turned away.
+        let mut waiting = Vec::new();
+        let mut refused = 0;
+        for _ in 0..50 {
+            let mut conn = tcp(addr);
+            conn.get_ref()
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let mut first = String::new();
+            match conn.read_line(&mut first) {
+                Ok(_) if first.starts_with("-ERR max number of unauthenticated clients") => {
+                    refused += 1
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    conn.get_ref()
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    waiting.push((conn, Instant::now()));
+                }
+                other => panic!("unexpected answer to a stranger: {other:?} {first:?}"),
+            }
+        }
+        assert_eq!((waiting.len(), refused), (4, 46));
+
+        // The apps are not locked out: on their own socket, and already logged in
+        // over TCP.
+        let mut app = Raw::connect(&dir.path().join("apps/shop.sock"));
+        assert_eq!(app.call(&["SET", "still", "served"]), "+OK");
+        assert_eq!(call(&mut app_tcp, &["GET", "still"]).unwrap(), "$6");
+
+        // Each idle stranger is closed at its deadline, not before.
+        for (mut conn, since) in waiting {
+            let said = line(&mut conn);
+            let waited = since.elapsed();
+            assert_eq!(
+                said.as_deref(),
+                Some("-ERR not logged in in time (AUTH); closing the connection")
+            );
+            assert_eq!(line(&mut conn), None, "closed after saying why");
+            assert!(
+                waited >= deadline - Duration::from_millis(150) && waited < Duration::from_secs(5),
+                "closed after {waited:?}"
+            );
+        }
+        // Their seats are free again: an app logs in over TCP.
+        wait_until("an anonymous seat", Duration::from_secs(5), || {
+            call(&mut tcp(addr), &["AUTH", SHOP.0, SHOP.1]).as_deref() == Some("+OK")
+        });
+        let mut late = tcp(addr);
+        assert_eq!(call(&mut late, &["AUTH", SHOP.0, SHOP.1]).unwrap(), "+OK");
+        assert_eq!(call(&mut late, &["PING"]).unwrap(), "+PONG");
+        // A logged-in connection has no deadline.
+        std::thread::sleep(deadline + Duration::from_millis(200));
+        assert_eq!(call(&mut late, &["PING"]).unwrap(), "+PONG");
     }
 }

@@ -65,16 +65,16 @@ const ANONYMOUS_LIMITS: FrameLimits = FrameLimits {
 };
 
 /// What one pass over the read buffer did.
-struct Pass {
-    consumed: usize,
+pub(crate) struct Pass {
+    pub consumed: usize,
     /// The buffer must hold this many bytes (from its start) before parsing again.
-    need: usize,
+    pub need: usize,
     /// The pass stopped because the replies are large; run the rest after writing.
-    more: bool,
+    pub more: bool,
     /// Sequence number of the log records this pass produced.
-    log_seq: Option<u64>,
+    pub log_seq: Option<u64>,
     /// Close after writing the replies (QUIT, protocol error, overflow).
-    close: bool,
+    pub close: bool,
 }
 
 /// Serves one connection until it closes, errs, or is aborted at shutdown.
@@ -266,7 +266,7 @@ impl Drop for QueuedOutput<'_> {
 /// Parses and runs the whole requests at the front of `rbuf` with the keyspace
 /// locked once, then hands the pass's log records to the writer (still locked,
 /// so the log's order is the order the changes were made).
-fn run_requests(
+pub(crate) fn run_requests(
     inner: &Shared,
     client: &mut Client,
     rbuf: &[u8],

@@ -109,6 +109,8 @@ mod command;
 mod connection;
 mod error;
 mod expiry;
+#[cfg(test)]
+mod fuzz;
 mod glob;
 mod keyspace;
 mod options;

@@ -372,7 +372,7 @@ fn check_commands(
         encode_command(&mut input, &parts);
     }
     let kind = if logged_in {
-        SeatKind::LoggedIn
+        SeatKind::Client
     } else {
         SeatKind::Anonymous
     };

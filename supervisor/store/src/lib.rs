@@ -46,8 +46,8 @@
 //!   handlers by theme.
 //! - [`args`]: one request's words, as ranges of a buffer.
 //! - [`client`]: per-connection state (login, protocol, MULTI, WATCH, subscriptions).
-//! - [`seat`]: the connection counts: logged-in clients (`max_clients`) and those
-//!   still to log in (`max_anonymous`, `auth_timeout`).
+//! - [`seat`]: the connection counts: clients (`max_clients`) and TCP
+//!   connections still to log in (`max_anonymous`, `auth_timeout`).
 //! - [`state`]: what every task shares: the locked keyspace, settings and
 //!   counters, the log's writer.
 //! - [`connection`]: the per-connection task: read, run a batch, write.
@@ -91,7 +91,7 @@
 //! | an inline request | 64 KiB | protocol error, closed |
 //! | requests read ahead while replies wait | 64 MiB; 64 KiB before AUTH | the store stops reading (the client's writes wait) |
 //! | replies waiting for a client | running its requests pauses at 1 MiB; one reply may not take them past `max_output` (64 MiB, and at least twice `max_value_size`) | error `reply too large`, closed, logged |
-//! | connections not logged in yet | `max_anonymous` (default 32), each for `auth_timeout` (default 10 s); logged-in ones: `max_clients` | refused at accept / closed at the deadline |
+//! | TCP connections not logged in yet | `max_anonymous` (default 64), each for `auth_timeout` (default 10 s); all others: `max_clients` | refused at accept / closed at the deadline |
 //! | data plus every client's waiting replies | `max_memory` (default: ¼ of RAM, at most 1 GiB) | writes refused with `OOM` |
 //!
 //! So a header claiming 2 GiB (`$2147483648`) or 2^31 elements is refused as

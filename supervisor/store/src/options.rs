@@ -50,20 +50,21 @@ pub struct StoreOptions {
     /// disconnected (Redis's `client-output-buffer-limit`, as a hard limit). See
     /// [`DEFAULT_MAX_OUTPUT`] for the choice.
     pub max_output: u64,
-    /// Connections that have not logged in yet may number this many at once,
-    /// apart from `max_clients` (see [`seat`](super::seat)).
+    /// TCP connections that have not logged in yet may number this many at
+    /// once, apart from `max_clients` (see [`seat`](super::seat)).
     pub max_anonymous: u32,
-    /// A connection that has not logged in within this is closed.
+    /// A TCP connection that has not logged in within this is closed.
     pub auth_timeout: std::time::Duration,
 }
 
 /// Default for [`StoreOptions::max_anonymous`].
 ///
-/// Clients send AUTH (or HELLO … AUTH) as their first request, so a
-/// connection is anonymous for one round trip: even a fleet of workers
-/// reconnecting at once holds a handful of these seats at a time. 32 is room
-/// for that and little for a stranger, who can no longer take the apps' seats.
-pub const DEFAULT_MAX_ANONYMOUS: u32 = 32;
+/// Clients send AUTH (or HELLO … AUTH) as their first request, so a TCP
+/// connection is anonymous for one round trip, but a burst of connections can
+/// be accepted faster than their AUTH is run: 64 leaves room for a fleet of
+/// workers reconnecting at once, and little for a stranger, who can no longer
+/// take the apps' `max_clients` seats.
+pub const DEFAULT_MAX_ANONYMOUS: u32 = 64;
 
 /// Default for [`StoreOptions::auth_timeout`]: 10 s, long enough for a slow
 /// network or a person typing AUTH into `redis-cli`, short enough that idle

@@ -1,13 +1,16 @@
-//! Who may hold a connection: logged-in clients up to `max_clients`, and
-//! connections that have not logged in yet in a small quota of their own.
+//! Who may hold a connection: clients up to `max_clients`, and TCP connections
+//! that have not logged in yet in a small quota of their own.
 //!
 //! With `[store] tcp` on, anyone who can reach the port can open connections.
 //! Counted against `max_clients` (and the process's descriptors), a stranger's
-//! idle connections would lock the apps out of their own store. So a connection
-//! that has not logged in takes an *anonymous* seat, from a quota of
+//! idle connections would lock the apps out of their own store. So a TCP
+//! connection that has not logged in takes an *anonymous* seat, from a quota of
 //! `max_anonymous`, and must log in within `auth_timeout` (the connection task
-//! enforces that); a successful AUTH moves it to a logged-in seat, bounded by
-//! `max_clients`. Per-app sockets log their connections in from the start.
+//! enforces that); a successful AUTH moves it to a client seat, bounded by
+//! `max_clients`. Unix sockets are reachable by the store's owner only (mode
+//! 0600): their connections take a client seat at once, as before, so a local
+//! burst of connections (`redis-benchmark -c 50`) is never refused for
+//! arriving faster than they log in.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use std::sync::Arc;
 /// The two counts and their bounds, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Seats {
-    logged_in: AtomicU32,
+    clients: AtomicU32,
     anonymous: AtomicU32,
     pub max_clients: u32,
     pub max_anonymous: u32,
@@ -26,7 +29,7 @@ pub(crate) struct Seats {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SeatKind {
-    LoggedIn,
+    Client,
     Anonymous,
 }
 
@@ -51,7 +54,7 @@ impl Refusal {
 impl Seats {
     pub fn new(max_clients: u32, max_anonymous: u32) -> Arc<Seats> {
         Arc::new(Seats {
-            logged_in: AtomicU32::new(0),
+            clients: AtomicU32::new(0),
             anonymous: AtomicU32::new(0),
             max_clients,
             max_anonymous,
@@ -59,8 +62,8 @@ impl Seats {
         })
     }
 
-    pub fn logged_in(&self) -> u32 {
-        self.logged_in.load(Ordering::Relaxed)
+    pub fn clients(&self) -> u32 {
+        self.clients.load(Ordering::Relaxed)
     }
 
     pub fn anonymous(&self) -> u32 {
@@ -68,9 +71,9 @@ impl Seats {
     }
 
     /// A seat for a new connection. An anonymous one is refused too when no
-    /// logged-in seat is free: it could never log in.
+    /// client seat is free: it could never log in.
     pub fn take(self: &Arc<Self>, kind: SeatKind) -> Result<Seat, Refusal> {
-        if kind == SeatKind::Anonymous && self.logged_in() >= self.max_clients {
+        if kind == SeatKind::Anonymous && self.clients() >= self.max_clients {
             return Err(Refusal::MaxClients);
         }
         let (count, max, refusal) = self.count(kind);
@@ -94,7 +97,7 @@ impl Seats {
 
     fn count(&self, kind: SeatKind) -> (&AtomicU32, u32, Refusal) {
         match kind {
-            SeatKind::LoggedIn => (&self.logged_in, self.max_clients, Refusal::MaxClients),
+            SeatKind::Client => (&self.clients, self.max_clients, Refusal::MaxClients),
             SeatKind::Anonymous => (&self.anonymous, self.max_anonymous, Refusal::MaxAnonymous),
         }
     }
@@ -112,17 +115,17 @@ impl Seat {
         self.kind == SeatKind::Anonymous
     }
 
-    /// Moves an anonymous connection that just logged in to a logged-in seat.
+    /// Moves an anonymous connection that just logged in to a client seat.
     /// Err if none is free (the connection keeps its anonymous seat).
     pub fn promote(&mut self) -> Result<(), Refusal> {
-        if self.kind == SeatKind::LoggedIn {
+        if self.kind == SeatKind::Client {
             return Ok(());
         }
-        let logged_in = self.seats.take(SeatKind::LoggedIn)?;
+        let client = self.seats.take(SeatKind::Client)?;
         // The new seat's count is kept, this seat's anonymous one given back.
-        std::mem::forget(logged_in);
+        std::mem::forget(client);
         self.seats.anonymous.fetch_sub(1, Ordering::Relaxed);
-        self.kind = SeatKind::LoggedIn;
+        self.kind = SeatKind::Client;
         Ok(())
     }
 }
@@ -146,9 +149,9 @@ mod tests {
             seats.take(SeatKind::Anonymous).unwrap_err(),
             Refusal::MaxAnonymous
         );
-        let _app = seats.take(SeatKind::LoggedIn).unwrap();
+        let _app = seats.take(SeatKind::Client).unwrap();
         first.promote().unwrap();
-        assert_eq!((seats.logged_in(), seats.anonymous()), (2, 0));
+        assert_eq!((seats.clients(), seats.anonymous()), (2, 0));
         assert_eq!(
             seats.take(SeatKind::Anonymous).unwrap_err(),
             Refusal::MaxClients,
@@ -157,10 +160,10 @@ mod tests {
         drop(first);
         let mut third = seats.take(SeatKind::Anonymous).unwrap();
         assert!(third.is_anonymous());
-        let _other = seats.take(SeatKind::LoggedIn).unwrap();
+        let _other = seats.take(SeatKind::Client).unwrap();
         assert_eq!(third.promote().unwrap_err(), Refusal::MaxClients);
         assert!(third.is_anonymous());
         drop(third);
-        assert_eq!((seats.logged_in(), seats.anonymous()), (2, 0));
+        assert_eq!((seats.clients(), seats.anonymous()), (2, 0));
     }
 }

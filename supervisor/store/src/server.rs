@@ -67,10 +67,11 @@ impl Server {
     {
         let shared = self.shared.clone();
         let state = &shared.state;
-        let kind = if db.is_some() {
-            SeatKind::LoggedIn
-        } else {
+        // See `seat`: only TCP connections start anonymous.
+        let kind = if db.is_none() && peer.is_some() {
             SeatKind::Anonymous
+        } else {
+            SeatKind::Client
         };
         let seat = match state.seats.take(kind) {
             Ok(seat) => seat,

@@ -1772,6 +1772,22 @@ mod strangers {
         line(conn)
     }
 
+    /// The quota is for TCP: the owner's unix socket takes a burst of connections
+    /// that log in only after all are open (`redis-benchmark -c 50` does so),
+    /// more than `max_anonymous` of them.
+    #[test]
+    fn a_burst_of_local_connections_is_not_refused() {
+        let dir = TempDir::new("burst");
+        let server = Server::start(StoreOptions {
+            max_anonymous: 4,
+            ..options(dir.path())
+        });
+        let mut conns: Vec<Raw> = (0..50).map(|_| Raw::connect(&server.sock())).collect();
+        for conn in &mut conns {
+            assert_eq!(conn.call(&["AUTH", SHOP.0, SHOP.1]), "+OK");
+        }
+    }
+
     /// Defect 4: with `[store] tcp` on, connections that never log in have their
     /// own small quota and a deadline, so they cannot take the apps' seats.
     #[test]

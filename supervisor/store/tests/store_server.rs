@@ -1535,6 +1535,10 @@ mod hardening {
         );
         assert!(raw.closed(), "the client is disconnected");
         let grown = peak_rss(child.pid()).saturating_sub(before);
+        eprintln!(
+            "MGET x800: the store's peak RSS grew by {} MiB",
+            grown >> 20
+        );
         assert!(
             grown < 160 << 20,
             "the store's peak memory grew by {} MiB",
@@ -1631,6 +1635,12 @@ print("pipelines ok in", round(time.monotonic() - started, 2), "s")
         ] {
             let out = python(PY_PIPELINES, &[("URL", &url)]);
             assert!(out.contains("pipelines ok"), "{out}");
+            let over = if url.starts_with("unix") {
+                "unix"
+            } else {
+                "tcp"
+            };
+            eprintln!("{over}: {}", out.trim());
         }
     }
 

@@ -31,6 +31,11 @@ impl Queued {
         Queued { buf, ranges }
     }
 
+    /// What it holds in memory, roughly: its bytes and their ranges.
+    pub fn size(&self) -> usize {
+        self.buf.len() + self.ranges.len() * std::mem::size_of::<Range<usize>>()
+    }
+
     pub fn args(&self) -> Args<'_> {
         Args {
             buf: &self.buf,
@@ -43,6 +48,8 @@ impl Queued {
 #[derive(Debug, Default)]
 pub(crate) struct Multi {
     pub queued: Vec<Queued>,
+    /// [`Queued::size`] of all of them (bounded by max_output).
+    pub bytes: usize,
     /// A request was refused while queueing: EXEC will answer EXECABORT.
     pub failed: bool,
 }

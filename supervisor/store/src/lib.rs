@@ -92,6 +92,7 @@
 //! | requests read ahead while replies wait | 64 MiB; 64 KiB before AUTH | the store stops reading (the client's writes wait) |
 //! | replies waiting for a client | running its requests pauses at 1 MiB; one reply may not take them past `max_output` (64 MiB, and at least twice `max_value_size`) | error `reply too large`, closed, logged |
 //! | TCP connections not logged in yet | `max_anonymous` (default 64), each for `auth_timeout` (default 10 s); all others: `max_clients` | refused at accept / closed at the deadline |
+//! | commands queued in one MULTI | `max_output` in all | that command refused, EXEC answers `EXECABORT` |
 //! | data plus every client's waiting replies | `max_memory` (default: ¼ of RAM, at most 1 GiB) | writes refused with `OOM` |
 //!
 //! So a header claiming 2 GiB (`$2147483648`) or 2^31 elements is refused as

@@ -1604,6 +1604,36 @@ mod hardening {
         assert_eq!(opts.max_memory, Some(5 << 30), "a configured value is kept");
     }
 
+    /// Defect 5, the same bound for a transaction: the commands a MULTI queues are
+    /// copies held until EXEC, so they may not take more than `max_output`
+    /// either; past it the transaction is refused whole (EXECABORT).
+    #[test]
+    fn a_multi_queue_is_bounded_by_max_output() {
+        let dir = TempDir::new("multiq");
+        let server = Server::start(StoreOptions {
+            max_value_size: 4096,
+            max_output: 64 * 1024,
+            ..options(dir.path())
+        });
+        let mut raw = Raw::login(&server.sock(), SHOP);
+        let value = "q".repeat(1000);
+        assert_eq!(raw.call(&["MULTI"]), "+OK");
+        let mut refused = None;
+        for i in 0..200 {
+            let reply = raw.call(&["SET", &format!("m{i}"), &value]);
+            if reply != "+QUEUED" {
+                refused = Some((i, reply));
+                break;
+            }
+        }
+        let (at, reply) = refused.expect("200 KB of queued commands refused");
+        assert!(at > 50, "refused too early, at {at}");
+        assert!(reply.starts_with("-ERR MULTI queue"), "{reply}");
+        assert!(raw.call(&["EXEC"]).starts_with("-EXECABORT"));
+        assert_eq!(raw.call(&["EXISTS", "m0"]), ":0", "nothing of it ran");
+        assert_eq!(raw.call(&["PING"]), "+PONG");
+    }
+
     const PY_PIPELINES: &str = r#"
 import os, time, redis
 r = redis.Redis.from_url(os.environ["URL"], socket_timeout=20)

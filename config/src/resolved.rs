@@ -62,6 +62,10 @@ pub struct EmbeddedStore {
     /// `persist = "everysec" | "always" | "no"`.
     pub persist: Persist,
     /// `max_memory = "1GiB"`: past it writes are refused (Redis `noeviction`).
+    /// Replies queued for clients that have not read them count too. None (not
+    /// set) is the embedded store's default, resolved by the store, not here:
+    /// a quarter of the machine's memory, at most 1 GiB
+    /// (`appvisor_store::default_max_memory`). `check` shows None as unset.
     pub max_memory: Option<u64>,
     /// `max_value_size`, default `"1MiB"`.
     pub max_value_size: u64,

@@ -40,6 +40,9 @@ fn main() -> anyhow::Result<()> {
         max_clients: 10_000,
         apps: Vec::new(),
         rewrite_min_size: store::DEFAULT_REWRITE_MIN_SIZE,
+        max_output: store::DEFAULT_MAX_OUTPUT,
+        max_anonymous: store::DEFAULT_MAX_ANONYMOUS,
+        auth_timeout: store::DEFAULT_AUTH_TIMEOUT,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::args::Args;
 use super::keyspace::Keyspace;
 use super::pubsub::{Push, Subscriber, QUEUE_DEPTH};
+use super::seat::Seat;
 
 /// A request copied out of the read buffer to run later, at EXEC.
 #[derive(Debug)]
@@ -30,6 +31,11 @@ impl Queued {
         Queued { buf, ranges }
     }
 
+    /// What it holds in memory, roughly: its bytes and their ranges.
+    pub fn size(&self) -> usize {
+        self.buf.len() + self.ranges.len() * std::mem::size_of::<Range<usize>>()
+    }
+
     pub fn args(&self) -> Args<'_> {
         Args {
             buf: &self.buf,
@@ -42,6 +48,8 @@ impl Queued {
 #[derive(Debug, Default)]
 pub(crate) struct Multi {
     pub queued: Vec<Queued>,
+    /// [`Queued::size`] of all of them (bounded by max_output).
+    pub bytes: usize,
     /// A request was refused while queueing: EXEC will answer EXECABORT.
     pub failed: bool,
 }
@@ -49,6 +57,8 @@ pub(crate) struct Multi {
 #[derive(Debug)]
 pub(crate) struct Client {
     pub id: u64,
+    /// Where it connected from, for log lines: `tcp 10.0.0.5:41234`, `unix socket`.
+    pub peer: String,
     /// The app (namespace) this connection is logged in as.
     pub db: Option<usize>,
     /// The app a per-app socket logs its connections into (RESET returns there).
@@ -68,12 +78,15 @@ pub(crate) struct Client {
     pub inbox: Option<mpsc::Receiver<Push>>,
     /// QUIT: close once the replies so far are written.
     pub closing: bool,
+    /// Its place in max_clients or, until it logs in, max_anonymous.
+    pub seat: Seat,
 }
 
 impl Client {
-    pub fn new(id: u64, db: Option<usize>) -> Client {
+    pub fn new(id: u64, db: Option<usize>, seat: Seat) -> Client {
         Client {
             id,
+            peer: String::from("unix socket"),
             db,
             socket_db: db,
             resp3: false,
@@ -87,6 +100,7 @@ impl Client {
             subscriber: None,
             inbox: None,
             closing: false,
+            seat,
         }
     }
 

@@ -433,6 +433,16 @@ impl Db {
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.table.iter()
     }
+
+    /// The data bytes as counted, and as the entries add up (equal unless the
+    /// accounting drifted).
+    #[cfg(test)]
+    pub fn data_bytes_recounted(&self) -> (usize, usize) {
+        (
+            self.data_bytes,
+            self.table.iter().map(Entry::heap_size).sum(),
+        )
+    }
 }
 
 /// Credentials and the namespaces of every app, plus per-batch bookkeeping.

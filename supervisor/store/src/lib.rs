@@ -5,7 +5,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), appvisor_store::StoreError> {
-//! use appvisor_store::{serve, AppCredential, StoreOptions, DEFAULT_REWRITE_MIN_SIZE};
+//! use appvisor_store::{
+//!     serve, AppCredential, StoreOptions, DEFAULT_AUTH_TIMEOUT, DEFAULT_MAX_ANONYMOUS,
+//!     DEFAULT_MAX_OUTPUT, DEFAULT_REWRITE_MIN_SIZE,
+//! };
 //! let opts = StoreOptions {
 //!     unix_path: "/tmp/store.sock".into(),
 //!     app_socket_dir: None,
@@ -17,6 +20,9 @@
 //!     max_clients: 1000,
 //!     apps: vec![AppCredential { app: "web".into(), password: "secret".into() }],
 //!     rewrite_min_size: DEFAULT_REWRITE_MIN_SIZE,
+//!     max_output: DEFAULT_MAX_OUTPUT,
+//!     max_anonymous: DEFAULT_MAX_ANONYMOUS,
+//!     auth_timeout: DEFAULT_AUTH_TIMEOUT,
 //! };
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let store = serve(opts, async { let _ = stopped.await; }).await?;
@@ -40,6 +46,8 @@
 //!   handlers by theme.
 //! - `args`: one request's words, as ranges of a buffer.
 //! - `client`: per-connection state (login, protocol, MULTI, WATCH, subscriptions).
+//! - `seat`: the connection counts: clients (`max_clients`) and TCP
+//!   connections still to log in (`max_anonymous`, `auth_timeout`).
 //! - `state`: what every task shares: the locked keyspace, settings and
 //!   counters, the log's writer.
 //! - `connection`: the per-connection task: read, run a batch, write.
@@ -73,6 +81,25 @@
 //! decisions: log replay, a rewrite due or asked for, keys purged on expiry, a
 //! client or login refused, a write refused past max_memory, app sockets, shutdown.
 //!
+//! *Limits.* Every bound is checked before the bytes it governs are buffered:
+//!
+//! | what | bound | past it |
+//! |---|---|---|
+//! | a length line (`*N`, `$N`) | 24 bytes, a strict decimal | protocol error, closed |
+//! | one bulk string | `max_value_size` + 64 KiB, at most 512 MiB (Redis's `proto-max-bulk-len`); 4 KiB before AUTH | protocol error, closed |
+//! | elements of one request | 1,048,576 (Redis's bound); 16 before AUTH | protocol error, closed |
+//! | one request in all | 256 MiB or twice the bulk bound; 64 KiB before AUTH | protocol error, closed |
+//! | an inline request | 64 KiB | protocol error, closed |
+//! | requests read ahead while replies wait | 64 MiB; 64 KiB before AUTH | the store stops reading (the client's writes wait) |
+//! | replies waiting for a client | running its requests pauses at 1 MiB; one reply may not take them past `max_output` (64 MiB, and at least twice `max_value_size`) | error `reply too large`, closed, logged |
+//! | TCP connections not logged in yet | `max_anonymous` (default 64), each for `auth_timeout` (default 10 s); all others: `max_clients` | refused at accept / closed at the deadline |
+//! | commands queued in one MULTI | `max_output` in all | that command refused, EXEC answers `EXECABORT` |
+//! | data plus every client's waiting replies | `max_memory` (default: ¼ of RAM, at most 1 GiB) | writes refused with `OOM` |
+//!
+//! So a header claiming 2 GiB (`$2147483648`) or 2^31 elements is refused as
+//! soon as it is read; a header within bounds reserves nothing up front (the
+//! read buffer grows only with the bytes that come).
+//!
 //! *Expiry.* Absolute unix-millisecond deadlines, removed lazily on access and
 //! actively by `expiry`; every removal publishes `__keyevent@0__:expired` (payload:
 //! the key) and `__keyspace@0__:<key>` (payload: `expired`) in the app's namespace.
@@ -84,11 +111,14 @@ mod command;
 mod connection;
 mod error;
 mod expiry;
+#[cfg(test)]
+mod fuzz;
 mod glob;
 mod keyspace;
 mod options;
 mod pubsub;
 mod resp;
+mod seat;
 mod server;
 mod state;
 mod transport;
@@ -102,7 +132,10 @@ use std::sync::Arc;
 
 pub use aof::{LoadReport, Truncation};
 pub use error::StoreError;
-pub use options::{AppCredential, StoreOptions, DEFAULT_REWRITE_MIN_SIZE};
+pub use options::{
+    default_max_memory, AppCredential, StoreOptions, DEFAULT_AUTH_TIMEOUT, DEFAULT_MAX_ANONYMOUS,
+    DEFAULT_MAX_OUTPUT, DEFAULT_REWRITE_MIN_SIZE,
+};
 
 /// Figures for `appvisor status` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -198,9 +198,35 @@ fn parse_inline(buf: &[u8], args: &mut Vec<Range<usize>>) -> Parse {
 pub(crate) struct Reply<'a> {
     pub buf: &'a mut BytesMut,
     pub resp3: bool,
+    /// The most bytes `buf` may hold: a string that would take it past this is
+    /// not copied, and `overflowed` is set. Checked where the bytes come from
+    /// the data (strings), so one reply never grows far past it.
+    pub limit: usize,
+    /// A string was dropped at `limit`: the reply is incomplete and the caller
+    /// must discard it.
+    pub overflowed: bool,
 }
 
-impl Reply<'_> {
+impl<'a> Reply<'a> {
+    /// A writer with no limit (for replies the store composes itself).
+    pub fn unlimited(buf: &'a mut BytesMut, resp3: bool) -> Reply<'a> {
+        Reply {
+            buf,
+            resp3,
+            limit: usize::MAX,
+            overflowed: false,
+        }
+    }
+
+    /// Whether `n` more bytes would take the buffer past the limit; marks the
+    /// reply overflowed if so.
+    fn over(&mut self, n: usize) -> bool {
+        if self.overflowed || self.buf.len().saturating_add(n) > self.limit {
+            self.overflowed = true;
+        }
+        self.overflowed
+    }
+
     pub fn simple(&mut self, s: &str) {
         self.buf.put_u8(b'+');
         self.buf.put_slice(s.as_bytes());
@@ -227,6 +253,9 @@ impl Reply<'_> {
     }
 
     pub fn bulk(&mut self, data: &[u8]) {
+        if self.over(data.len()) {
+            return;
+        }
         self.header(b'$', data.len() as i64);
         self.buf.put_slice(data);
         self.buf.put_slice(b"\r\n");
@@ -283,6 +312,9 @@ impl Reply<'_> {
 
     /// A verbatim text (INFO); RESP2 gets a bulk string.
     pub fn verbatim(&mut self, text: &str) {
+        if self.over(text.len()) {
+            return;
+        }
         if self.resp3 {
             self.header(b'=', text.len() as i64 + 4);
             self.buf.put_slice(b"txt:");

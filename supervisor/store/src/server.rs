@@ -21,6 +21,7 @@ use super::error::StoreError;
 use super::keyspace::Keyspace;
 use super::options::{AppCredential, StoreOptions};
 use super::resp::{FrameLimits, MAX_ARGS, MAX_BULK_HARD};
+use super::seat::{SeatKind, Seats};
 use super::state::{now_ms, ServerState, Shared};
 use super::transport::Socket;
 use super::{connection, expiry};
@@ -56,35 +57,52 @@ const BULK_SLACK: u64 = 64 * 1024;
 const MAX_FRAME: usize = 256 * 1024 * 1024;
 
 impl Server {
-    fn spawn_connection<S: Socket>(self: &Arc<Self>, stream: S, db: Option<usize>)
-    where
+    fn spawn_connection<S: Socket>(
+        self: &Arc<Self>,
+        stream: S,
+        db: Option<usize>,
+        peer: Option<std::net::SocketAddr>,
+    ) where
         for<'a> &'a S: Read + Write,
     {
         let shared = self.shared.clone();
         let state = &shared.state;
+        // See `seat`: only TCP connections start anonymous.
+        let kind = if db.is_none() && peer.is_some() {
+            SeatKind::Anonymous
+        } else {
+            SeatKind::Client
+        };
+        let seat = match state.seats.take(kind) {
+            Ok(seat) => seat,
+            Err(refusal) => {
+                tracing::debug!(
+                    "refused a client ({}): {}",
+                    peer.map(|p| format!("tcp {p}"))
+                        .unwrap_or_else(|| "unix socket".to_owned()),
+                    refusal.reply()
+                );
+                // A fresh connection's socket buffer always has room for this line.
+                let _ = (&stream).write_all(format!("-{}\r\n", refusal.reply()).as_bytes());
+                return;
+            }
+        };
         let id = state.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let admitted = state.clients.fetch_add(1, Ordering::Relaxed) < state.max_clients;
+        state.clients.fetch_add(1, Ordering::Relaxed);
         let guard = ConnectionGuard {
             server: self.clone(),
             id,
         };
-        if !admitted {
-            tracing::debug!(
-                "refused a client: {} connections is max_clients",
-                state.max_clients
-            );
-            // A fresh connection's socket buffer always has room for this line.
-            let _ = (&stream).write_all(b"-ERR max number of clients reached\r\n");
-            drop(stream);
-            drop(guard);
-            return;
-        }
         // The map is locked across the spawn so the guard (which removes the entry
         // when the task ends) cannot run before the entry exists.
         let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         let task = tokio::spawn(async move {
             let _guard = guard;
-            connection::serve(shared, stream, Client::new(id, db)).await;
+            let mut client = Client::new(id, db, seat);
+            if let Some(peer) = peer {
+                client.peer = format!("tcp {peer}");
+            }
+            connection::serve(shared, stream, client).await;
         });
         conns.insert(id, task.abort_handle());
     }
@@ -166,7 +184,8 @@ impl Server {
     }
 }
 
-/// Counts a connection for max_clients and forgets it when it ends.
+/// Counts an open connection (shutdown waits for them) and forgets it when it
+/// ends. Its seat (max_clients or max_anonymous) is the client's.
 struct ConnectionGuard {
     server: Arc<Server>,
     id: u64,
@@ -251,7 +270,7 @@ async fn accept_unix(inner: Arc<Server>, listener: UnixListener, db: Option<usiz
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => match stream.into_std() {
-                    Ok(stream) => inner.spawn_connection(stream, db),
+                    Ok(stream) => inner.spawn_connection(stream, db, None),
                     Err(e) => tracing::warn!("cannot take over an accepted socket: {e}"),
                 },
                 Err(e) => {
@@ -269,10 +288,10 @@ async fn accept_tcp(inner: Arc<Server>, listener: TcpListener) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     match stream.into_std() {
-                        Ok(stream) => inner.spawn_connection(stream, None),
+                        Ok(stream) => inner.spawn_connection(stream, None, Some(peer)),
                         Err(e) => tracing::warn!("cannot take over an accepted socket: {e}"),
                     }
                 }
@@ -346,7 +365,8 @@ pub(crate) async fn start(
         state: ServerState {
             max_memory: opts.max_memory,
             max_value_size: opts.max_value_size,
-            max_clients: opts.max_clients,
+            seats: Seats::new(opts.max_clients, opts.max_anonymous),
+            auth_timeout: opts.auth_timeout,
             persist: opts.persist,
             logging,
             log: log_status,
@@ -354,6 +374,13 @@ pub(crate) async fn start(
             next_client_id: AtomicU64::new(1),
             started: Instant::now(),
             tcp: tcp_addr,
+            // Any single value can always be read, whatever max_value_size is.
+            max_output: opts
+                .max_output
+                .max(2 * opts.max_value_size)
+                .try_into()
+                .unwrap_or(usize::MAX),
+            output: AtomicU64::new(0),
         },
         limits: FrameLimits {
             max_bulk,

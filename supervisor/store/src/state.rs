@@ -10,38 +10,52 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use appvisor_config::Persist;
 
 use super::aof::{LogStatus, LogWriter};
 use super::keyspace::Keyspace;
 use super::resp::FrameLimits;
+use super::seat::Seats;
 
 /// Settings and counters that commands read.
 #[derive(Debug)]
 pub(crate) struct ServerState {
     pub max_memory: Option<u64>,
     pub max_value_size: u64,
-    pub max_clients: u32,
+    /// Logged-in and anonymous connection counts (see [`seat`](super::seat)).
+    pub seats: Arc<Seats>,
+    /// How long a connection may stay anonymous.
+    pub auth_timeout: Duration,
     pub persist: Persist,
     /// Whether a log is kept at all.
     pub logging: bool,
     pub log: Arc<LogStatus>,
+    /// Open connections, with or without a seat (shutdown waits for 0).
     pub clients: AtomicU32,
     pub next_client_id: AtomicU64,
     pub started: Instant,
     pub tcp: Option<SocketAddr>,
+    /// The most reply bytes one client may have queued (see
+    /// [`StoreOptions::max_output`](super::options::StoreOptions)).
+    pub max_output: usize,
+    /// Reply bytes queued for clients that have not read them yet: memory as
+    /// much as the data is, so it counts against max_memory.
+    pub output: AtomicU64,
 }
 
 impl ServerState {
     pub fn over_memory(&self, ks: &Keyspace) -> bool {
-        let over = self.max_memory.is_some_and(|max| ks.memory() as u64 > max);
+        let Some(max) = self.max_memory else {
+            return false;
+        };
+        let output = self.output.load(Ordering::Relaxed);
+        let over = ks.memory() as u64 + output > max;
         if over {
             tracing::debug!(
-                "refused a write: data holds {} bytes, over max_memory {}",
+                "refused a write: data holds {} bytes and {output} bytes of replies wait for their readers, over max_memory {max}",
                 ks.memory(),
-                self.max_memory.unwrap_or(0)
             );
         }
         over

@@ -94,6 +94,27 @@ where
         Ok(())
     }
 
+    /// Sends what the socket takes now of `data`, without waiting: the number
+    /// of bytes sent, 0 when the socket buffer is full.
+    pub fn write_some(&self, data: &[u8]) -> io::Result<usize> {
+        loop {
+            match socket2::SockRef::from(self.fd.get_ref())
+                .send_with_flags(data, libc::MSG_NOSIGNAL)
+            {
+                Ok(0) if !data.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Resolves once the socket has room for more bytes.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.wait_writable().await
+    }
+
     async fn wait_writable(&self) -> io::Result<()> {
         // epoll will not take the same descriptor twice; a duplicate is a separate
         // registration of the same socket, dropped (deregistered) once writable.
@@ -166,9 +187,13 @@ impl ReadBuffer {
         }
     }
 
-    /// Free space to read into, making room for `need` unparsed bytes in all.
+    /// Free space to read into, making room toward `need` unparsed bytes in all.
+    /// The room grows with the bytes that actually came (at most twice what is
+    /// buffered, plus one read), never straight to what a header claims: a
+    /// client that sends `$268435000\r\n` and stalls costs a few KiB, not 256 MiB.
     fn spare(&mut self, need: usize) -> &mut [u8] {
-        let want = need.max(self.len() + self.read_size);
+        let earned = self.len().saturating_mul(2).saturating_add(MAX_READ);
+        let want = need.min(earned).max(self.len() + self.read_size);
         if self.buf.len() - self.start < want {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -216,6 +241,9 @@ mod tests {
         assert_eq!(b.data(), b"456789");
         let spare = b.spare(100);
         assert!(spare.len() >= 94);
+        // A claim far past what came is not reserved up front.
+        let spare = b.spare(1 << 30);
+        assert!(spare.len() < 1 << 20, "{}", spare.len());
         assert_eq!(b.data(), b"456789");
         b.consume(6);
         assert_eq!(b.len(), 0);

@@ -9,8 +9,10 @@ pub(crate) const REDIS_COMPAT_VERSION: &str = "7.0.0";
 
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
-/// Logs the connection in; on failure it keeps its previous login.
-fn login(ctx: &mut Ctx<'_>, user: Option<&[u8]>, password: &[u8]) -> bool {
+/// Logs the connection in; on failure it keeps its previous login, and the error
+/// to answer is returned. A first login moves the connection from the
+/// anonymous quota to max_clients; if that is full it is closed after the reply.
+fn login(ctx: &mut Ctx<'_>, user: Option<&[u8]>, password: &[u8]) -> Result<(), &'static str> {
     let Some(db) = ctx.ks.authenticate(user, password) else {
         // The user name only: never the password.
         tracing::debug!(
@@ -18,14 +20,22 @@ fn login(ctx: &mut Ctx<'_>, user: Option<&[u8]>, password: &[u8]) -> bool {
             user.map(String::from_utf8_lossy)
                 .unwrap_or("default".into())
         );
-        return false;
+        return Err(WRONGPASS);
     };
+    if let Err(refusal) = ctx.client.seat.promote() {
+        tracing::debug!(
+            "refused a login: {} clients are logged in (max_clients)",
+            ctx.server.seats.max_clients
+        );
+        ctx.client.closing = true;
+        return Err(refusal.reply());
+    }
     if ctx.client.db != Some(db) {
         // Watches and subscriptions belong to the namespace they were made in.
         ctx.client.detach(ctx.ks);
     }
     ctx.client.db = Some(db);
-    true
+    Ok(())
 }
 
 pub(super) fn auth(ctx: &mut Ctx<'_>, args: Args<'_>) {
@@ -34,10 +44,9 @@ pub(super) fn auth(ctx: &mut Ctx<'_>, args: Args<'_>) {
         3 => login(ctx, Some(args.get(1)), args.get(2)),
         _ => return ctx.out.error(SYNTAX),
     };
-    if ok {
-        ctx.out.ok();
-    } else {
-        ctx.out.error(WRONGPASS);
+    match ok {
+        Ok(()) => ctx.out.ok(),
+        Err(msg) => ctx.out.error(msg),
     }
 }
 
@@ -74,8 +83,8 @@ pub(super) fn hello(ctx: &mut Ctx<'_>, args: Args<'_>) {
         }
     }
     if let Some((user, password)) = credentials {
-        if !login(ctx, Some(user), password) {
-            return ctx.out.error(WRONGPASS);
+        if let Err(msg) = login(ctx, Some(user), password) {
+            return ctx.out.error(msg);
         }
     }
     if ctx.client.db.is_none() {

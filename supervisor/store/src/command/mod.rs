@@ -234,7 +234,19 @@ pub(crate) fn execute(ctx: &mut Ctx<'_>, args: Args<'_>) {
     }
     if let Some(multi) = &mut ctx.client.multi {
         if !spec.has(TX_CONTROL) {
-            multi.queued.push(Queued::copy(args));
+            // Queued commands are copies held until EXEC: memory as much as
+            // queued replies, so they share max_output's bound.
+            let queued = Queued::copy(args);
+            if multi.bytes + queued.size() > ctx.server.max_output {
+                multi.failed = true;
+                ctx.out.error(&format!(
+                    "ERR MULTI queue larger than the store's max_output of {} bytes; the transaction will be discarded",
+                    ctx.server.max_output
+                ));
+                return;
+            }
+            multi.bytes += queued.size();
+            multi.queued.push(queued);
             ctx.out.simple("QUEUED");
             return;
         }

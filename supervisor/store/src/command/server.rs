@@ -35,17 +35,20 @@ pub(super) fn info(ctx: &mut Ctx<'_>, args: Args<'_>) {
     if wants("clients") {
         let _ = write!(
             text,
-            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nunauthenticated_clients:{}\r\nmax_unauthenticated_clients:{}\r\n\r\n",
             server.clients.load(Ordering::Relaxed),
-            server.max_clients,
+            server.seats.max_clients,
+            server.seats.anonymous(),
+            server.seats.max_anonymous,
         );
     }
     if wants("memory") {
         let used = ctx.ks.memory();
         let _ = write!(
             text,
-            "# Memory\r\nused_memory:{used}\r\nused_memory_human:{:.2}M\r\nmaxmemory:{}\r\nmaxmemory_policy:noeviction\r\n\r\n",
+            "# Memory\r\nused_memory:{used}\r\nused_memory_human:{:.2}M\r\nmem_clients_normal:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:noeviction\r\n\r\n",
             used as f64 / (1024.0 * 1024.0),
+            server.output.load(Ordering::Relaxed),
             server.max_memory.unwrap_or(0),
         );
     }
@@ -173,7 +176,7 @@ pub(super) fn config(ctx: &mut Ctx<'_>, args: Args<'_>) {
             ("appendfsync", persist.to_owned()),
             ("maxmemory", server.max_memory.unwrap_or(0).to_string()),
             ("maxmemory-policy", "noeviction".to_owned()),
-            ("maxclients", server.max_clients.to_string()),
+            ("maxclients", server.seats.max_clients.to_string()),
             ("notify-keyspace-events", "xE".to_owned()),
             ("databases", "1".to_owned()),
         ];

@@ -128,11 +128,11 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     let mut pid_slots = Vec::new();
     if !spec.listen_fds.is_empty() {
         pid_slots.push(c_env.len());
-        c_env.push(pid_slot(b"LISTEN_PID="));
+        c_env.push(pid_slot(appvisor_contract::env::LISTEN_PID));
     }
     if spec.watchdog {
         pid_slots.push(c_env.len());
-        c_env.push(pid_slot(b"WATCHDOG_PID="));
+        c_env.push(pid_slot(appvisor_contract::env::WATCHDOG_PID));
     }
     let c_cwd = cstring(spec.cwd.as_os_str().as_bytes())?;
     let mut argv_ptrs: Vec<*const libc::c_char> = c_argv.iter().map(|a| a.as_ptr()).collect();
@@ -346,10 +346,13 @@ fn write_decimal(out: &mut [u8], mut n: u64) {
     out[len] = 0;
 }
 
-fn pid_slot(prefix: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(prefix.len() + PID_WIDTH + 1);
-    v.extend_from_slice(prefix);
-    v.resize(prefix.len() + PID_WIDTH + 1, 0);
+/// `NAME=` followed by room for the pid's digits and the terminating NUL.
+fn pid_slot(name: &str) -> Vec<u8> {
+    let prefix = name.len() + 1;
+    let mut v = Vec::with_capacity(prefix + PID_WIDTH + 1);
+    v.extend_from_slice(name.as_bytes());
+    v.push(b'=');
+    v.resize(prefix + PID_WIDTH + 1, 0);
     v
 }
 
@@ -407,7 +410,7 @@ mod tests {
 
     #[test]
     fn decimal_slot_holds_any_pid() {
-        let mut slot = pid_slot(b"LISTEN_PID=");
+        let mut slot = pid_slot("LISTEN_PID");
         let eq = 11;
         write_decimal(&mut slot[eq..], 4_194_304);
         let s = std::ffi::CStr::from_bytes_until_nul(&slot).unwrap();

@@ -107,7 +107,10 @@ impl ProcessTable for OsProcessTable {
             )
         })?;
         let mut env = request.env;
-        env.push(("NOTIFY_SOCKET".into(), notify.env_value.clone()));
+        env.push((
+            appvisor_contract::env::NOTIFY_SOCKET.into(),
+            notify.env_value.clone(),
+        ));
         let spec = SpawnSpec {
             argv: request.argv,
             cwd: request.cwd,

@@ -2,6 +2,7 @@
 
 use super::process::StderrTail;
 use super::*;
+use appvisor_contract::env;
 
 /// How a new worker enters its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,46 +132,38 @@ impl Pool {
         let notify_name = format!("{}.{}.{}", self.app.name, slot, self.spawn_seq);
         let watchdog = self.app.health.watchdog;
         let mut env: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| {
-                !matches!(
-                    k.as_str(),
-                    "LISTEN_FDS"
-                        | "LISTEN_PID"
-                        | "LISTEN_FDNAMES"
-                        | "NOTIFY_SOCKET"
-                        | "WATCHDOG_USEC"
-                        | "WATCHDOG_PID"
-                )
-            })
+            // The supervisor's own systemd variables describe its sockets, not the
+            // worker's: never inherited.
+            .filter(|(k, _)| !env::SYSTEMD.contains(&k.as_str()))
             .collect();
         env.extend(self.app.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(self.extra_env.iter().cloned());
         env.push((
-            "APPVISOR_SESSION_MODE".into(),
+            env::APPVISOR_SESSION_MODE.into(),
             self.app.sessions.mode.as_str().into(),
         ));
         env.push((
-            "APPVISOR_SESSION_TIMEOUT_MS".into(),
+            env::APPVISOR_SESSION_TIMEOUT_MS.into(),
             self.app.sessions.timeout.as_millis().to_string(),
         ));
         if !self.sockets.is_empty() {
-            env.push(("LISTEN_FDS".into(), self.sockets.len().to_string()));
+            env.push((env::LISTEN_FDS.into(), self.sockets.len().to_string()));
             let names: Vec<&str> = self
                 .sockets
                 .iter()
                 .map(|s| s.listen.name.as_str())
                 .collect();
-            env.push(("LISTEN_FDNAMES".into(), names.join(":")));
+            env.push((env::LISTEN_FDNAMES.into(), names.join(":")));
         }
         // Workers still alive (the ones this one replaces, or still draining): a
         // `handoff` worker waits for their sessions before loading from the store.
         let predecessors: Vec<String> = self.workers.keys().map(|p| p.to_string()).collect();
-        env.push(("APPVISOR_PREDECESSORS".into(), predecessors.join(",")));
-        env.push(("APPVISOR_APP".into(), self.app.name.clone()));
-        env.push(("APPVISOR_GENERATION".into(), generation.to_string()));
-        env.push(("APPVISOR_WORKER".into(), slot.to_string()));
+        env.push((env::APPVISOR_PREDECESSORS.into(), predecessors.join(",")));
+        env.push((env::APPVISOR_APP.into(), self.app.name.clone()));
+        env.push((env::APPVISOR_GENERATION.into(), generation.to_string()));
+        env.push((env::APPVISOR_WORKER.into(), slot.to_string()));
         if let Some(w) = watchdog {
-            env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
+            env.push((env::WATCHDOG_USEC.into(), w.as_micros().to_string()));
         }
         let fds: Vec<i32> = self.sockets.iter().map(|s| s.raw_fd()).collect();
         let spawned = self.table.spawn(SpawnRequest {

@@ -6,19 +6,20 @@ use std::fmt;
 use std::time::Duration;
 
 use super::error::SessionError;
+use appvisor_contract as contract;
 
 /// The variable appvisor fills from `[app.sessions] mode`.
-pub const MODE_VAR: &str = "APPVISOR_SESSION_MODE";
+pub const MODE_VAR: &str = contract::env::APPVISOR_SESSION_MODE;
 /// The variable appvisor fills from `[app.sessions] timeout`, in milliseconds.
-pub const TIMEOUT_VAR: &str = "APPVISOR_SESSION_TIMEOUT_MS";
+pub const TIMEOUT_VAR: &str = contract::env::APPVISOR_SESSION_TIMEOUT_MS;
 /// The Redis URL (with this app's credentials) of the session store.
-pub const STORE_URL_VAR: &str = "APPVISOR_STORE_URL";
+pub const STORE_URL_VAR: &str = contract::env::APPVISOR_STORE_URL;
 /// The app's name; used in the key prefix so apps can share one real Redis.
-pub const APP_VAR: &str = "APPVISOR_APP";
+pub const APP_VAR: &str = contract::env::APPVISOR_APP;
 /// The pids of the app's workers still alive when this one was spawned (the
 /// ones it replaces), comma-separated; a `handoff` worker waits for their
 /// sessions before reading the store.
-pub const PREDECESSORS_VAR: &str = "APPVISOR_PREDECESSORS";
+pub const PREDECESSORS_VAR: &str = contract::env::APPVISOR_PREDECESSORS;
 
 /// How long a `handoff` worker's store reads wait at most for its
 /// predecessors to hand off (see [`SessionsConfig::predecessor_wait`]).

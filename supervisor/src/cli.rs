@@ -288,9 +288,34 @@ fn events(
     };
     match std::fs::read_to_string(&file) {
         Ok(text) => {
-            let all: Vec<&str> = text
-                .lines()
-                .filter(|l| serde_json::from_str::<Event>(l).is_ok_and(|e| keep(&e)))
+            let read = crate::events::read_lines(&text);
+            if !read.bad_lines.is_empty() {
+                let n = read.bad_lines.len();
+                let mut numbers: Vec<String> = read
+                    .bad_lines
+                    .iter()
+                    .take(10)
+                    .map(|l| l.to_string())
+                    .collect();
+                if n > 10 {
+                    numbers.push("…".into());
+                }
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "appvisor: warning: {n} line{} of {} {} not an event and {} skipped (line{} {})",
+                    if n == 1 { "" } else { "s" },
+                    file.display(),
+                    if n == 1 { "is" } else { "are" },
+                    if n == 1 { "is" } else { "are" },
+                    if n == 1 { "" } else { "s" },
+                    numbers.join(", ")
+                );
+            }
+            let all: Vec<&str> = read
+                .events
+                .iter()
+                .filter(|(_, e)| keep(e))
+                .map(|(l, _)| *l)
                 .collect();
             for line in &all[all.len().saturating_sub(lines)..] {
                 show(line)?;

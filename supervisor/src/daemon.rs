@@ -78,22 +78,20 @@ pub fn bind_sockets(config: &Config) -> anyhow::Result<BTreeMap<String, Vec<Boun
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = appvisor_config::load(config_path)?;
     let paths = StatePaths::new(&config);
-    if !paths.dir.exists() {
-        // Logs, events and the store may hold private data: owner only.
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&paths.dir)
-            .with_context(|| {
-                format!("cannot create the state directory {}", paths.dir.display())
-            })?;
+    // Before anything else touches the state dir: make it safe and lock it, so a
+    // second supervisor on the same dir refuses here, having harmed nothing.
+    let trusted = config.path.parent().unwrap_or(Path::new("/"));
+    let mode_warning = crate::state_dir::prepare(&paths.dir, trusted)?;
+    let _state_lock = crate::state_dir::lock(&paths.dir)?;
+    if let Some(w) = mode_warning {
+        tracing::warn!("{w}");
     }
-    for dir in [&paths.dir, &paths.logs(), &paths.run()] {
+    for dir in [&paths.logs(), &paths.run()] {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
     }
     let control_path = paths.control();
+    // A supervisor of a version without the lock may still hold the dir.
     if std::os::unix::net::UnixStream::connect(&control_path).is_ok() {
         bail!(
             "a supervisor is already running for {} (its control socket {} answers); use `appvisor status`, or `appvisor stop`/`recycle` an app",

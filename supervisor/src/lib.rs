@@ -43,4 +43,5 @@ pub mod sd_notify;
 pub mod signal;
 pub mod sockets;
 pub mod spawn;
+pub mod state_dir;
 pub mod trigger;

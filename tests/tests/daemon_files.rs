@@ -1,0 +1,293 @@
+//! Issue 12 (hardening), the daemon's own files: the state dir's lock, its modes,
+//! the event log under failure, and the CLI when the config is broken — each
+//! provoked for real with the real binary.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use appvisor_e2e::*;
+
+fn demo_app(name: &str, port: u16) -> String {
+    format!(
+        r#"
+[[app]]
+name = "{name}"
+command = ["{demo}"]
+listen = ["tcp://127.0.0.1:{port}"]
+[app.watch]
+enabled = false
+"#,
+        demo = example_bin("demo").display()
+    )
+}
+
+/// `appvisor run`, which is expected to refuse: its exit status and stderr. One that
+/// starts after all is killed after 20 s (and the test fails on its status).
+fn run_refused(sb: &Sandbox) -> (std::process::ExitStatus, String) {
+    let err_path = sb.path("refused.err");
+    let mut child = Command::new(appvisor_bin())
+        .arg("run")
+        .current_dir(&sb.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status, std::fs::read_to_string(err_path).unwrap())
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Fault "a second supervisor": two `appvisor run` on one state dir started at the
+/// same instant. Exactly one runs; the other refuses at once naming its pid, and
+/// the survivor's control socket, notify sockets and workers are unharmed.
+#[test]
+fn two_supervisors_started_at_once_one_refuses_naming_the_other() {
+    let sb = Sandbox::new("twosv");
+    let port = free_port();
+    sb.config(&demo_app("web", port));
+    let spawn = |n: u32| {
+        Command::new(appvisor_bin())
+            .arg("run")
+            .current_dir(&sb.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(sb.path(&format!("sv{n}.err"))).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = spawn(1);
+    let mut b = spawn(2);
+    // The loser exits on its own, quickly.
+    let (loser, winner, loser_err) = wait_until(Duration::from_secs(20), "one to refuse", || {
+        if let Some(st) = a.try_wait().unwrap() {
+            return Some((st, 2, "sv1.err"));
+        }
+        b.try_wait().unwrap().map(|st| (st, 1, "sv2.err"))
+    });
+    let (mut winner_child, mut other) = if winner == 1 { (a, b) } else { (b, a) };
+    assert!(!loser.success(), "the second supervisor must refuse");
+    let err = std::fs::read_to_string(sb.path(loser_err)).unwrap();
+    let winner_pid = winner_child.id();
+    assert!(
+        err.contains("another supervisor") && err.contains(&format!("pid {winner_pid}")),
+        "the refusal names the running supervisor's pid {winner_pid}: {err}"
+    );
+    assert!(
+        winner_child.try_wait().unwrap().is_none(),
+        "the first supervisor keeps running"
+    );
+    let _ = other.try_wait();
+
+    // The survivor is whole: its control socket answers, its worker gets READY
+    // through its own notify socket and serves.
+    let out = sb.cli(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["pid"].as_u64(), Some(winner_pid as u64));
+    wait_until(Duration::from_secs(30), "web ready", || {
+        let out = sb.cli(&["status", "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (s["apps"][0]["state"] == "running" && s["apps"][0]["workers"][0]["state"] == "ready")
+            .then_some(())
+    });
+    let out = sb.cli(&["recycle", "web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(http_get(port, "/").unwrap().0, 200);
+    assert_eq!(
+        std::fs::read_to_string(sb.path(".appvisor/lock"))
+            .unwrap()
+            .trim(),
+        winner_pid.to_string()
+    );
+
+    // SAFETY: kill with a pid we own.
+    unsafe { libc::kill(winner_pid as i32, libc::SIGTERM) };
+    let st = wait_until(Duration::from_secs(30), "the supervisor to stop", || {
+        winner_child.try_wait().unwrap()
+    });
+    assert!(st.success());
+}
+
+/// Defect 10: a state dir others can write is fixed to 0700, with a warning.
+#[test]
+fn an_open_state_dir_is_tightened_with_a_warning() {
+    let sb = Sandbox::new("opendir");
+    sb.config(&demo_app("web", free_port()));
+    let state = sb.path(".appvisor");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sv = sb.start();
+    assert_eq!(mode(&state), 0o700);
+    let err = sv.stderr();
+    assert!(
+        err.contains("had mode 777") && err.contains("set it to 700"),
+        "{err}"
+    );
+    assert!(sv.stop().success());
+}
+
+/// Defect 10: a symlinked `events.jsonl` is not followed: its target is untouched
+/// and the supervisor refuses with a clear error.
+#[test]
+fn a_symlinked_event_log_is_not_followed() {
+    let sb = Sandbox::new("evlink");
+    sb.config(&demo_app("web", free_port()));
+    let state = sb.path(".appvisor");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let target = sb.write("victim.txt", "precious\n");
+    std::os::unix::fs::symlink(&target, state.join("events.jsonl")).unwrap();
+    let (status, err) = run_refused(&sb);
+    assert!(!status.success(), "started through a symlink: {err}");
+    assert!(
+        err.contains("events.jsonl") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+}
+
+/// Defect 13, the reader: `appvisor events` reports the lines it cannot parse (how
+/// many, which) instead of skipping them silently, and still shows the others.
+#[test]
+fn events_reports_torn_lines_by_number() {
+    let sb = Sandbox::new("torn");
+    sb.config(&demo_app("web", free_port()));
+    let good = r#"{"time":"2026-01-02T03:04:05.678Z","app":"web","kind":"started"}"#;
+    let torn = r#"{"time":"2026-01-02T03:04:05.700Z","app":"web","ki"#;
+    sb.write(
+        ".appvisor/events.jsonl",
+        &format!("{good}\n{torn}{good}\n{good}\n"),
+    );
+    let out = sb.cli(&["events", "--json"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stderr.contains("1 line of") && stderr.contains("(line 2)"),
+        "{stderr}"
+    );
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` at `dir`; `None` (with the reason printed) where
+    /// mounting is impossible — a failure when the environment variable `CI` is set.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output();
+        let why = match out {
+            Ok(o) if o.status.success() => return Some(Tmpfs(dir.to_path_buf())),
+            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+            Err(e) => e.to_string(),
+        };
+        let msg = format!("cannot mount a tmpfs (root and CAP_SYS_ADMIN are needed): {why}");
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("skipped: {msg}");
+        None
+    }
+
+    /// Fills the file system; returns the filler file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write(&chunk).map(|n| n > 0).unwrap_or(false) {}
+        // Then byte by byte, until not even one fits in a page.
+        while f.write(&[0u8]).map(|n| n > 0).unwrap_or(false) {}
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Defect 13, the writer: on a full disk an event is written whole or not at all
+/// (no torn line for the next one to be glued to), the error is logged once, not
+/// once per event, and writing recovers by itself when space returns.
+#[test]
+fn a_full_disk_tears_no_event_line_and_writing_recovers() {
+    let sb = Sandbox::new("evfull");
+    let valid = demo_app("web", free_port());
+    sb.config(&valid);
+    let Some(fs) = Tmpfs::mount(&sb.path(".appvisor"), "512k") else {
+        return;
+    };
+    let sv = sb.start();
+    sv.wait_running("web", 1);
+    let filler = fs.fill();
+    // Each rejected reload is one event with a long detail: enough of them to use
+    // up the slack left in the event log's last page, and to fail many times.
+    sb.config(&format!("{valid}\nbogus_key = 1\n"));
+    for _ in 0..40 {
+        let _ = sv.cli(&["reload"]);
+    }
+    let read = |sv: &Supervisor| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(sv.dir.join(".appvisor/events.jsonl")).unwrap();
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("line {} is torn ({e}): {l:?}", i + 1))
+            })
+            .collect()
+    };
+    let during = read(&sv);
+    let errors = sv
+        .stderr()
+        .matches("Cannot append to the event log")
+        .count();
+    assert_eq!(errors, 1, "one error, not one per event:\n{}", sv.stderr());
+
+    std::fs::remove_file(filler).unwrap();
+    let _ = sv.cli(&["reload"]);
+    wait_until(Duration::from_secs(10), "an event written again", || {
+        (read(&sv).len() > during.len()).then_some(())
+    });
+    assert!(
+        sv.stderr().contains("is written again"),
+        "recovery is reported: {}",
+        sv.stderr()
+    );
+    sb.config(&valid);
+    assert!(sv.stop().success());
+    drop(fs);
+}

@@ -94,21 +94,29 @@ fn config_path(cli_config: &Option<PathBuf>, positional: &Option<PathBuf>) -> Pa
         .unwrap_or_else(|| PathBuf::from("appvisor.toml"))
 }
 
-/// The state dir, from the config file; if the file no longer parses (someone is
-/// editing it), the default beside it, so `status` still reaches the supervisor.
+/// The state dir, from the config file. A file that fails validation (someone is
+/// editing it) still names its state dir — read leniently — so `status`, `stop`,
+/// `events` keep reaching the running supervisor; the CLI says the file is invalid.
 fn state_dir(config: &Path) -> anyhow::Result<PathBuf> {
     match appvisor_config::load(config) {
         Ok(c) => Ok(c.supervisor.state_dir),
         Err(e) => {
-            if !config.exists() {
+            let Ok(text) = std::fs::read_to_string(config) else {
                 anyhow::bail!("{e}");
-            }
+            };
+            let dir = appvisor_config::state_dir_lenient(&text, config);
+            let running = match crate::state_dir::holder_pid(&dir) {
+                Some(pid) => format!(
+                    "the supervisor running on {} (pid {pid}) keeps the config it last loaded",
+                    dir.display()
+                ),
+                None => format!("using the state dir {}", dir.display()),
+            };
             let _ = writeln!(
                 std::io::stderr(),
-                "appvisor: warning: {e}\nappvisor: trying the default state dir beside it"
+                "appvisor: warning: the config file is invalid; {running}. Fix the file (`appvisor check` shows every problem):\n{e}"
             );
-            let abs = std::path::absolute(config)?;
-            Ok(abs.parent().unwrap_or(Path::new("/")).join(".appvisor"))
+            Ok(dir)
         }
     }
 }

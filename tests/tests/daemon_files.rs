@@ -94,7 +94,11 @@ fn two_supervisors_started_at_once_one_refuses_naming_the_other() {
     let _ = other.try_wait();
 
     // The survivor is whole: its control socket answers, its worker gets READY
-    // through its own notify socket and serves.
+    // through its own notify socket and serves. (The loser may refuse before the
+    // winner has bound its control socket.)
+    wait_until(Duration::from_secs(20), "the control socket", || {
+        std::os::unix::net::UnixStream::connect(sb.path(".appvisor/control.sock")).ok()
+    });
     let out = sb.cli(&["status", "--json"]);
     assert!(
         out.status.success(),
@@ -140,6 +144,7 @@ fn an_open_state_dir_is_tightened_with_a_warning() {
     std::fs::create_dir(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
     let sv = sb.start();
+    sv.wait_running("web", 1);
     assert_eq!(mode(&state), 0o700);
     let err = sv.stderr();
     assert!(
@@ -271,6 +276,11 @@ fn a_full_disk_tears_no_event_line_and_writing_recovers() {
             .collect()
     };
     let during = read(&sv);
+    wait_until(Duration::from_secs(10), "the error in the log", || {
+        sv.stderr()
+            .contains("Cannot append to the event log")
+            .then_some(())
+    });
     let errors = sv
         .stderr()
         .matches("Cannot append to the event log")
@@ -282,12 +292,92 @@ fn a_full_disk_tears_no_event_line_and_writing_recovers() {
     wait_until(Duration::from_secs(10), "an event written again", || {
         (read(&sv).len() > during.len()).then_some(())
     });
-    assert!(
-        sv.stderr().contains("is written again"),
-        "recovery is reported: {}",
-        sv.stderr()
-    );
+    // The supervisor's log goes through a queue: wait for the line.
+    wait_until(Duration::from_secs(10), "the recovery in the log", || {
+        sv.stderr().contains("is written again").then_some(())
+    });
     sb.config(&valid);
     assert!(sv.stop().success());
     drop(fs);
+}
+
+/// `appvisor run` in `sb` whose state dir is `state` (relative to the sandbox):
+/// returns once its control socket answers. Killed (SIGTERM, then SIGKILL) on drop.
+struct Running(std::process::Child);
+
+impl Running {
+    fn start(sb: &Sandbox, state: &str) -> Running {
+        let child = Command::new(appvisor_bin())
+            .arg("run")
+            .current_dir(&sb.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(sb.path("supervisor.err")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut r = Running(child);
+        let sock = sb.path(state).join("control.sock");
+        wait_until(Duration::from_secs(20), "the control socket", || {
+            if let Some(st) = r.0.try_wait().unwrap() {
+                panic!(
+                    "appvisor run exited ({st}): {}",
+                    std::fs::read_to_string(sb.path("supervisor.err")).unwrap_or_default()
+                );
+            }
+            std::os::unix::net::UnixStream::connect(&sock).ok()
+        });
+        r
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: kill with a pid we own.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Defect 11: the config of a running supervisor broken (a custom state dir, then
+/// an unknown key, then a syntax error): `status` still reaches it and warns that
+/// the config is invalid.
+#[test]
+fn status_works_while_the_config_is_invalid() {
+    let sb = Sandbox::new("badcfg");
+    let valid = format!(
+        "[supervisor]\nstate_dir = \"state\"\n{}",
+        demo_app("web", free_port())
+    );
+    sb.config(&valid);
+    let sv = Running::start(&sb, "state");
+    for broken in [
+        format!("{valid}\nprocesess = 2\n"),
+        format!("{valid}\n[[app]]\nname = \"x\ncommand = [\n"),
+    ] {
+        sb.config(&broken);
+        let out = sb.cli(&["status", "--json"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "status failed: {stderr}");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["pid"].as_u64(), Some(sv.pid() as u64));
+        assert!(
+            stderr.contains("the config file is invalid")
+                && stderr.contains(&format!("pid {}", sv.pid()))
+                && stderr.contains("appvisor.toml:"),
+            "{stderr}"
+        );
+    }
+    sb.config(&valid);
 }

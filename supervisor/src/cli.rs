@@ -161,6 +161,8 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Check { config } => {
             let path = config_path(&cli.config, &config);
             let config = appvisor_config::load(&path)?;
+            // Every check `run` makes before it starts anything.
+            crate::daemon::preflight(&config)?;
             // Ports in use are a config problem too; binding is the only honest
             // test — unless this config's own supervisor holds them right now.
             let running = std::os::unix::net::UnixStream::connect(

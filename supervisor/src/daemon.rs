@@ -75,8 +75,64 @@ pub fn bind_sockets(config: &Config) -> anyhow::Result<BTreeMap<String, Vec<Boun
     Ok(out)
 }
 
+/// Longest path a `sockaddr_un` holds, minus the terminating NUL.
+const SUN_PATH_MAX: usize = 107;
+
+/// Every check `appvisor run` makes before it starts anything, except binding the
+/// listen addresses (which `run` does for real and `check` tries and releases):
+/// shared by both, so `check` never passes a config that `run` refuses.
+pub fn preflight(config: &Config) -> anyhow::Result<()> {
+    let file = config.path.display();
+    let paths = StatePaths::new(config);
+    let mut sockets = vec![paths.control()];
+    if matches!(
+        config.store.backend,
+        appvisor_config::StoreBackend::Embedded(_)
+    ) {
+        sockets.push(paths.dir.join("store.sock"));
+    }
+    for s in sockets {
+        let len = s.as_os_str().len();
+        if len > SUN_PATH_MAX {
+            bail!(
+                "{file}: [supervisor] state_dir: {} is too long for the unix sockets the supervisor makes in it ({} would be {len} bytes; the limit is {SUN_PATH_MAX}); choose a shorter `state_dir`",
+                paths.dir.display(),
+                s.display()
+            );
+        }
+    }
+    let trusted = config.path.parent().unwrap_or(Path::new("/"));
+    crate::state_dir::check_parents(&paths.dir, trusted)
+        .with_context(|| format!("{file}: [supervisor] state_dir"))?;
+    if paths.dir.exists() && !paths.dir.is_dir() {
+        bail!(
+            "{file}: [supervisor] state_dir: {} is not a directory; remove it or choose another `state_dir`",
+            paths.dir.display()
+        );
+    }
+    for app in &config.apps {
+        for l in &app.listen {
+            let appvisor_config::ListenAddress::Unix(path) = &l.address else {
+                continue;
+            };
+            let Some(dir) = path.parent() else { continue };
+            if !dir.is_dir() {
+                bail!(
+                    "{file}: app {:?}: listen \"{}\": the directory {} does not exist; create it (mkdir -p {}) or choose another path in `listen`",
+                    app.name,
+                    l.address,
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = appvisor_config::load(config_path)?;
+    preflight(&config)?;
     let paths = StatePaths::new(&config);
     // Before anything else touches the state dir: make it safe and lock it, so a
     // second supervisor on the same dir refuses here, having harmed nothing.

@@ -168,6 +168,7 @@ pub fn prepare(dir: &Path, trusted: &Path) -> Result<Option<String>, StateDirErr
             source,
         })
     };
+    check_parents(dir, trusted)?;
     if !dir.exists() {
         // Logs, events and the store may hold private data: owner only.
         std::fs::DirBuilder::new()
@@ -178,23 +179,6 @@ pub fn prepare(dir: &Path, trusted: &Path) -> Result<Option<String>, StateDirErr
                 path: dir.to_path_buf(),
                 source,
             })?;
-    }
-    // Parents first: a group- or world-writable parent (without the sticky bit, as
-    // /tmp has) lets anyone rename the state dir away and plant another.
-    for parent in dir.ancestors().skip(1) {
-        if parent.as_os_str().is_empty() || trusted.starts_with(parent) {
-            break;
-        }
-        let m = stat(parent)?;
-        let mode = m.permissions().mode() & 0o7777;
-        // World-writable only: group-writable project directories are common and
-        // their group is trusted by whoever set them up.
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            return Err(StateDirError::WritableByOthers {
-                path: parent.to_path_buf(),
-                mode,
-            });
-        }
     }
     let m = stat(dir)?;
     if !m.is_dir() {
@@ -223,6 +207,37 @@ pub fn prepare(dir: &Path, trusted: &Path) -> Result<Option<String>, StateDirErr
         "the state dir {} had mode {mode:o} (others could read or change the supervisor's files); set it to 700",
         dir.display()
     )))
+}
+
+/// Refuses a state dir whose parents (up to `trusted`, exclusive) are writable by
+/// others without the sticky bit: anyone could rename the state dir away and plant
+/// another. Parents that do not exist yet are skipped (they will be made 0700).
+pub fn check_parents(dir: &Path, trusted: &Path) -> Result<(), StateDirError> {
+    for parent in dir.ancestors().skip(1) {
+        if parent.as_os_str().is_empty() || trusted.starts_with(parent) {
+            break;
+        }
+        let m = match std::fs::symlink_metadata(parent) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(StateDirError::Stat {
+                    path: parent.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let mode = m.permissions().mode() & 0o7777;
+        // World-writable only: group-writable project directories are common and
+        // their group is trusted by whoever set them up.
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(StateDirError::WritableByOthers {
+                path: parent.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Opens a state file for appending, creating it owner-only, never through a

@@ -133,6 +133,7 @@ pub fn preflight(config: &Config) -> anyhow::Result<()> {
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = appvisor_config::load(config_path)?;
     preflight(&config)?;
+    crate::fd_limit::raise();
     let paths = StatePaths::new(&config);
     // Before anything else touches the state dir: make it safe and lock it, so a
     // second supervisor on the same dir refuses here, having harmed nothing.

@@ -31,6 +31,7 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod events;
+pub mod fd_limit;
 pub mod guard;
 pub mod logging;
 pub mod output;

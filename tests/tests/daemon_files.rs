@@ -307,8 +307,15 @@ struct Running(std::process::Child);
 
 impl Running {
     fn start(sb: &Sandbox, state: &str) -> Running {
-        let child = Command::new(appvisor_bin())
-            .arg("run")
+        let mut cmd = Command::new(appvisor_bin());
+        cmd.arg("run");
+        Running::start_with(sb, state, cmd)
+    }
+
+    /// Like [`Running::start`] with a command of one's own (a wrapper such as
+    /// `prlimit` that execs `appvisor run`, so its pid is the supervisor's).
+    fn start_with(sb: &Sandbox, state: &str, mut cmd: Command) -> Running {
+        let child = cmd
             .current_dir(&sb.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -380,4 +387,42 @@ fn status_works_while_the_config_is_invalid() {
         );
     }
     sb.config(&valid);
+}
+
+/// The soft and hard "Max open files" of a process.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut n = line["Max open files".len()..]
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().unwrap());
+    (n.next().unwrap(), n.next().unwrap())
+}
+
+/// Defect 4 (supervisor part): started with a soft open-file limit of 256 under a
+/// hard one of 4096, the supervisor raises its soft limit to 4096 (logged at
+/// debug); its workers keep the 256 they would have had.
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let sb = Sandbox::new("nofile");
+    sb.config(&demo_app("web", free_port()));
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=256:4096")
+        .arg(appvisor_bin())
+        .arg("run")
+        .env("RUST_LOG", "appvisor=debug");
+    let sv = Running::start_with(&sb, ".appvisor", cmd);
+    assert_eq!(nofile_of(sv.pid()), (4096, 4096));
+    let worker = wait_until(Duration::from_secs(30), "the worker", || {
+        let out = sb.cli(&["status", "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (s["apps"][0]["workers"][0]["state"] == "ready")
+            .then(|| s["apps"][0]["workers"][0]["pid"].as_u64().unwrap() as u32)
+    });
+    assert_eq!(nofile_of(worker), (256, 4096));
+    let err = std::fs::read_to_string(sb.path("supervisor.err")).unwrap();
+    assert!(err.contains("raised from 256 to 4096"), "{err}");
 }

@@ -426,3 +426,104 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
     let err = std::fs::read_to_string(sb.path("supervisor.err")).unwrap();
     assert!(err.contains("raised from 256 to 4096"), "{err}");
 }
+
+/// Control socket and per-worker notify sockets are 0600; a request line longer
+/// than the limit gets an error reply and the connection is closed, and the
+/// supervisor serves the next client as before.
+#[test]
+fn sockets_are_owner_only_and_a_huge_control_line_is_refused() {
+    use std::io::{BufRead, Write};
+    let sb = Sandbox::new("ctlsock");
+    sb.config(&demo_app("web", free_port()));
+    let sv = sb.start();
+    sv.wait_running("web", 1);
+    let control = sb.path(".appvisor/control.sock");
+    assert_eq!(mode(&control), 0o600);
+    let notify: Vec<_> = std::fs::read_dir(sb.path(".appvisor/run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .collect();
+    assert!(!notify.is_empty(), "no notify socket in the run dir");
+    for p in &notify {
+        assert_eq!(mode(p), 0o600, "{}", p.display());
+    }
+
+    let stream = std::os::unix::net::UnixStream::connect(&control).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    // The server may hang up before all of it is written: errors are expected.
+    let flood = std::thread::spawn(move || {
+        let chunk = vec![b'a'; 16 * 1024];
+        for _ in 0..16 {
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let mut reader = std::io::BufReader::new(stream);
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    assert!(
+        reply.contains("\"ok\":false") && reply.contains("longer than 65536 bytes"),
+        "{reply}"
+    );
+    let mut rest = String::new();
+    assert_eq!(
+        reader.read_line(&mut rest).unwrap(),
+        0,
+        "closed after: {rest}"
+    );
+    flood.join().unwrap();
+    assert_eq!(sv.status()["apps"][0]["name"], "web");
+}
+
+/// Only the supervisor's user or root may use the control socket (`SO_PEERCRED`),
+/// even when someone loosens the modes of the state dir and the socket.
+#[test]
+fn another_user_is_refused_by_the_control_socket() {
+    if nix_euid() != 0 {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let sb = Sandbox::new("peercred");
+    sb.config(&demo_app("web", free_port()));
+    let sv = sb.start();
+    sv.wait_running("web", 1);
+    std::fs::set_permissions(&sb.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(sb.path(".appvisor"), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(
+        sb.path(".appvisor/control.sock"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(appvisor_bin())
+        .args(["status", "--json"])
+        .current_dir(&sb.dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "another user was served: {stderr}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("uid 65534") && stderr.contains("refused"),
+        "{stderr}"
+    );
+    wait_until(Duration::from_secs(10), "the refusal in the log", || {
+        sv.stderr().contains("was refused").then_some(())
+    });
+    assert_eq!(sv.status()["apps"][0]["name"], "web");
+}
+
+fn nix_euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}

@@ -131,6 +131,15 @@ impl EventLog {
         })
     }
 
+    /// Opens the file at [`EventLog::path`] again (created if missing): after the
+    /// state dir was deleted, writes would otherwise go to the unlinked old file.
+    pub fn reopen(&self) -> io::Result<()> {
+        let file = crate::state_dir::open_append(&self.path)?;
+        let mut inner = self.inner.lock().unwrap();
+        inner.file = file;
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -227,7 +236,12 @@ pub fn read_lines(text: &str) -> ReadEvents<'_> {
 fn is_trouble(kind: &str) -> bool {
     matches!(
         kind,
-        "startup_failed" | "crashed" | "killed" | "rapid_fail_stopped" | "config_rejected"
+        "startup_failed"
+            | "crashed"
+            | "killed"
+            | "rapid_fail_stopped"
+            | "config_rejected"
+            | "state_dir_recreated"
     )
 }
 

@@ -527,3 +527,48 @@ fn nix_euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
 }
+
+/// Fault "the state dir deleted" (defect 7): within seconds it is made again with
+/// its mode, lock, event log and control socket; a warning event says so; the
+/// supervisor keeps supervising (a recycle works, its new worker reports ready
+/// through a notify socket in the new run dir).
+#[test]
+fn a_deleted_state_dir_is_made_again() {
+    let sb = Sandbox::new("rmstate");
+    let port = free_port();
+    sb.config(&demo_app("web", port));
+    let sv = sb.start();
+    sv.wait_running("web", 1);
+    let state = sb.path(".appvisor");
+    std::fs::remove_dir_all(&state).unwrap();
+    wait_until(Duration::from_secs(10), "the control socket again", || {
+        std::os::unix::net::UnixStream::connect(state.join("control.sock")).ok()
+    });
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("control.sock")), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(state.join("lock")).unwrap().trim(),
+        sv.pid().to_string()
+    );
+    let recreated = sv.wait_event("state_dir_recreated", Duration::from_secs(10), |e| {
+        e["kind"] == "state_dir_recreated"
+    });
+    assert!(
+        recreated["detail"]
+            .as_str()
+            .unwrap()
+            .contains("was deleted"),
+        "{recreated}"
+    );
+    let out = sv.ok(&["recycle", "web"]);
+    assert!(out.contains("recycled 1 worker"), "{out}");
+    sv.wait_running("web", 1);
+    assert_eq!(http_get(port, "/").unwrap().0, 200);
+    // A second supervisor is still refused: the new lock is held.
+    let (st, err) = run_refused(&sb);
+    assert!(
+        !st.success() && err.contains(&format!("pid {}", sv.pid())),
+        "{err}"
+    );
+    assert!(sv.stop().success());
+}

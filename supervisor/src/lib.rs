@@ -13,6 +13,9 @@
 //!   descendants) and the one `Pid` type.
 //! - [`events`] — `events.jsonl`; [`control`] — the control socket; [`logging`] —
 //!   the supervisor's own `tracing` log (text, JSON or journald lines on stderr).
+//! - [`state_dir`] — the state dir's lock (one supervisor per dir), its modes, and
+//!   opening its files without following symlinks; [`fd_limit`] — `RLIMIT_NOFILE`
+//!   and naming `EMFILE`.
 //! - [`reason`] — why a recycle happened; [`signal`] — sending signals (their
 //!   names and numbers are `appvisor_config::Signal`, the one table).
 //! - [`trigger`] — what decides a recycle: file watch, memory, clock, requests.

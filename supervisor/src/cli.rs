@@ -287,7 +287,8 @@ fn events(
     };
     // Subscribe first, so nothing falls between history and follow.
     let mut client = if follow {
-        let mut c = connect(config)?;
+        // Not `connect`: it would read the config (and warn about it) a second time.
+        let mut c = Client::connect(&dir.join("control.sock"), config)?;
         let r = c.call(&Request::Follow)?;
         if !r.ok {
             return finish(r);

@@ -87,6 +87,62 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     resolve::Resolver::new(path, text, dir).resolve(raw, absolute)
 }
 
+/// The state dir a config file names, found even when the file fails validation
+/// (an unknown key, a bad value elsewhere, even a syntax error elsewhere): the CLI
+/// needs only this to reach the running supervisor while someone edits the file.
+/// `[supervisor] state_dir` is read leniently — from the TOML if it parses, else
+/// from its line in the `[supervisor]` section — and resolved as [`load`] would;
+/// without one, the default `.appvisor` beside the file.
+pub fn state_dir_lenient(text: &str, path: &Path) -> PathBuf {
+    let absolute = absolute(path);
+    let dir = absolute
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let named = match toml::from_str::<toml::Table>(text) {
+        Ok(t) => t
+            .get("supervisor")
+            .and_then(|s| s.get("state_dir"))
+            .and_then(|d| d.as_str())
+            .map(str::to_owned),
+        Err(_) => state_dir_line(text),
+    };
+    match named {
+        Some(d) if !d.is_empty() && !d.starts_with('~') => {
+            resolve::absolute_from(&dir, Path::new(&d))
+        }
+        _ => dir.join(".appvisor"),
+    }
+}
+
+/// `state_dir = "…"` inside `[supervisor]`, from the lines of a file that is not
+/// valid TOML.
+fn state_dir_line(text: &str) -> Option<String> {
+    let mut in_supervisor = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_supervisor =
+                line.trim_start_matches('[').trim_end_matches(']').trim() == "supervisor";
+            continue;
+        }
+        if !in_supervisor {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() != "state_dir" {
+            continue;
+        }
+        let value = value.trim();
+        let quote = value.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+        let rest = &value[1..];
+        return rest.find(quote).map(|end| rest[..end].to_string());
+    }
+    None
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }

@@ -562,3 +562,26 @@ fn an_error_without_a_place_renders_as_its_one_line() {
     let err = appvisor_config::load(Path::new("/nonexistent/appvisor.toml")).unwrap_err();
     assert_eq!(err.annotated().to_string(), err.to_string());
 }
+
+/// Issue 12, defect 11: the CLI finds the state dir of a file that fails
+/// validation, even one with a syntax error elsewhere.
+#[test]
+fn the_state_dir_is_found_in_an_invalid_file() {
+    let path = std::path::Path::new("/srv/app/appvisor.toml");
+    let named = "[supervisor]\nstate_dir = \"run/av\"\n[[app]]\nname = \"web\"\nbogus = 1\n";
+    assert!(appvisor_config::parse(named, path).is_err());
+    assert_eq!(
+        appvisor_config::state_dir_lenient(named, path),
+        std::path::Path::new("/srv/app/run/av")
+    );
+    let broken =
+        "[[app]]\nname = \"web\ncommand = [\n[supervisor]\nstate_dir = '/var/lib/av' # x\n";
+    assert_eq!(
+        appvisor_config::state_dir_lenient(broken, path),
+        std::path::Path::new("/var/lib/av")
+    );
+    assert_eq!(
+        appvisor_config::state_dir_lenient("[[app]\n", path),
+        std::path::Path::new("/srv/app/.appvisor")
+    );
+}

@@ -94,21 +94,29 @@ fn config_path(cli_config: &Option<PathBuf>, positional: &Option<PathBuf>) -> Pa
         .unwrap_or_else(|| PathBuf::from("appvisor.toml"))
 }
 
-/// The state dir, from the config file; if the file no longer parses (someone is
-/// editing it), the default beside it, so `status` still reaches the supervisor.
+/// The state dir, from the config file. A file that fails validation (someone is
+/// editing it) still names its state dir — read leniently — so `status`, `stop`,
+/// `events` keep reaching the running supervisor; the CLI says the file is invalid.
 fn state_dir(config: &Path) -> anyhow::Result<PathBuf> {
     match appvisor_config::load(config) {
         Ok(c) => Ok(c.supervisor.state_dir),
         Err(e) => {
-            if !config.exists() {
+            let Ok(text) = std::fs::read_to_string(config) else {
                 anyhow::bail!("{e}");
-            }
+            };
+            let dir = appvisor_config::state_dir_lenient(&text, config);
+            let running = match crate::state_dir::holder_pid(&dir) {
+                Some(pid) => format!(
+                    "the supervisor running on {} (pid {pid}) keeps the config it last loaded",
+                    dir.display()
+                ),
+                None => format!("using the state dir {}", dir.display()),
+            };
             let _ = writeln!(
                 std::io::stderr(),
-                "appvisor: warning: {e}\nappvisor: trying the default state dir beside it"
+                "appvisor: warning: the config file is invalid; {running}. Fix the file (`appvisor check` shows every problem):\n{e}"
             );
-            let abs = std::path::absolute(config)?;
-            Ok(abs.parent().unwrap_or(Path::new("/")).join(".appvisor"))
+            Ok(dir)
         }
     }
 }
@@ -153,6 +161,8 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Check { config } => {
             let path = config_path(&cli.config, &config);
             let config = appvisor_config::load(&path)?;
+            // Every check `run` makes before it starts anything.
+            crate::daemon::preflight(&config)?;
             // Ports in use are a config problem too; binding is the only honest
             // test — unless this config's own supervisor holds them right now.
             let running = std::os::unix::net::UnixStream::connect(
@@ -277,7 +287,8 @@ fn events(
     };
     // Subscribe first, so nothing falls between history and follow.
     let mut client = if follow {
-        let mut c = connect(config)?;
+        // Not `connect`: it would read the config (and warn about it) a second time.
+        let mut c = Client::connect(&dir.join("control.sock"), config)?;
         let r = c.call(&Request::Follow)?;
         if !r.ok {
             return finish(r);
@@ -288,9 +299,34 @@ fn events(
     };
     match std::fs::read_to_string(&file) {
         Ok(text) => {
-            let all: Vec<&str> = text
-                .lines()
-                .filter(|l| serde_json::from_str::<Event>(l).is_ok_and(|e| keep(&e)))
+            let read = crate::events::read_lines(&text);
+            if !read.bad_lines.is_empty() {
+                let n = read.bad_lines.len();
+                let mut numbers: Vec<String> = read
+                    .bad_lines
+                    .iter()
+                    .take(10)
+                    .map(|l| l.to_string())
+                    .collect();
+                if n > 10 {
+                    numbers.push("…".into());
+                }
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "appvisor: warning: {n} line{} of {} {} not an event and {} skipped (line{} {})",
+                    if n == 1 { "" } else { "s" },
+                    file.display(),
+                    if n == 1 { "is" } else { "are" },
+                    if n == 1 { "is" } else { "are" },
+                    if n == 1 { "" } else { "s" },
+                    numbers.join(", ")
+                );
+            }
+            let all: Vec<&str> = read
+                .events
+                .iter()
+                .filter(|(_, e)| keep(e))
+                .map(|(l, _)| *l)
                 .collect();
             for line in &all[all.len().saturating_sub(lines)..] {
                 show(line)?;

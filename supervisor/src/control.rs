@@ -122,22 +122,127 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Longest request line: a request is a small JSON object; anything longer is a
+/// confused or hostile client, answered with an error and hung up on, so one
+/// connection cannot make the supervisor buffer without bound.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Connections served at once. `events --follow` holds one for as long as it runs;
+/// past the cap a new connection gets an error line and is closed, so a flood of
+/// clients cannot use up the supervisor's fds.
+pub const MAX_CONNECTIONS: usize = 128;
+
 pub async fn serve(listener: UnixListener, state: ControlState) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // EMFILE and the like: do not spin on an error that persists.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        if let Err(refusal) = peer_allowed(&stream) {
+            tracing::warn!("control socket: {refusal}");
+            tokio::spawn(refuse(stream, refusal));
+            continue;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(
+                stream,
+                format!(
+                    "too many control connections ({MAX_CONNECTIONS} at once); try again when some have closed"
+                ),
+            ));
             continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
             let _ = handle(stream, state).await;
+            drop(slot);
         });
     }
 }
 
+/// Answers `why` as an error and hangs up.
+async fn refuse(stream: UnixStream, why: String) {
+    let (mut r, mut w) = stream.into_split();
+    if write_line(&mut w, &Response::error(why)).await.is_ok() {
+        let _ = w.shutdown().await;
+        drain(&mut r).await;
+    }
+}
+
+/// Closing a unix socket with unread input resets it, and the client would read
+/// ECONNRESET instead of the reply (or, refused before it wrote, fail to write its
+/// request): discard what it still sends until it hangs up, for a second at most.
+async fn drain<R: tokio::io::AsyncRead + Unpin>(r: &mut R) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// Only the supervisor's own user, or root, may command it (`SO_PEERCRED`): the
+/// socket's mode already says so, this holds even if someone loosens it.
+fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read the credentials of a client: {e}; refused"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() == me || cred.uid() == 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "a client of uid {} (pid {}) was refused: only uid {me} (the supervisor's user) or root may use the control socket",
+        cred.uid(),
+        cred.pid().map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+    ))
+}
+
+/// One request line, at most [`MAX_LINE`] bytes (newline excluded). `Ok(None)` at
+/// the end of the stream; `Err(None)` for a line that is too long.
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+) -> io::Result<Result<Option<String>, ()>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let n = r
+        .take(MAX_LINE as u64 + 2)
+        .read_until(b'\n', &mut buf)
+        .await?;
+    if n == 0 {
+        return Ok(Ok(None));
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    }
+    if buf.len() > MAX_LINE {
+        return Ok(Err(()));
+    }
+    Ok(Ok(Some(String::from_utf8_lossy(&buf).into_owned())))
+}
+
 async fn handle(stream: UnixStream, state: ControlState) -> io::Result<()> {
     let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r).lines();
-    while let Some(line) = lines.next_line().await? {
+    let mut reader = BufReader::new(r);
+    loop {
+        let line = match read_request(&mut reader).await? {
+            Ok(Some(line)) => line,
+            Ok(None) => return Ok(()),
+            Err(()) => {
+                let refusal = Response::error(format!(
+                    "request line longer than {MAX_LINE} bytes; closing the connection"
+                ));
+                write_line(&mut w, &refusal).await?;
+                w.shutdown().await?;
+                drain(&mut reader).await;
+                return Ok(());
+            }
+        };
         let response = match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::error(format!("bad request: {e}")),
             Ok(Request::Follow) => {
@@ -165,7 +270,6 @@ async fn handle(stream: UnixStream, state: ControlState) -> io::Result<()> {
         };
         write_line(&mut w, &response).await?;
     }
-    Ok(())
 }
 
 async fn write_line<W: AsyncWriteExt + Unpin>(w: &mut W, r: &Response) -> io::Result<()> {
@@ -312,9 +416,14 @@ pub mod client {
         pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
             let mut line = serde_json::to_string(req).expect("requests serialize");
             line.push('\n');
-            self.stream
-                .write_all(line.as_bytes())
-                .map_err(|source| self.io(source))?;
+            if let Err(source) = self.stream.write_all(line.as_bytes()) {
+                // The server may have refused the connection (and said why) before
+                // the request was written: its reply is the better error.
+                return match self.read_line() {
+                    Ok(reply) => serde_json::from_str(&reply).map_err(|_| self.io(source)),
+                    Err(_) => Err(self.io(source)),
+                };
+            }
             let reply = self.read_line()?;
             serde_json::from_str(&reply).map_err(|e| ClientError::Protocol {
                 socket: self.socket.clone(),

@@ -75,25 +75,80 @@ pub fn bind_sockets(config: &Config) -> anyhow::Result<BTreeMap<String, Vec<Boun
     Ok(out)
 }
 
+/// Longest path a `sockaddr_un` holds, minus the terminating NUL.
+const SUN_PATH_MAX: usize = 107;
+
+/// Every check `appvisor run` makes before it starts anything, except binding the
+/// listen addresses (which `run` does for real and `check` tries and releases):
+/// shared by both, so `check` never passes a config that `run` refuses.
+pub fn preflight(config: &Config) -> anyhow::Result<()> {
+    let file = config.path.display();
+    let paths = StatePaths::new(config);
+    let mut sockets = vec![paths.control()];
+    if matches!(
+        config.store.backend,
+        appvisor_config::StoreBackend::Embedded(_)
+    ) {
+        sockets.push(paths.dir.join("store.sock"));
+    }
+    for s in sockets {
+        let len = s.as_os_str().len();
+        if len > SUN_PATH_MAX {
+            bail!(
+                "{file}: [supervisor] state_dir: {} is too long for the unix sockets the supervisor makes in it ({} would be {len} bytes; the limit is {SUN_PATH_MAX}); choose a shorter `state_dir`",
+                paths.dir.display(),
+                s.display()
+            );
+        }
+    }
+    let trusted = config.path.parent().unwrap_or(Path::new("/"));
+    crate::state_dir::check_parents(&paths.dir, trusted)
+        .with_context(|| format!("{file}: [supervisor] state_dir"))?;
+    if paths.dir.exists() && !paths.dir.is_dir() {
+        bail!(
+            "{file}: [supervisor] state_dir: {} is not a directory; remove it or choose another `state_dir`",
+            paths.dir.display()
+        );
+    }
+    for app in &config.apps {
+        for l in &app.listen {
+            let appvisor_config::ListenAddress::Unix(path) = &l.address else {
+                continue;
+            };
+            let Some(dir) = path.parent() else { continue };
+            if !dir.is_dir() {
+                bail!(
+                    "{file}: app {:?}: listen \"{}\": the directory {} does not exist; create it (mkdir -p {}) or choose another path in `listen`",
+                    app.name,
+                    l.address,
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = appvisor_config::load(config_path)?;
+    preflight(&config)?;
+    crate::fd_limit::raise();
     let paths = StatePaths::new(&config);
-    if !paths.dir.exists() {
-        // Logs, events and the store may hold private data: owner only.
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&paths.dir)
-            .with_context(|| {
-                format!("cannot create the state directory {}", paths.dir.display())
-            })?;
+    // Before anything else touches the state dir: make it safe and lock it, so a
+    // second supervisor on the same dir refuses here, having harmed nothing.
+    let trusted = config.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let mode_warning = crate::state_dir::prepare(&paths.dir, &trusted)?;
+    let mut state_lock = crate::state_dir::lock(&paths.dir)?;
+    if let Some(w) = mode_warning {
+        tracing::warn!("{w}");
     }
-    for dir in [&paths.dir, &paths.logs(), &paths.run()] {
+    for dir in [&paths.logs(), &paths.run()] {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
     }
     let control_path = paths.control();
+    // A supervisor of a version without the lock may still hold the dir.
     if std::os::unix::net::UnixStream::connect(&control_path).is_ok() {
         bail!(
             "a supervisor is already running for {} (its control socket {} answers); use `appvisor status`, or `appvisor stop`/`recycle` an app",
@@ -144,7 +199,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         store: backend.clone(),
         daemon: dtx,
     };
-    let control_task = tokio::spawn(control::serve(listener, state));
+    let mut control_task = tokio::spawn(control::serve(listener, state.clone()));
     crate::sd_notify::notify_own_parent(&format!(
         "{}\n{}=supervising",
         contract::notify::READY,
@@ -175,8 +230,24 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // A deleted state dir (an `rm -rf` of the project's dot-dirs, a tmp cleaner) is
+    // noticed within a second by its lock file's absence, and rebuilt.
+    let mut state_check = tokio::time::interval(std::time::Duration::from_secs(1));
+    state_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = state_check.tick() => {
+                if !state_lock.path().exists() {
+                    match restore_state_dir(&paths, &trusted, &events, &state) {
+                        Ok((lock, task)) => {
+                            state_lock = lock;
+                            control_task.abort();
+                            control_task = task;
+                        }
+                        Err(e) => tracing::error!("The state dir {} was deleted and cannot be made again: {e:#}; retrying in a second", paths.dir.display()),
+                    }
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
@@ -216,6 +287,36 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     guard.finish();
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// Makes the state dir again after it was deleted under a running supervisor: the
+/// directory (0700) with `logs/` and `run/`, the lock, the event log and the
+/// control socket (re-bound; the old server task is replaced by the caller). Then a
+/// `state_dir_recreated` warning event, the first line of the new event log.
+fn restore_state_dir(
+    paths: &StatePaths,
+    trusted: &Path,
+    events: &EventLog,
+    control_state: &ControlState,
+) -> anyhow::Result<(crate::state_dir::StateLock, tokio::task::JoinHandle<()>)> {
+    crate::state_dir::prepare(&paths.dir, trusted)?;
+    let lock = crate::state_dir::lock(&paths.dir)?;
+    for dir in [paths.logs(), paths.run()] {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    }
+    events
+        .reopen()
+        .with_context(|| format!("cannot open the event log {}", paths.events().display()))?;
+    let control_path = paths.control();
+    let listener = control::bind(&control_path)
+        .with_context(|| format!("cannot bind the control socket {}", control_path.display()))?;
+    let task = tokio::spawn(control::serve(listener, control_state.clone()));
+    events.emit(Event::new("-", EventKind::StateDirRecreated).detail(format!(
+        "the state dir {} was deleted while the supervisor ran; made again (0700) with its lock, event log and control socket. Earlier events, the store's log and the apps' log files that were in it are gone",
+        paths.dir.display()
+    )));
+    Ok((lock, task))
 }
 
 /// What every pool shares: the state dir, the event log, the reaper, the guard.

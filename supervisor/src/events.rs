@@ -5,7 +5,7 @@
 //! supervisor never leaves half a line behind another. Followers on the control
 //! socket get the same lines through a broadcast channel.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -104,6 +104,8 @@ pub enum EventKind {
     ConfigReloaded,
     /// A reload was refused; everything stays as it was.
     ConfigRejected,
+    /// The state dir was deleted while running and made again.
+    StateDirRecreated,
 }
 
 impl EventKind {
@@ -129,6 +131,7 @@ impl EventKind {
             EventKind::OnDemandStart => "on_demand_start",
             EventKind::ConfigReloaded => "config_reloaded",
             EventKind::ConfigRejected => "config_rejected",
+            EventKind::StateDirRecreated => "state_dir_recreated",
         }
     }
 }
@@ -199,6 +202,9 @@ pub struct EventLog {
 
 struct Inner {
     file: File,
+    /// Events not written since the last successful write (disk full, …): the
+    /// error is logged once when this leaves 0, and the recovery when it returns.
+    lost: u64,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -209,13 +215,22 @@ impl std::fmt::Debug for EventLog {
 
 impl EventLog {
     pub fn open(path: &Path) -> io::Result<EventLog> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = crate::state_dir::open_append(path)?;
         let (tx, _) = broadcast::channel(1024);
         Ok(EventLog {
-            inner: Arc::new(Mutex::new(Inner { file })),
+            inner: Arc::new(Mutex::new(Inner { file, lost: 0 })),
             tx,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Opens the file at [`EventLog::path`] again (created if missing): after the
+    /// state dir was deleted, writes would otherwise go to the unlinked old file.
+    pub fn reopen(&self) -> io::Result<()> {
+        let file = crate::state_dir::open_append(&self.path)?;
+        let mut inner = self.inner.lock().unwrap();
+        inner.file = file;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -235,11 +250,27 @@ impl EventLog {
         line.push('\n');
         {
             let mut inner = self.inner.lock().unwrap();
-            if let Err(e) = inner.file.write_all(line.as_bytes()) {
-                tracing::error!(
-                    "Cannot append to the event log {}: {e}",
-                    self.path.display()
-                );
+            match append_whole(&mut inner.file, line.as_bytes()) {
+                Ok(()) if inner.lost > 0 => {
+                    tracing::warn!(
+                        "The event log {} is written again; {} event(s) could not be written before (they are in this log only)",
+                        self.path.display(),
+                        inner.lost
+                    );
+                    inner.lost = 0;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if inner.lost == 0 {
+                        // Once, not once per event: a full disk would otherwise
+                        // flood this log too.
+                        tracing::error!(
+                            "Cannot append to the event log {}: {e}; events are kept in this log until writing works again",
+                            self.path.display()
+                        );
+                    }
+                    inner.lost += 1;
+                }
             }
         }
         line.pop();
@@ -251,6 +282,49 @@ impl EventLog {
     }
 }
 
+/// Appends `line` whole or not at all: a write that fails half-way (`ENOSPC` after
+/// a partial write) is cut back to the length before it, so the next event never
+/// gets glued to a torn line.
+fn append_whole(file: &mut File, line: &[u8]) -> io::Result<()> {
+    let before = file.metadata()?.len();
+    match file.write_all(line) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // `O_APPEND` writes at the end whatever the offset; truncating needs no
+            // space, so it works on a full disk.
+            if let Err(t) = file.set_len(before) {
+                tracing::debug!("cannot cut the event log back to {before} bytes: {t}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What [`read_lines`] found: the lines that are events, and where the others are.
+#[derive(Debug, Default)]
+pub struct ReadEvents<'a> {
+    /// Each readable line with its event.
+    pub events: Vec<(&'a str, Event)>,
+    /// 1-based numbers of the lines that are not an event (torn, edited, …).
+    pub bad_lines: Vec<usize>,
+}
+
+/// Parses the text of `events.jsonl`, keeping track of every line that is not an
+/// event instead of skipping it silently. Empty lines are not counted.
+pub fn read_lines(text: &str) -> ReadEvents<'_> {
+    let mut out = ReadEvents::default();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Event>(line) {
+            Ok(e) => out.events.push((line, e)),
+            Err(_) => out.bad_lines.push(i + 1),
+        }
+    }
+    out
+}
+
 /// Kinds that say something went wrong, logged as warnings.
 fn is_trouble(kind: EventKind) -> bool {
     matches!(
@@ -260,6 +334,7 @@ fn is_trouble(kind: EventKind) -> bool {
             | EventKind::Killed
             | EventKind::RapidFailStopped
             | EventKind::ConfigRejected
+            | EventKind::StateDirRecreated
     )
 }
 
@@ -357,10 +432,20 @@ mod tests {
             OnDemandStart,
             ConfigReloaded,
             ConfigRejected,
+            StateDirRecreated,
         ] {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
             assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
         }
+    }
+
+    #[test]
+    fn a_torn_line_is_reported_by_number() {
+        let good = serde_json::to_string(&Event::new("web", EventKind::Started)).unwrap();
+        let text = format!("{good}\n{{\"time\":\"2026-01-0{good}\n\n{good}\nnot json\n");
+        let r = read_lines(&text);
+        assert_eq!(r.events.len(), 2);
+        assert_eq!(r.bad_lines, vec![2, 5]);
     }
 }

@@ -13,6 +13,9 @@
 //!   descendants) and the one `Pid` type.
 //! - [`events`] — `events.jsonl`; [`control`] — the control socket; [`logging`] —
 //!   the supervisor's own `tracing` log (text, JSON or journald lines on stderr).
+//! - [`state_dir`] — the state dir's lock (one supervisor per dir), its modes, and
+//!   opening its files without following symlinks; [`fd_limit`] — `RLIMIT_NOFILE`
+//!   and naming `EMFILE`.
 //! - [`reason`] — why a recycle happened; [`signal`] — sending signals (their
 //!   names and numbers are `appvisor_config::Signal`, the one table).
 //! - [`trigger`] — what decides a recycle: file watch, memory, clock, requests.
@@ -31,6 +34,7 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod events;
+pub mod fd_limit;
 pub mod guard;
 pub mod logging;
 pub mod output;
@@ -43,4 +47,5 @@ pub mod sd_notify;
 pub mod signal;
 pub mod sockets;
 pub mod spawn;
+pub mod state_dir;
 pub mod trigger;

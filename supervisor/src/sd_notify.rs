@@ -95,6 +95,10 @@ impl NotifySocket {
         let (socket, env_value, path) = if path.as_os_str().len() <= SUN_PATH_MAX {
             let _ = std::fs::remove_file(&path);
             let s = std::os::unix::net::UnixDatagram::bind(&path)?;
+            // Owner only, as every socket in the state dir: the worker runs as the
+            // supervisor's user. (Under `bind` the mode came from the umask: 0755.)
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
             (s, path.display().to_string(), Some(path))
         } else {
             use std::os::linux::net::SocketAddrExt;

@@ -48,14 +48,20 @@ pub struct Spawned {
 pub enum SpawnError {
     #[error("command {program:?} not found in PATH ({path}); give an absolute path in `command` or fix PATH in `env`")]
     NotFound { program: String, path: String },
-    #[error("cannot run {program:?}: {source} (cwd {cwd})")]
+    #[error(
+        "cannot run {program:?}: {} (cwd {cwd})",
+        crate::fd_limit::explain(source)
+    )]
     Exec {
         program: String,
         cwd: String,
         #[source]
         source: io::Error,
     },
-    #[error("cannot start {program:?}: {step}: {source}")]
+    #[error(
+        "cannot start {program:?}: {step}: {}",
+        crate::fd_limit::explain(source)
+    )]
     Setup {
         program: String,
         step: &'static str,
@@ -156,6 +162,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         assert!(*fd >= floor, "listening fd {fd} below the floor {floor}");
     }
     let listen_fds: Vec<RawFd> = spec.listen_fds.to_vec();
+    let nofile = crate::fd_limit::for_workers();
     let parent = nix::unistd::getpid().as_raw();
 
     // Raw `libc` from here to `execve` on purpose: between fork and exec the child of
@@ -184,6 +191,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
                 env: &mut c_env,
                 envp: &envp,
                 pid_slots: &pid_slots,
+                nofile,
             })
         }
         pid
@@ -250,6 +258,8 @@ struct ChildPlan<'a> {
     env: &'a mut [Vec<u8>],
     envp: &'a [*const libc::c_char],
     pid_slots: &'a [usize],
+    /// The open-file limit the supervisor was started with (see `fd_limit`).
+    nofile: Option<libc::rlimit>,
 }
 
 /// Runs in the forked child. Only async-signal-safe calls; no allocation.
@@ -280,6 +290,11 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
 
         if libc::setpgid(0, 0) != 0 {
             fail(Step::Pgid);
+        }
+        // Lowering the soft limit always succeeds; a failure would leave the
+        // supervisor's higher one, which is harmless.
+        if let Some(l) = &plan.nofile {
+            libc::setrlimit(libc::RLIMIT_NOFILE, l);
         }
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
             fail(Step::Pdeathsig);

@@ -189,3 +189,36 @@ fn the_cli_shows_the_offending_line_with_a_caret_under_the_column() {
         );
     }
 }
+
+/// Issue 12, defect 12: `check` passed a state dir too long for the unix sockets
+/// `run` makes in it; both now refuse it, naming the field and what to do.
+#[test]
+fn a_state_dir_too_long_for_a_unix_socket_is_refused_by_check_too() {
+    let long = "s".repeat(90);
+    rejects(
+        "longsd",
+        &format!("[supervisor]\nstate_dir = \"{long}\"\n{OK_APP}"),
+        &[
+            "appvisor.toml",
+            "[supervisor] state_dir",
+            "too long",
+            "choose a shorter `state_dir`",
+        ],
+    );
+}
+
+/// Issue 12, defect 12: a `unix:` listen path in a directory that does not exist.
+#[test]
+fn a_unix_listen_path_in_a_missing_directory_is_refused_by_check_too() {
+    rejects(
+        "nodir",
+        &format!("{OK_APP}listen = [\"unix:nodir/app.sock\"]\n"),
+        &[
+            "appvisor.toml",
+            "app \"web\"",
+            "nodir",
+            "does not exist",
+            "mkdir -p",
+        ],
+    );
+}

@@ -13,6 +13,7 @@ use appvisor_config::{Compare, Signal, WatchConfig, DEFAULT_WATCH_IGNORE};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::time::timeout;
 
+use super::thread::Burst;
 use super::*;
 
 /// A directory under the system temp dir, removed on drop.

@@ -11,7 +11,8 @@
 //! SIGPIPE; a worker must not inherit that), becomes leader of its own process group
 //! (so the whole tree can be signalled at once), asks for SIGKILL when its parent
 //! thread dies (the supervisor forks from its single, long-lived runtime thread) and
-//! re-checks `getppid()` to close the race, wires stdio, places the listening sockets
+//! re-checks `getppid()` to close the race, waits until the parent has placed it in
+//! its cgroup (a byte on a pipe), wires stdio, places the listening sockets
 //! at 3…, changes directory and execs. Any failure is reported through a
 //! close-on-exec pipe as an errno, so `spawn` returns a precise error instead of a
 //! worker that "exited 127".
@@ -34,6 +35,8 @@ pub struct SpawnSpec<'a> {
     pub listen_fds: &'a [RawFd],
     /// Also set `WATCHDOG_PID` to the child's pid.
     pub watchdog: bool,
+    /// The cgroup (v2 directory) to place the child in before it runs anything.
+    pub cgroup: Option<&'a Path>,
 }
 
 /// A started worker: its pid (also its process group id) and its output pipes.
@@ -42,6 +45,8 @@ pub struct Spawned {
     pub pid: i32,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// Why the child is not in `SpawnSpec::cgroup` (it runs anyway).
+    pub cgroup_error: Option<io::Error>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,7 @@ enum Step {
     Sockets,
     Chdir,
     Exec,
+    Placement,
 }
 
 fn step_name(code: u8) -> &'static str {
@@ -85,6 +91,7 @@ fn step_name(code: u8) -> &'static str {
         3 => "redirecting stdio",
         4 => "placing listening sockets at fd 3…",
         5 => "chdir",
+        7 => "waiting for the parent to place it in its cgroup",
         _ => "exec",
     }
 }
@@ -146,12 +153,15 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     let (out_r, out_w) = pipe().map_err(setup("creating the stdout pipe"))?;
     let (err_r, err_w) = pipe().map_err(setup("creating the stderr pipe"))?;
     let (report_r, report_w) = pipe().map_err(setup("creating the error pipe"))?;
+    // The parent's "go": one byte once the child is in its cgroup.
+    let (go_r, go_w) = pipe().map_err(setup("creating the placement pipe"))?;
     // Sources of dup2 must not sit where targets go (0..3+n).
     let floor = 3 + spec.listen_fds.len() as RawFd;
     let devnull = crate::sockets::raise_fd(OwnedFd::from(devnull)).map_err(setup("fd"))?;
     let out_w = crate::sockets::raise_fd(out_w).map_err(setup("fd"))?;
     let err_w = crate::sockets::raise_fd(err_w).map_err(setup("fd"))?;
     let report_w = crate::sockets::raise_fd(report_w).map_err(setup("fd"))?;
+    let go_r = crate::sockets::raise_fd(go_r).map_err(setup("fd"))?;
     for fd in spec.listen_fds {
         assert!(*fd >= floor, "listening fd {fd} below the floor {floor}");
     }
@@ -177,6 +187,8 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
                 out: out_w.as_raw_fd(),
                 err: err_w.as_raw_fd(),
                 report: report_w.as_raw_fd(),
+                go: go_r.as_raw_fd(),
+                go_w: go_w.as_raw_fd(),
                 listen_fds: &listen_fds,
                 cwd: &c_cwd,
                 program: &c_program,
@@ -191,6 +203,16 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     if pid < 0 {
         return Err(setup("fork")(io::Error::last_os_error()));
     }
+    drop(go_r);
+    // Into the cgroup before the child may run anything (it waits for the byte).
+    // A failure does not stop the worker: it runs as it would without cgroups.
+    let cgroup_error = spec
+        .cgroup
+        .and_then(|dir| crate::cgroup::place(dir, pid).err());
+    // If the write fails the child is gone (it reads EOF and exits): the error
+    // pipe reports it below.
+    let _ = nix::unistd::write(&go_w, &[1u8]);
+    drop(go_w);
     drop(report_w);
     drop(out_w);
     drop(err_w);
@@ -215,6 +237,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
             pid,
             stdout: out_r,
             stderr: err_r,
+            cgroup_error,
         });
     }
     // The child failed before exec and `_exit`ed; reap it here so no zombie remains
@@ -243,6 +266,9 @@ struct ChildPlan<'a> {
     out: RawFd,
     err: RawFd,
     report: RawFd,
+    /// Read end of the placement pipe; `go_w` is the child's copy of the write end.
+    go: RawFd,
+    go_w: RawFd,
     listen_fds: &'a [RawFd],
     cwd: &'a CString,
     program: &'a CString,
@@ -288,6 +314,21 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         if libc::getppid() != plan.parent {
             libc::_exit(1);
         }
+        // Wait to be placed in the cgroup. Our copy of the write end is closed
+        // first, so a parent that dies before writing gives EOF, not a hang.
+        libc::close(plan.go_w);
+        let mut go = 0u8;
+        loop {
+            let n = libc::read(plan.go, (&mut go as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            fail(Step::Placement);
+        }
+        libc::close(plan.go);
 
         if libc::dup2(plan.devnull, 0) < 0
             || libc::dup2(plan.out, 1) < 0

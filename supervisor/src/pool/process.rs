@@ -1,16 +1,17 @@
 //! The seam between the pool's decisions and the operating system.
 //!
 //! Everything the pool does to or learns from a process goes through
-//! [`ProcessTable`]: spawning a worker (fork/exec, reaper registration, the guard's
-//! `+pgid`, output and notify forwarding), signalling it, killing its process group,
-//! releasing it from the guard, and the figures triggers read (`/proc` memory and CPU,
+//! [`ProcessTable`]: spawning a worker (fork/exec into its own cgroup, reaper
+//! registration, the guard's `+pgid`, output and notify forwarding), signalling it,
+//! killing its process group and its cgroup, releasing it from the guard (and
+//! removing its cgroup), and the figures triggers read (`/proc` memory and CPU,
 //! the HTTP probe, a connection on an idle socket). [`OsProcessTable`] is the real
 //! one, over `spawn.rs`, `reaper.rs`, `guard.rs`, `notify.rs` and `probe.rs`; the
 //! pool's unit tests use a fake that records what it was asked and lets the test
 //! deliver READY, notify messages and exits. The clock is tokio's `Instant`, so those
 //! tests run under paused time.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,8 @@ pub struct SpawnedWorker {
     /// Kept as long as the worker lives (its notify socket; dropping it removes the
     /// socket file).
     pub resources: Box<dyn Send>,
+    /// Its cgroup (a directory), shown by `appvisor status`.
+    pub cgroup: Option<String>,
 }
 
 /// What the pool may do to processes and learn about them. See the module docs.
@@ -70,9 +73,11 @@ pub trait ProcessTable: Send + 'static {
     fn spawn(&mut self, request: SpawnRequest<'_>) -> Result<SpawnedWorker, String>;
     /// Sends `signal` (a Linux signal number) to `pid`.
     fn signal(&mut self, pid: i32, signal: i32);
-    /// SIGKILL to the whole process group `pgid`.
+    /// SIGKILL to the whole process group `pgid` and to the cgroup of the worker
+    /// `pgid` (daemons that left the group with `setsid` included).
     fn kill_group(&mut self, pgid: i32);
-    /// The group `pgid` is gone: the guard need not kill it any more.
+    /// The group `pgid` is gone: the guard need not kill it any more, and its
+    /// cgroup is removed.
     fn release(&mut self, pgid: i32);
     /// Memory of `pid`'s process tree; `None` if it cannot be read.
     fn memory(&mut self, pid: i32) -> Option<MemorySample>;
@@ -97,6 +102,8 @@ pub struct OsProcessTable {
     pub reaper: Reaper,
     pub guard: Guard,
     pub log: AppLog,
+    /// Each live worker's cgroup, by pid.
+    pub cgroups: Arc<Mutex<HashMap<i32, PathBuf>>>,
 }
 
 impl ProcessTable for OsProcessTable {
@@ -109,15 +116,43 @@ impl ProcessTable for OsProcessTable {
         })?;
         let mut env = request.env;
         env.push(("NOTIFY_SOCKET".into(), notify.env_value.clone()));
+        let cgroup = self.guard.cgroups().and_then(|c| {
+            c.worker(request.name)
+                .map_err(|e| {
+                    tracing::warn!(worker = request.name, "Cannot create the worker's cgroup ({e}); only its process group will be killed.");
+                })
+                .ok()
+        });
         let spec = SpawnSpec {
             argv: request.argv,
             cwd: request.cwd,
             env,
             listen_fds: request.listen_fds,
             watchdog: request.watchdog,
+            cgroup: cgroup.as_deref(),
         };
-        let spawned = spawn(&spec).map_err(|e| e.to_string())?;
+        let spawned = match spawn(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(dir) = cgroup {
+                    crate::cgroup::remove_when_empty(dir);
+                }
+                return Err(e.to_string());
+            }
+        };
         let pid = spawned.pid;
+        let cgroup = match (cgroup, spawned.cgroup_error) {
+            (Some(dir), None) => Some(dir),
+            (Some(dir), Some(e)) => {
+                tracing::warn!(pid, cgroup = %dir.display(), "Cannot place the worker in its cgroup ({e}); only its process group will be killed.");
+                crate::cgroup::remove_when_empty(dir);
+                None
+            }
+            (None, _) => None,
+        };
+        if let Some(dir) = &cgroup {
+            self.cgroups.lock().unwrap().insert(pid, dir.clone());
+        }
         // Register before yielding (see reaper's invariant).
         self.reaper.watch(pid, request.exits);
         self.guard.protect(pid);
@@ -129,6 +164,7 @@ impl ProcessTable for OsProcessTable {
             pid,
             tail,
             resources: Box::new(notify),
+            cgroup: cgroup.map(|d| d.display().to_string()),
         })
     }
 
@@ -142,10 +178,16 @@ impl ProcessTable for OsProcessTable {
 
     fn kill_group(&mut self, pgid: i32) {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        if let Some(dir) = self.cgroups.lock().unwrap().get(&pgid) {
+            crate::cgroup::kill(dir);
+        }
     }
 
     fn release(&mut self, pgid: i32) {
         self.guard.release(pgid);
+        if let Some(dir) = self.cgroups.lock().unwrap().remove(&pgid) {
+            crate::cgroup::remove_when_empty(dir);
+        }
     }
 
     fn memory(&mut self, pid: i32) -> Option<MemorySample> {

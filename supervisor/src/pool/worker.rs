@@ -71,6 +71,8 @@ pub(super) struct Worker {
     pub(super) tail: StderrTail,
     /// Its notify socket, kept open while it lives.
     pub(super) _resources: Box<dyn Send>,
+    /// Its cgroup, for `appvisor status`.
+    pub(super) cgroup: Option<String>,
 }
 
 impl Worker {
@@ -224,6 +226,7 @@ impl Pool {
             sessions: None,
             tail: spawned.tail,
             _resources: spawned.resources,
+            cgroup: spawned.cgroup,
         };
         self.workers.insert(pid, worker);
         let s = &mut self.slots[slot as usize];

@@ -8,6 +8,9 @@ use crate::duration::format_duration;
 use crate::resolved::*;
 use crate::size::format_size;
 
+/// What `check` prints instead of a secret env value.
+pub const REDACTED: &str = "(redacted)";
+
 impl Config {
     /// The whole config, defaults included, as TOML.
     pub fn to_toml_string(&self) -> String {
@@ -90,12 +93,43 @@ impl AppConfig {
         let env: Vec<String> = self
             .env
             .iter()
-            .map(|(k, v)| format!("{} = {}", key(k), q(v)))
+            .map(|(k, v)| {
+                if self.secret_env.contains(k) {
+                    format!("{} = {}", key(k), q(REDACTED))
+                } else {
+                    format!("{} = {}", key(k), q(v))
+                }
+            })
             .collect();
         if env.is_empty() {
             writeln!(o, "env = {{}}")?;
         } else {
             writeln!(o, "env = {{ {} }}", env.join(", "))?;
+        }
+        if !self.secret_env.is_empty() {
+            writeln!(o, "secret_env = {}", list(&self.secret_env))?;
+        }
+        let p = &self.process;
+        if let Some((name, _)) = &p.user {
+            writeln!(o, "user = {}", q(name))?;
+        }
+        if let Some((name, _)) = &p.group {
+            writeln!(o, "group = {}", q(name))?;
+        }
+        if let Some(groups) = &p.groups {
+            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            writeln!(o, "groups = {}", list(&groups))?;
+        }
+        if let Some(m) = p.umask {
+            writeln!(o, "umask = \"{m:03o}\"")?;
+        }
+        if p.nofile.is_some() || p.core.is_some() || p.nproc.is_some() {
+            writeln!(o, "\n[app.rlimits]")?;
+            for (k, v) in [("nofile", p.nofile), ("core", p.core), ("nproc", p.nproc)] {
+                if let Some(v) = v {
+                    writeln!(o, "{k} = {v}")?;
+                }
+            }
         }
 
         let r = &self.recycle;

@@ -86,6 +86,16 @@ impl Cgroups {
     }
 }
 
+/// Gives the cgroup `dir` to the worker's user: the directory and the files a
+/// delegate may write (`cgroup.procs`, `cgroup.threads`, `cgroup.subtree_control`).
+pub fn chown(dir: &Path, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    std::os::unix::fs::chown(dir, uid, gid)?;
+    for f in ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"] {
+        std::os::unix::fs::chown(dir.join(f), uid, gid)?;
+    }
+    Ok(())
+}
+
 /// Moves `pid` into the cgroup `dir`.
 pub fn place(dir: &Path, pid: i32) -> io::Result<()> {
     std::fs::write(dir.join("cgroup.procs"), pid.to_string())

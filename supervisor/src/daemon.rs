@@ -77,6 +77,7 @@ pub fn bind_sockets(config: &Config) -> anyhow::Result<BTreeMap<String, Vec<Boun
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = appvisor_config::load(config_path)?;
+    crate::spawn::warn_about_privileges(&config.apps);
     let paths = StatePaths::new(&config);
     if !paths.dir.exists() {
         // Logs, events and the store may hold private data: owner only.

@@ -13,7 +13,9 @@
 //! thread dies (the supervisor forks from its single, long-lived runtime thread) and
 //! re-checks `getppid()` to close the race, waits until the parent has placed it in
 //! its cgroup (a byte on a pipe), wires stdio, places the listening sockets
-//! at 3…, changes directory and execs. Any failure is reported through a
+//! at 3…, sets its resource limits and umask, drops to the app's user and groups
+//! (only when appvisor runs as root: `setgroups`, `setgid`, then `setuid`, with
+//! ids resolved when the config was loaded), changes directory and execs. Any failure is reported through a
 //! close-on-exec pipe as an errno, so `spawn` returns a precise error instead of a
 //! worker that "exited 127".
 
@@ -22,6 +24,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use appvisor_config::ProcessConfig;
 
 /// What to start.
 #[derive(Debug)]
@@ -37,6 +41,41 @@ pub struct SpawnSpec<'a> {
     pub watchdog: bool,
     /// The cgroup (v2 directory) to place the child in before it runs anything.
     pub cgroup: Option<&'a Path>,
+    /// User, groups, rlimits, umask.
+    pub process: &'a ProcessConfig,
+}
+
+/// Names, once at start, every app whose workers will run as root (appvisor is
+/// root and the app sets no `user`), as uWSGI does — a warning, never a refusal,
+/// so existing setups keep working — and every app whose `user`/`group` cannot be
+/// applied because appvisor is not root.
+pub fn warn_about_privileges(apps: &[appvisor_config::AppConfig]) {
+    let root = nix::unistd::geteuid().is_root();
+    for app in apps {
+        let p = &app.process;
+        let sets_ids = p.user.is_some() || p.group.is_some() || p.groups.is_some();
+        if root && p.user.is_none() {
+            tracing::warn!(
+                app = %app.name,
+                "The workers of app {:?} run as root; set `user` (and `group`) in its [[app]] to drop privileges.",
+                app.name
+            );
+        } else if !root && sets_ids {
+            tracing::warn!(
+                app = %app.name,
+                "App {:?} sets user/group, but appvisor does not run as root: its workers keep appvisor's user.",
+                app.name
+            );
+        }
+    }
+}
+
+/// Whether a worker with `process` runs as another user than appvisor: it sets a
+/// user or group and appvisor runs as root (otherwise they are not applied: a
+/// non-root process cannot change its ids).
+pub fn drops_privileges(process: &ProcessConfig) -> bool {
+    (process.user.is_some() || process.group.is_some() || process.groups.is_some())
+        && nix::unistd::geteuid().is_root()
 }
 
 /// A started worker: its pid (also its process group id) and its output pipes.
@@ -82,6 +121,10 @@ enum Step {
     Chdir,
     Exec,
     Placement,
+    Rlimit,
+    Groups,
+    Setgid,
+    Setuid,
 }
 
 fn step_name(code: u8) -> &'static str {
@@ -92,6 +135,10 @@ fn step_name(code: u8) -> &'static str {
         4 => "placing listening sockets at fd 3…",
         5 => "chdir",
         7 => "waiting for the parent to place it in its cgroup",
+        8 => "setrlimit",
+        9 => "setgroups",
+        10 => "setgid",
+        11 => "setuid",
         _ => "exec",
     }
 }
@@ -166,6 +213,24 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         assert!(*fd >= floor, "listening fd {fd} below the floor {floor}");
     }
     let listen_fds: Vec<RawFd> = spec.listen_fds.to_vec();
+    let p = spec.process;
+    let rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)> = [
+        (libc::RLIMIT_NOFILE, p.nofile),
+        (libc::RLIMIT_CORE, p.core),
+        (libc::RLIMIT_NPROC, p.nproc),
+    ]
+    .into_iter()
+    .filter_map(|(r, v)| v.map(|v| (r, v as libc::rlim_t)))
+    .collect();
+    let ids = if drops_privileges(p) {
+        Ids {
+            uid: p.user.as_ref().map(|u| u.1),
+            gid: p.group.as_ref().map(|g| g.1),
+            groups: p.groups.clone(),
+        }
+    } else {
+        Ids::default()
+    };
     let parent = nix::unistd::getpid().as_raw();
 
     // Raw `libc` from here to `execve` on purpose: between fork and exec the child of
@@ -187,6 +252,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
                 out: out_w.as_raw_fd(),
                 err: err_w.as_raw_fd(),
                 report: report_w.as_raw_fd(),
+                rlimits: &rlimits,
+                umask: p.umask,
+                ids: &ids,
                 go: go_r.as_raw_fd(),
                 go_w: go_w.as_raw_fd(),
                 listen_fds: &listen_fds,
@@ -260,8 +328,19 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     }
 }
 
+/// The ids a worker drops to; all `None` keeps appvisor's.
+#[derive(Default)]
+struct Ids {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    groups: Option<Vec<u32>>,
+}
+
 struct ChildPlan<'a> {
     parent: libc::pid_t,
+    rlimits: &'a [(libc::__rlimit_resource_t, libc::rlim_t)],
+    umask: Option<u32>,
+    ids: &'a Ids,
     devnull: RawFd,
     out: RawFd,
     err: RawFd,
@@ -356,6 +435,35 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
             let entry = &mut plan.env[slot];
             let eq = entry.iter().position(|&b| b == b'=').unwrap_or(0) + 1;
             write_decimal(&mut entry[eq..], pid as u64);
+        }
+        // Limits first: raising a hard limit needs the privileges we drop below.
+        for &(resource, value) in plan.rlimits {
+            let lim = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            if libc::setrlimit(resource, &lim) != 0 {
+                fail(Step::Rlimit);
+            }
+        }
+        if let Some(mask) = plan.umask {
+            libc::umask(mask as libc::mode_t);
+        }
+        // Groups, then gid, then uid: after setuid nothing else may change.
+        if let Some(groups) = &plan.ids.groups {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                fail(Step::Groups);
+            }
+        }
+        if let Some(gid) = plan.ids.gid {
+            if libc::setgid(gid) != 0 {
+                fail(Step::Setgid);
+            }
+        }
+        if let Some(uid) = plan.ids.uid {
+            if libc::setuid(uid) != 0 {
+                fail(Step::Setuid);
+            }
         }
         if libc::chdir(plan.cwd.as_ptr()) != 0 {
             fail(Step::Chdir);

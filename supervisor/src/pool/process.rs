@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use appvisor_config::ListenAddress;
+use appvisor_config::{ListenAddress, ProcessConfig};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
@@ -49,6 +49,8 @@ pub struct SpawnRequest<'a> {
     /// Listening sockets, passed as fds 3, 4, …
     pub listen_fds: &'a [RawFd],
     pub watchdog: bool,
+    /// Credentials, limits and umask of the worker.
+    pub process: &'a ProcessConfig,
     /// Where the worker's exit goes (registered before the spawn returns).
     pub exits: mpsc::UnboundedSender<Exit>,
     /// Where its sd_notify messages go, tagged with its pid.
@@ -108,7 +110,15 @@ pub struct OsProcessTable {
 
 impl ProcessTable for OsProcessTable {
     fn spawn(&mut self, request: SpawnRequest<'_>) -> Result<SpawnedWorker, String> {
-        let mut notify = NotifySocket::bind(&self.run_dir, request.name).map_err(|e| {
+        // A worker that drops to another user cannot reach the owner-only state
+        // dir: its notify socket is an abstract one.
+        let other_user = crate::spawn::drops_privileges(request.process);
+        let bind = if other_user {
+            NotifySocket::bind_abstract
+        } else {
+            NotifySocket::bind
+        };
+        let mut notify = bind(&self.run_dir, request.name).map_err(|e| {
             format!(
                 "cannot create the notify socket in {}: {e}",
                 self.run_dir.display()
@@ -118,6 +128,18 @@ impl ProcessTable for OsProcessTable {
         env.push(("NOTIFY_SOCKET".into(), notify.env_value.clone()));
         let cgroup = self.guard.cgroups().and_then(|c| {
             c.worker(request.name)
+                .and_then(|dir| {
+                    if other_user {
+                        // Delegated to the worker's user, as systemd does: it may
+                        // manage processes inside (sub-cgroups included).
+                        let (uid, gid) = (
+                            request.process.user.as_ref().map(|u| u.1),
+                            request.process.group.as_ref().map(|g| g.1),
+                        );
+                        crate::cgroup::chown(&dir, uid, gid)?;
+                    }
+                    Ok(dir)
+                })
                 .map_err(|e| {
                     tracing::warn!(worker = request.name, "Cannot create the worker's cgroup ({e}); only its process group will be killed.");
                 })
@@ -130,6 +152,7 @@ impl ProcessTable for OsProcessTable {
             listen_fds: request.listen_fds,
             watchdog: request.watchdog,
             cgroup: cgroup.as_deref(),
+            process: request.process,
         };
         let spawned = match spawn(&spec) {
             Ok(s) => s,

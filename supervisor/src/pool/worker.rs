@@ -182,6 +182,7 @@ impl Pool {
             env,
             listen_fds: &fds,
             watchdog: watchdog.is_some(),
+            process: &self.app.process,
             exits: self.exit_tx.clone(),
             notify: self.notify_tx.clone(),
         })?;

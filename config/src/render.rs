@@ -37,7 +37,7 @@ impl Config {
         match &self.store.backend {
             StoreBackend::Redis { url } => {
                 writeln!(o, "backend = \"redis\"")?;
-                writeln!(o, "url = {}", q(url))?;
+                writeln!(o, "url = {}", q(&redact_url(url)))?;
             }
             StoreBackend::Embedded(e) => {
                 writeln!(o, "backend = \"embedded\"")?;
@@ -244,6 +244,18 @@ fn key(k: &str) -> String {
         k.to_owned()
     } else {
         q(k)
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:(redacted)@host`: `check` output is
+/// pasted into tickets and chats.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:{REDACTED}{}", &url[..s + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
     }
 }
 

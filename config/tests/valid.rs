@@ -334,3 +334,18 @@ fn secret_env_values_are_redacted_in_the_dump() {
     .to_string();
     assert!(err.contains("secret_env") && err.contains("NOPE"), "{err}");
 }
+
+#[test]
+fn store_password_is_redacted_in_the_dump() {
+    let config = parse(
+        "[store]\nbackend = \"redis\"\nurl = \"redis://app:s3cret-pw@127.0.0.1:6379/0\"\n",
+        Path::new("/tmp/appvisor.toml"),
+    )
+    .unwrap();
+    let dumped = config.to_toml_string();
+    assert!(!dumped.contains("s3cret-pw"), "{dumped}");
+    assert!(
+        dumped.contains("redis://app:(redacted)@127.0.0.1:6379/0"),
+        "{dumped}"
+    );
+}

@@ -175,6 +175,42 @@ pub fn remove_when_empty(dir: PathBuf) {
     });
 }
 
+/// Without cgroups: the live processes outside process group `pgid` whose
+/// environment holds `marker` (`NAME=value`, unique to one worker and inherited by
+/// what it starts) — what escaped the worker's group with `setsid`. A process that
+/// rewrote its environment is missed; that is the price of having no cgroup.
+pub fn escaped(pgid: i32, marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        // `/proc/PID/stat`: after the `)` closing the name come state, ppid, pgrp.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let mut f = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace();
+        let (state, pgrp) = (f.next(), f.nth(1).and_then(|g| g.parse::<i32>().ok()));
+        if pgrp == Some(pgid) || state == Some("Z") || state == Some("X") {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 /// The root and mount point of the cgroup2 hierarchy in `/proc/self/mountinfo`.
 fn unified_mount(mountinfo: &str) -> Option<(String, String)> {
     mountinfo.lines().find_map(|line| {

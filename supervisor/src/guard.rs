@@ -48,7 +48,15 @@ impl Guard {
             .stdout(Stdio::null())
             .spawn()?;
         let stdin = child.stdin.take().expect("piped stdin");
-        let cgroups = match Cgroups::create() {
+        // `APPVISOR_CGROUPS=off`: for hosts where the supervisor must not touch
+        // the cgroup tree (and for the tests of the fallback).
+        let wanted = std::env::var_os("APPVISOR_CGROUPS").is_none_or(|v| v != "off");
+        let made = if wanted {
+            Cgroups::create()
+        } else {
+            Err("APPVISOR_CGROUPS=off".to_string())
+        };
+        let cgroups = match made {
             Ok(c) => Some(Arc::new(c)),
             Err(why) => {
                 tracing::warn!(

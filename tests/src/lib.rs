@@ -186,9 +186,15 @@ impl Sandbox {
 
     /// Starts `appvisor run` in the sandbox; returns once the control socket answers.
     pub fn start(&self) -> Supervisor {
+        self.start_with_env(&[])
+    }
+
+    /// [`Sandbox::start`] with extra environment variables for the supervisor.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Supervisor {
         let out = std::fs::File::create(self.dir.join("supervisor.out")).unwrap();
         let err = std::fs::File::create(self.dir.join("supervisor.err")).unwrap();
         let child = Command::new(appvisor_bin())
+            .envs(env.iter().copied())
             .arg("run")
             .current_dir(&self.dir)
             .stdin(Stdio::null())

@@ -110,3 +110,41 @@ fn status_names_the_worker_cgroup() {
         (!Path::new(cgroup).exists()).then_some(())
     });
 }
+
+/// Where no cgroup can be made (`APPVISOR_CGROUPS=off` forces it), the escaped
+/// daemon cannot be killed, but it is named in a warning instead of silently left.
+#[test]
+fn without_cgroups_the_escaped_daemon_is_named() {
+    let sb = Sandbox::new("escnocg");
+    escaper_app(&sb, free_port());
+    let sv = sb.start_with_env(&[("APPVISOR_CGROUPS", "off")]);
+    let worker = sv.wait_running("esc", 1)[0];
+    let daemon = daemon_of(&sb.dir, worker);
+    assert!(sv.app("esc")["workers"][0]["cgroup"].is_null());
+    sv.ok(&["recycle", "esc"]);
+    let line = wait_until(
+        Duration::from_secs(10),
+        "a warning naming the daemon",
+        || {
+            sv.stderr()
+                .lines()
+                .find(|l| l.contains("outlive it") && l.contains(&daemon.to_string()))
+                .map(str::to_string)
+        },
+    );
+    assert!(line.contains(&worker.to_string()), "{line}");
+    let next = daemon_of(&sb.dir, sv.wait_running("esc", 1)[0]);
+    assert!(sv.stop().success());
+    assert!(sv_stderr_says_no_cgroup(&sb));
+    // Nothing else kills them: clean up after ourselves.
+    for pid in [daemon, next] {
+        // SAFETY: kill with pids this test's workers started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+fn sv_stderr_says_no_cgroup(sb: &Sandbox) -> bool {
+    std::fs::read_to_string(sb.path("supervisor.err"))
+        .unwrap_or_default()
+        .contains("Workers get no cgroup of their own")
+}

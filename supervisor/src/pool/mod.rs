@@ -167,6 +167,7 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         guard: ctx.guard,
         log: ctx.log,
         cgroups: Default::default(),
+        markers: Default::default(),
     };
     let (pool, inbox, handle) = Pool::new(
         app,

@@ -106,6 +106,9 @@ pub struct OsProcessTable {
     pub log: AppLog,
     /// Each live worker's cgroup, by pid.
     pub cgroups: Arc<Mutex<HashMap<i32, PathBuf>>>,
+    /// Without a cgroup: each live worker's `NOTIFY_SOCKET` value, unique to it and
+    /// inherited by everything it starts, to find what escaped its group.
+    pub markers: Arc<Mutex<HashMap<i32, String>>>,
 }
 
 impl ProcessTable for OsProcessTable {
@@ -175,6 +178,9 @@ impl ProcessTable for OsProcessTable {
         };
         if let Some(dir) = &cgroup {
             self.cgroups.lock().unwrap().insert(pid, dir.clone());
+        } else {
+            let marker = format!("NOTIFY_SOCKET={}", notify.env_value);
+            self.markers.lock().unwrap().insert(pid, marker);
         }
         // Register before yielding (see reaper's invariant).
         self.reaper.watch(pid, request.exits);
@@ -210,6 +216,16 @@ impl ProcessTable for OsProcessTable {
         self.guard.release(pgid);
         if let Some(dir) = self.cgroups.lock().unwrap().remove(&pgid) {
             crate::cgroup::remove_when_empty(dir);
+        }
+        if let Some(marker) = self.markers.lock().unwrap().remove(&pgid) {
+            let escaped = crate::cgroup::escaped(pgid, &marker);
+            if !escaped.is_empty() {
+                tracing::warn!(
+                    worker = pgid,
+                    escaped = ?escaped,
+                    "Processes started by worker {pgid} left its process group and outlive it (no cgroup to kill them): pids {escaped:?}."
+                );
+            }
         }
     }
 

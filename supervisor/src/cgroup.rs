@@ -6,7 +6,7 @@
 //! and `cgroup.kill` SIGKILLs everything inside at once, whatever its session.
 //!
 //! # Layout
-//! `<the supervisor's own cgroup>/appvisor-<supervisor pid>/<app>.<slot>.<seq>`,
+//! `<the supervisor's own cgroup>/appvisor-<supervisor pid>/<app>.<slot>.<seq>.<n>`,
 //! in the unified hierarchy (found in `/proc/self/mountinfo`: `/sys/fs/cgroup` on a
 //! pure v2 system, `/sys/fs/cgroup/unified` on a hybrid one).
 //!
@@ -33,12 +33,14 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The supervisor's directory of worker cgroups.
 #[derive(Debug)]
 pub struct Cgroups {
     base: PathBuf,
+    next: AtomicU64,
 }
 
 impl Cgroups {
@@ -66,7 +68,10 @@ impl Cgroups {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(format!("cannot create {}: {e}", base.display())),
         }
-        Ok(Cgroups { base })
+        Ok(Cgroups {
+            base,
+            next: AtomicU64::new(1),
+        })
     }
 
     /// `appvisor-<pid>`: the parent of every worker's cgroup.
@@ -74,14 +79,19 @@ impl Cgroups {
         &self.base
     }
 
-    /// Creates the (empty) cgroup of one worker.
+    /// Creates the (empty) cgroup of one worker: `<name>.<n>`, `n` counting every
+    /// worker of this supervisor, so two workers never share one — not even a pool
+    /// started again by a reload (its spawn counter restarts) while a worker of
+    /// the old one still drains: killing one must never touch the other.
     pub fn worker(&self, name: &str) -> io::Result<PathBuf> {
-        let dir = self.base.join(name);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => Ok(dir),
-            // A leftover of an earlier worker of the same name: reuse it.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
-            Err(e) => Err(e),
+        loop {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let dir = self.base.join(format!("{name}.{n}"));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 }

@@ -32,6 +32,7 @@
 //! - `[app.watch] ignore` is merged with built-in ignores (VCS, editor swap files,
 //!   logs, `node_modules`, the state dir); `paths` replaces the defaults.
 
+mod accounts;
 mod diagnostic;
 mod duration;
 mod raw;

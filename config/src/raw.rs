@@ -59,6 +59,20 @@ pub(crate) struct RawApp {
     pub watch: Option<Sp<RawWatch>>,
     pub health: Option<Sp<RawHealth>>,
     pub sessions: Option<Sp<RawSessions>>,
+    pub user: Option<Sp<String>>,
+    pub group: Option<Sp<String>>,
+    pub groups: Option<Sp<Vec<Sp<String>>>>,
+    pub umask: Option<Sp<String>>,
+    pub rlimits: Option<Sp<RawRlimits>>,
+    pub secret_env: Option<Sp<Vec<Sp<String>>>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRlimits {
+    pub nofile: Option<Sp<i64>>,
+    pub core: Option<Sp<i64>>,
+    pub nproc: Option<Sp<i64>>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -8,6 +8,9 @@ use crate::duration::format_duration;
 use crate::resolved::*;
 use crate::size::format_size;
 
+/// What `check` prints instead of a secret env value.
+pub const REDACTED: &str = "(redacted)";
+
 impl Config {
     /// The whole config, defaults included, as TOML.
     pub fn to_toml_string(&self) -> String {
@@ -34,7 +37,7 @@ impl Config {
         match &self.store.backend {
             StoreBackend::Redis { url } => {
                 writeln!(o, "backend = \"redis\"")?;
-                writeln!(o, "url = {}", q(url))?;
+                writeln!(o, "url = {}", q(&redact_url(url)))?;
             }
             StoreBackend::Embedded(e) => {
                 writeln!(o, "backend = \"embedded\"")?;
@@ -90,12 +93,43 @@ impl AppConfig {
         let env: Vec<String> = self
             .env
             .iter()
-            .map(|(k, v)| format!("{} = {}", key(k), q(v)))
+            .map(|(k, v)| {
+                if self.secret_env.contains(k) {
+                    format!("{} = {}", key(k), q(REDACTED))
+                } else {
+                    format!("{} = {}", key(k), q(v))
+                }
+            })
             .collect();
         if env.is_empty() {
             writeln!(o, "env = {{}}")?;
         } else {
             writeln!(o, "env = {{ {} }}", env.join(", "))?;
+        }
+        if !self.secret_env.is_empty() {
+            writeln!(o, "secret_env = {}", list(&self.secret_env))?;
+        }
+        let p = &self.process;
+        if let Some((name, _)) = &p.user {
+            writeln!(o, "user = {}", q(name))?;
+        }
+        if let Some((name, _)) = &p.group {
+            writeln!(o, "group = {}", q(name))?;
+        }
+        if let Some(groups) = &p.groups {
+            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            writeln!(o, "groups = {}", list(&groups))?;
+        }
+        if let Some(m) = p.umask {
+            writeln!(o, "umask = \"{m:03o}\"")?;
+        }
+        if p.nofile.is_some() || p.core.is_some() || p.nproc.is_some() {
+            writeln!(o, "\n[app.rlimits]")?;
+            for (k, v) in [("nofile", p.nofile), ("core", p.core), ("nproc", p.nproc)] {
+                if let Some(v) = v {
+                    writeln!(o, "{k} = {v}")?;
+                }
+            }
         }
 
         let r = &self.recycle;
@@ -210,6 +244,18 @@ fn key(k: &str) -> String {
         k.to_owned()
     } else {
         q(k)
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:(redacted)@host`: `check` output is
+/// pasted into tickets and chats.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:{REDACTED}{}", &url[..s + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use appvisor_contract as contract;
 
+use crate::accounts::{lookup_group, lookup_user, user_groups};
 use crate::diagnostic::{app_label, closest, field_label, ConfigError, Location, Problem};
 use crate::duration::{format_duration, parse_duration};
 use crate::raw::*;
@@ -403,6 +404,8 @@ impl<'a> Resolver<'a> {
             raw.sessions.as_ref().map(|r| r.get_ref()),
             processes,
         );
+        let process = self.process(&sc, raw);
+        let secret_env = self.secret_env(&sc, raw.secret_env.as_ref(), &env);
         AppConfig {
             name,
             command,
@@ -416,7 +419,119 @@ impl<'a> Resolver<'a> {
             watch,
             health,
             sessions,
+            process,
+            secret_env,
         }
+    }
+
+    /// `user`, `group`, `groups`, `umask` and `[app.rlimits]`. Names are looked up
+    /// now, so an unknown user is an error of the config (with its place), and the
+    /// child after fork only uses numbers.
+    fn process(&mut self, sc: &Scope, raw: &RawApp) -> ProcessConfig {
+        let mut p = ProcessConfig::default();
+        let mut user_gid = None;
+        if let Some(u) = &raw.user {
+            let name = u.get_ref();
+            match lookup_user(name) {
+                Ok(Some((uid, gid))) => {
+                    p.user = Some((name.clone(), uid));
+                    user_gid = Some(gid);
+                }
+                Ok(None) => self.report(
+                    Some(u.span()),
+                    sc.field("user"),
+                    format!("unknown user {name:?}: no such entry in the user database; give an existing user name or a numeric uid"),
+                ),
+                Err(e) => self.report(Some(u.span()), sc.field("user"), format!("cannot look up user {name:?}: {e}")),
+            }
+        }
+        if let Some(g) = &raw.group {
+            let name = g.get_ref();
+            match lookup_group(name) {
+                Ok(Some(gid)) => p.group = Some((name.clone(), gid)),
+                Ok(None) => self.report(
+                    Some(g.span()),
+                    sc.field("group"),
+                    format!("unknown group {name:?}: no such entry in the group database; give an existing group name or a numeric gid"),
+                ),
+                Err(e) => self.report(Some(g.span()), sc.field("group"), format!("cannot look up group {name:?}: {e}")),
+            }
+        } else if let (Some(_), Some(gid)) = (&p.user, user_gid) {
+            // The user's primary group, by number: its name may differ
+            // (nobody/nogroup), and the number round-trips through `check`.
+            p.group = Some((gid.to_string(), gid));
+        }
+        if let Some(list) = &raw.groups {
+            let mut gids = Vec::new();
+            for g in list.get_ref() {
+                match lookup_group(g.get_ref()) {
+                    Ok(Some(gid)) => gids.push(gid),
+                    Ok(None) => self.report(
+                        Some(g.span()),
+                        sc.field("groups"),
+                        format!(
+                            "unknown group {:?} in groups: no such entry in the group database",
+                            g.get_ref()
+                        ),
+                    ),
+                    Err(e) => self.report(
+                        Some(g.span()),
+                        sc.field("groups"),
+                        format!("cannot look up group {:?}: {e}", g.get_ref()),
+                    ),
+                }
+            }
+            p.groups = Some(gids);
+        } else if let (Some(u), Some((_, gid))) = (&raw.user, &p.group) {
+            p.groups = Some(user_groups(u.get_ref(), *gid).unwrap_or_else(|| vec![*gid]));
+        } else if let Some((_, gid)) = &p.group {
+            p.groups = Some(vec![*gid]);
+        }
+        if let Some(m) = &raw.umask {
+            let text = m.get_ref();
+            match u32::from_str_radix(text, 8) {
+                Ok(v) if v <= 0o777 && !text.is_empty() => p.umask = Some(v),
+                _ => self.report(
+                    Some(m.span()),
+                    sc.field("umask"),
+                    format!("{text:?} is not a umask; write it in octal as a string, e.g. umask = \"027\""),
+                ),
+            }
+        }
+        if let Some(r) = &raw.rlimits {
+            let r = r.get_ref();
+            let rsc = sc.within("rlimits");
+            let mut limit = |key: &str, v: Option<&Sp<i64>>| {
+                v.map(|v| self.int(&rsc, key, Some(v), 0, 0..=i64::MAX) as u64)
+            };
+            p.nofile = limit("nofile", r.nofile.as_ref());
+            p.core = limit("core", r.core.as_ref());
+            p.nproc = limit("nproc", r.nproc.as_ref());
+        }
+        p
+    }
+
+    /// `secret_env`: each name must be a key of `env`.
+    fn secret_env(
+        &mut self,
+        sc: &Scope,
+        raw: Option<&Sp<Vec<Sp<String>>>>,
+        env: &BTreeMap<String, String>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for name in raw.map(|r| r.get_ref().iter()).into_iter().flatten() {
+            let k = name.get_ref();
+            if !env.contains_key(k) {
+                self.report(
+                    Some(name.span()),
+                    sc.field("secret_env"),
+                    format!("{k:?} is not set in env; secret_env names variables of this app's env to redact"),
+                );
+            } else {
+                out.push(k.clone());
+            }
+        }
+        out
     }
 
     fn command(

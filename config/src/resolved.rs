@@ -101,6 +101,31 @@ pub struct AppConfig {
     pub watch: WatchConfig,
     pub health: HealthConfig,
     pub sessions: SessionsConfig,
+    /// Who the workers run as, their limits and umask.
+    pub process: ProcessConfig,
+    /// Names in `env` whose values are secret: `check` and `status` show
+    /// `(redacted)` instead.
+    pub secret_env: Vec<String>,
+}
+
+/// What a worker process is made of beyond its command: credentials (applied only
+/// when appvisor runs as root), resource limits and umask, all set in the child
+/// between fork and exec.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcessConfig {
+    /// `user`: the name as written and its uid.
+    pub user: Option<(String, u32)>,
+    /// `group` (default: the user's primary group): the name and its gid.
+    pub group: Option<(String, u32)>,
+    /// Supplementary groups: `groups` if given, else the user's groups from the
+    /// group database (as `initgroups` does), else only `group`.
+    pub groups: Option<Vec<u32>>,
+    /// `umask`, e.g. `"027"`.
+    pub umask: Option<u32>,
+    /// `[app.rlimits]`: soft and hard limits set to these values.
+    pub nofile: Option<u64>,
+    pub core: Option<u64>,
+    pub nproc: Option<u64>,
 }
 
 /// One entry of `listen`: `"tcp://127.0.0.1:8080"`, `"unix:/path.sock"`, or a table

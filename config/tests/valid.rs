@@ -297,3 +297,55 @@ fn missing_file_names_the_path() {
         "{msg}"
     );
 }
+
+#[test]
+fn user_resolves_to_ids_before_any_fork() {
+    let config = parse(
+        "[[app]]\nname = \"a\"\ncommand = [\"x\"]\nuser = \"root\"\ngroups = [\"0\"]\numask = \"0077\"\n[app.rlimits]\nnofile = 10\n",
+        Path::new("/tmp/appvisor.toml"),
+    )
+    .unwrap();
+    let p = &config.apps[0].process;
+    assert_eq!(p.user, Some(("root".into(), 0)));
+    assert_eq!(p.group, Some(("0".into(), 0)));
+    assert_eq!(p.groups, Some(vec![0]));
+    assert_eq!(p.umask, Some(0o077));
+    assert_eq!((p.nofile, p.core, p.nproc), (Some(10), None, None));
+}
+
+#[test]
+fn secret_env_values_are_redacted_in_the_dump() {
+    let config = parse(
+        "[[app]]\nname = \"a\"\ncommand = [\"x\"]\nenv = { DB_PASSWORD = \"hunter2\", MODE = \"prod\" }\nsecret_env = [\"DB_PASSWORD\"]\n",
+        Path::new("/tmp/appvisor.toml"),
+    )
+    .unwrap();
+    assert_eq!(config.apps[0].env["DB_PASSWORD"], "hunter2");
+    let dumped = config.to_toml_string();
+    assert!(!dumped.contains("hunter2"), "{dumped}");
+    assert!(dumped.contains("DB_PASSWORD = \"(redacted)\""), "{dumped}");
+    assert!(dumped.contains("MODE = \"prod\""), "{dumped}");
+    // Naming a variable that env does not set is a mistake worth a message.
+    let err = parse(
+        "[[app]]\nname = \"a\"\ncommand = [\"x\"]\nsecret_env = [\"NOPE\"]\n",
+        Path::new("/tmp/appvisor.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("secret_env") && err.contains("NOPE"), "{err}");
+}
+
+#[test]
+fn store_password_is_redacted_in_the_dump() {
+    let config = parse(
+        "[store]\nbackend = \"redis\"\nurl = \"redis://app:s3cret-pw@127.0.0.1:6379/0\"\n",
+        Path::new("/tmp/appvisor.toml"),
+    )
+    .unwrap();
+    let dumped = config.to_toml_string();
+    assert!(!dumped.contains("s3cret-pw"), "{dumped}");
+    assert!(
+        dumped.contains("redis://app:(redacted)@127.0.0.1:6379/0"),
+        "{dumped}"
+    );
+}

@@ -134,6 +134,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = appvisor_config::load(config_path)?;
     preflight(&config)?;
     crate::fd_limit::raise();
+    crate::spawn::warn_about_privileges(&config.apps);
     let paths = StatePaths::new(&config);
     // Before anything else touches the state dir: make it safe and lock it, so a
     // second supervisor on the same dir refuses here, having harmed nothing.

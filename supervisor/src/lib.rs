@@ -30,6 +30,7 @@
 //! and the control socket only send it commands. See `docs/ARCHITECTURE.md`.
 
 pub mod backend;
+pub mod cgroup;
 pub mod cli;
 pub mod control;
 pub mod daemon;

@@ -91,8 +91,21 @@ impl NotifySocket {
     /// Binds `dir/name.sock`; if that path is too long for a unix socket, an
     /// abstract socket `@appvisor/<pid>/<name>` instead.
     pub fn bind(dir: &Path, name: &str) -> io::Result<NotifySocket> {
+        Self::bind_in(dir, name, false)
+    }
+
+    /// Binds an abstract socket `@appvisor/<pid>/<name>`: for a worker that runs
+    /// as another user, who cannot reach a path inside the owner-only state dir.
+    /// Anyone may send to it, but messages are accepted only from the worker's
+    /// process group (credentials are checked), as for a path.
+    pub fn bind_abstract(dir: &Path, name: &str) -> io::Result<NotifySocket> {
+        Self::bind_in(dir, name, true)
+    }
+
+    fn bind_in(dir: &Path, name: &str, force_abstract: bool) -> io::Result<NotifySocket> {
         let path = dir.join(format!("{name}.sock"));
-        let (socket, env_value, path) = if path.as_os_str().len() <= SUN_PATH_MAX {
+        let (socket, env_value, path) = if !force_abstract && path.as_os_str().len() <= SUN_PATH_MAX
+        {
             let _ = std::fs::remove_file(&path);
             let s = std::os::unix::net::UnixDatagram::bind(&path)?;
             // Owner only, as every socket in the state dir: the worker runs as the

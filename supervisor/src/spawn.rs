@@ -11,8 +11,11 @@
 //! SIGPIPE; a worker must not inherit that), becomes leader of its own process group
 //! (so the whole tree can be signalled at once), asks for SIGKILL when its parent
 //! thread dies (the supervisor forks from its single, long-lived runtime thread) and
-//! re-checks `getppid()` to close the race, wires stdio, places the listening sockets
-//! at 3…, changes directory and execs. Any failure is reported through a
+//! re-checks `getppid()` to close the race, waits until the parent has placed it in
+//! its cgroup (a byte on a pipe), wires stdio, places the listening sockets
+//! at 3…, sets its resource limits and umask, drops to the app's user and groups
+//! (only when appvisor runs as root: `setgroups`, `setgid`, then `setuid`, with
+//! ids resolved when the config was loaded), changes directory and execs. Any failure is reported through a
 //! close-on-exec pipe as an errno, so `spawn` returns a precise error instead of a
 //! worker that "exited 127".
 
@@ -21,6 +24,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use appvisor_config::ProcessConfig;
 
 /// What to start.
 #[derive(Debug)]
@@ -34,6 +39,43 @@ pub struct SpawnSpec<'a> {
     pub listen_fds: &'a [RawFd],
     /// Also set `WATCHDOG_PID` to the child's pid.
     pub watchdog: bool,
+    /// The cgroup (v2 directory) to place the child in before it runs anything.
+    pub cgroup: Option<&'a Path>,
+    /// User, groups, rlimits, umask.
+    pub process: &'a ProcessConfig,
+}
+
+/// Names, once at start, every app whose workers will run as root (appvisor is
+/// root and the app sets no `user`), as uWSGI does — a warning, never a refusal,
+/// so existing setups keep working — and every app whose `user`/`group` cannot be
+/// applied because appvisor is not root.
+pub fn warn_about_privileges(apps: &[appvisor_config::AppConfig]) {
+    let root = nix::unistd::geteuid().is_root();
+    for app in apps {
+        let p = &app.process;
+        let sets_ids = p.user.is_some() || p.group.is_some() || p.groups.is_some();
+        if root && p.user.is_none() {
+            tracing::warn!(
+                app = %app.name,
+                "The workers of app {:?} run as root; set `user` (and `group`) in its [[app]] to drop privileges.",
+                app.name
+            );
+        } else if !root && sets_ids {
+            tracing::warn!(
+                app = %app.name,
+                "App {:?} sets user/group, but appvisor does not run as root: its workers keep appvisor's user.",
+                app.name
+            );
+        }
+    }
+}
+
+/// Whether a worker with `process` runs as another user than appvisor: it sets a
+/// user or group and appvisor runs as root (otherwise they are not applied: a
+/// non-root process cannot change its ids).
+pub fn drops_privileges(process: &ProcessConfig) -> bool {
+    (process.user.is_some() || process.group.is_some() || process.groups.is_some())
+        && nix::unistd::geteuid().is_root()
 }
 
 /// A started worker: its pid (also its process group id) and its output pipes.
@@ -42,6 +84,8 @@ pub struct Spawned {
     pub pid: i32,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// Why the child is not in `SpawnSpec::cgroup` (it runs anyway).
+    pub cgroup_error: Option<io::Error>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +126,11 @@ enum Step {
     Sockets,
     Chdir,
     Exec,
+    Placement,
+    Rlimit,
+    Groups,
+    Setgid,
+    Setuid,
 }
 
 fn step_name(code: u8) -> &'static str {
@@ -91,6 +140,11 @@ fn step_name(code: u8) -> &'static str {
         3 => "redirecting stdio",
         4 => "placing listening sockets at fd 3…",
         5 => "chdir",
+        7 => "waiting for the parent to place it in its cgroup",
+        8 => "setrlimit",
+        9 => "setgroups",
+        10 => "setgid",
+        11 => "setuid",
         _ => "exec",
     }
 }
@@ -152,17 +206,38 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     let (out_r, out_w) = pipe().map_err(setup("creating the stdout pipe"))?;
     let (err_r, err_w) = pipe().map_err(setup("creating the stderr pipe"))?;
     let (report_r, report_w) = pipe().map_err(setup("creating the error pipe"))?;
+    // The parent's "go": one byte once the child is in its cgroup.
+    let (go_r, go_w) = pipe().map_err(setup("creating the placement pipe"))?;
     // Sources of dup2 must not sit where targets go (0..3+n).
     let floor = 3 + spec.listen_fds.len() as RawFd;
     let devnull = crate::sockets::raise_fd(OwnedFd::from(devnull)).map_err(setup("fd"))?;
     let out_w = crate::sockets::raise_fd(out_w).map_err(setup("fd"))?;
     let err_w = crate::sockets::raise_fd(err_w).map_err(setup("fd"))?;
     let report_w = crate::sockets::raise_fd(report_w).map_err(setup("fd"))?;
+    let go_r = crate::sockets::raise_fd(go_r).map_err(setup("fd"))?;
     for fd in spec.listen_fds {
         assert!(*fd >= floor, "listening fd {fd} below the floor {floor}");
     }
     let listen_fds: Vec<RawFd> = spec.listen_fds.to_vec();
     let nofile = crate::fd_limit::for_workers();
+    let p = spec.process;
+    let rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)> = [
+        (libc::RLIMIT_NOFILE, p.nofile),
+        (libc::RLIMIT_CORE, p.core),
+        (libc::RLIMIT_NPROC, p.nproc),
+    ]
+    .into_iter()
+    .filter_map(|(r, v)| v.map(|v| (r, v as libc::rlim_t)))
+    .collect();
+    let ids = if drops_privileges(p) {
+        Ids {
+            uid: p.user.as_ref().map(|u| u.1),
+            gid: p.group.as_ref().map(|g| g.1),
+            groups: p.groups.clone(),
+        }
+    } else {
+        Ids::default()
+    };
     let parent = nix::unistd::getpid().as_raw();
 
     // Raw `libc` from here to `execve` on purpose: between fork and exec the child of
@@ -184,6 +259,11 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
                 out: out_w.as_raw_fd(),
                 err: err_w.as_raw_fd(),
                 report: report_w.as_raw_fd(),
+                rlimits: &rlimits,
+                umask: p.umask,
+                ids: &ids,
+                go: go_r.as_raw_fd(),
+                go_w: go_w.as_raw_fd(),
                 listen_fds: &listen_fds,
                 cwd: &c_cwd,
                 program: &c_program,
@@ -199,6 +279,16 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     if pid < 0 {
         return Err(setup("fork")(io::Error::last_os_error()));
     }
+    drop(go_r);
+    // Into the cgroup before the child may run anything (it waits for the byte).
+    // A failure does not stop the worker: it runs as it would without cgroups.
+    let cgroup_error = spec
+        .cgroup
+        .and_then(|dir| crate::cgroup::place(dir, pid).err());
+    // If the write fails the child is gone (it reads EOF and exits): the error
+    // pipe reports it below.
+    let _ = nix::unistd::write(&go_w, &[1u8]);
+    drop(go_w);
     drop(report_w);
     drop(out_w);
     drop(err_w);
@@ -223,6 +313,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
             pid,
             stdout: out_r,
             stderr: err_r,
+            cgroup_error,
         });
     }
     // The child failed before exec and `_exit`ed; reap it here so no zombie remains
@@ -245,12 +336,26 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     }
 }
 
+/// The ids a worker drops to; all `None` keeps appvisor's.
+#[derive(Default)]
+struct Ids {
+    uid: Option<u32>,
+    gid: Option<u32>,
+    groups: Option<Vec<u32>>,
+}
+
 struct ChildPlan<'a> {
     parent: libc::pid_t,
+    rlimits: &'a [(libc::__rlimit_resource_t, libc::rlim_t)],
+    umask: Option<u32>,
+    ids: &'a Ids,
     devnull: RawFd,
     out: RawFd,
     err: RawFd,
     report: RawFd,
+    /// Read end of the placement pipe; `go_w` is the child's copy of the write end.
+    go: RawFd,
+    go_w: RawFd,
     listen_fds: &'a [RawFd],
     cwd: &'a CString,
     program: &'a CString,
@@ -303,6 +408,21 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         if libc::getppid() != plan.parent {
             libc::_exit(1);
         }
+        // Wait to be placed in the cgroup. Our copy of the write end is closed
+        // first, so a parent that dies before writing gives EOF, not a hang.
+        libc::close(plan.go_w);
+        let mut go = 0u8;
+        loop {
+            let n = libc::read(plan.go, (&mut go as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            fail(Step::Placement);
+        }
+        libc::close(plan.go);
 
         if libc::dup2(plan.devnull, 0) < 0
             || libc::dup2(plan.out, 1) < 0
@@ -330,6 +450,35 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
             let entry = &mut plan.env[slot];
             let eq = entry.iter().position(|&b| b == b'=').unwrap_or(0) + 1;
             write_decimal(&mut entry[eq..], pid as u64);
+        }
+        // Limits first: raising a hard limit needs the privileges we drop below.
+        for &(resource, value) in plan.rlimits {
+            let lim = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            if libc::setrlimit(resource, &lim) != 0 {
+                fail(Step::Rlimit);
+            }
+        }
+        if let Some(mask) = plan.umask {
+            libc::umask(mask as libc::mode_t);
+        }
+        // Groups, then gid, then uid: after setuid nothing else may change.
+        if let Some(groups) = &plan.ids.groups {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                fail(Step::Groups);
+            }
+        }
+        if let Some(gid) = plan.ids.gid {
+            if libc::setgid(gid) != 0 {
+                fail(Step::Setgid);
+            }
+        }
+        if let Some(uid) = plan.ids.uid {
+            if libc::setuid(uid) != 0 {
+                fail(Step::Setuid);
+            }
         }
         if libc::chdir(plan.cwd.as_ptr()) != 0 {
             fail(Step::Chdir);

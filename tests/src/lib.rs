@@ -187,9 +187,19 @@ impl Sandbox {
     /// Starts `appvisor run` in the sandbox; returns once the control socket answers.
     /// Its stdout and stderr go to `supervisor.out` and `supervisor.err`.
     pub fn start(&self) -> Supervisor {
+        self.start_with_env(&[])
+    }
+
+    /// [`Sandbox::start`] with extra environment variables for the supervisor.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Supervisor {
         let out = std::fs::File::create(self.dir.join("supervisor.out")).unwrap();
         let err = std::fs::File::create(self.dir.join("supervisor.err")).unwrap();
-        self.start_with(Command::new(appvisor_bin()).stdout(out).stderr(err))
+        self.start_with(
+            Command::new(appvisor_bin())
+                .envs(env.iter().copied())
+                .stdout(out)
+                .stderr(err),
+        )
     }
 
     /// Starts `appvisor run` from `cmd` (a `Command` of [`appvisor_bin`] with its

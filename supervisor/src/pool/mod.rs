@@ -166,6 +166,8 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         reaper: ctx.reaper,
         guard: ctx.guard,
         log: ctx.log,
+        cgroups: Default::default(),
+        markers: Default::default(),
     };
     let (pool, inbox, handle) = Pool::new(
         app,

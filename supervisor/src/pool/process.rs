@@ -1,16 +1,17 @@
 //! The seam between the pool's decisions and the operating system.
 //!
 //! Everything the pool does to or learns from a process goes through
-//! [`ProcessTable`]: spawning a worker (fork/exec, reaper registration, the guard's
-//! `+pgid`, output and notify forwarding), signalling it, killing its process group,
-//! releasing it from the guard, and the figures triggers read (`/proc` memory and CPU,
+//! [`ProcessTable`]: spawning a worker (fork/exec into its own cgroup, reaper
+//! registration, the guard's `+pgid`, output and notify forwarding), signalling it,
+//! killing its process group and its cgroup, releasing it from the guard (and
+//! removing its cgroup), and the figures triggers read (`/proc` memory and CPU,
 //! the HTTP probe, a connection on an idle socket). [`OsProcessTable`] is the real
 //! one, over `spawn.rs`, `reaper.rs`, `guard.rs`, `notify.rs` and `probe.rs`; the
 //! pool's unit tests use a fake that records what it was asked and lets the test
 //! deliver READY, notify messages and exits. The clock is tokio's `Instant`, so those
 //! tests run under paused time.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use appvisor_config::ListenAddress;
+use appvisor_config::{ListenAddress, ProcessConfig};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
@@ -47,6 +48,8 @@ pub struct SpawnRequest<'a> {
     /// Listening sockets, passed as fds 3, 4, …
     pub listen_fds: &'a [RawFd],
     pub watchdog: bool,
+    /// Credentials, limits and umask of the worker.
+    pub process: &'a ProcessConfig,
     /// Where the worker's exit goes (registered before the spawn returns).
     pub exits: mpsc::UnboundedSender<Exit>,
     /// Where its sd_notify messages go, tagged with its pid.
@@ -60,6 +63,8 @@ pub struct SpawnedWorker {
     /// Kept as long as the worker lives (its notify socket; dropping it removes the
     /// socket file).
     pub resources: Box<dyn Send>,
+    /// Its cgroup (a directory), shown by `appvisor status`.
+    pub cgroup: Option<String>,
 }
 
 /// What the pool may do to processes and learn about them. See the module docs.
@@ -69,9 +74,11 @@ pub trait ProcessTable: Send + 'static {
     fn spawn(&mut self, request: SpawnRequest<'_>) -> Result<SpawnedWorker, String>;
     /// Sends `signal` (a Linux signal number) to `pid`.
     fn signal(&mut self, pid: i32, signal: crate::signal::Signal);
-    /// SIGKILL to the whole process group `pgid`.
+    /// SIGKILL to the whole process group `pgid` and to the cgroup of the worker
+    /// `pgid` (daemons that left the group with `setsid` included).
     fn kill_group(&mut self, pgid: i32);
-    /// The group `pgid` is gone: the guard need not kill it any more.
+    /// The group `pgid` is gone: the guard need not kill it any more, and its
+    /// cgroup is removed.
     fn release(&mut self, pgid: i32);
     /// Memory of `pid`'s process tree; `None` if it cannot be read.
     fn memory(&mut self, pid: i32) -> Option<MemorySample>;
@@ -96,11 +103,24 @@ pub struct OsProcessTable {
     pub reaper: Reaper,
     pub guard: Guard,
     pub log: AppLog,
+    /// Each live worker's cgroup, by pid.
+    pub cgroups: Arc<Mutex<HashMap<i32, PathBuf>>>,
+    /// Without a cgroup: each live worker's `NOTIFY_SOCKET` value, unique to it and
+    /// inherited by everything it starts, to find what escaped its group.
+    pub markers: Arc<Mutex<HashMap<i32, String>>>,
 }
 
 impl ProcessTable for OsProcessTable {
     fn spawn(&mut self, request: SpawnRequest<'_>) -> Result<SpawnedWorker, String> {
-        let mut notify = NotifySocket::bind(&self.run_dir, request.name).map_err(|e| {
+        // A worker that drops to another user cannot reach the owner-only state
+        // dir: its notify socket is an abstract one.
+        let other_user = crate::spawn::drops_privileges(request.process);
+        let bind = if other_user {
+            NotifySocket::bind_abstract
+        } else {
+            NotifySocket::bind
+        };
+        let mut notify = bind(&self.run_dir, request.name).map_err(|e| {
             format!(
                 "cannot create the notify socket in {}: {e}",
                 self.run_dir.display()
@@ -111,15 +131,59 @@ impl ProcessTable for OsProcessTable {
             appvisor_contract::env::NOTIFY_SOCKET.into(),
             notify.env_value.clone(),
         ));
+        let cgroup = self.guard.cgroups().and_then(|c| {
+            c.worker(request.name)
+                .and_then(|dir| {
+                    if other_user {
+                        // Delegated to the worker's user, as systemd does: it may
+                        // manage processes inside (sub-cgroups included).
+                        let (uid, gid) = (
+                            request.process.user.as_ref().map(|u| u.1),
+                            request.process.group.as_ref().map(|g| g.1),
+                        );
+                        crate::cgroup::chown(&dir, uid, gid)?;
+                    }
+                    Ok(dir)
+                })
+                .map_err(|e| {
+                    tracing::warn!(worker = request.name, "Cannot create the worker's cgroup ({e}); only its process group will be killed.");
+                })
+                .ok()
+        });
         let spec = SpawnSpec {
             argv: request.argv,
             cwd: request.cwd,
             env,
             listen_fds: request.listen_fds,
             watchdog: request.watchdog,
+            cgroup: cgroup.as_deref(),
+            process: request.process,
         };
-        let spawned = spawn(&spec).map_err(|e| e.to_string())?;
+        let spawned = match spawn(&spec) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(dir) = cgroup {
+                    crate::cgroup::remove_when_empty(dir);
+                }
+                return Err(e.to_string());
+            }
+        };
         let pid = spawned.pid;
+        let cgroup = match (cgroup, spawned.cgroup_error) {
+            (Some(dir), None) => Some(dir),
+            (Some(dir), Some(e)) => {
+                tracing::warn!(pid, cgroup = %dir.display(), "Cannot place the worker in its cgroup ({e}); only its process group will be killed.");
+                crate::cgroup::remove_when_empty(dir);
+                None
+            }
+            (None, _) => None,
+        };
+        if let Some(dir) = &cgroup {
+            self.cgroups.lock().unwrap().insert(pid, dir.clone());
+        } else {
+            let marker = format!("NOTIFY_SOCKET={}", notify.env_value);
+            self.markers.lock().unwrap().insert(pid, marker);
+        }
         // Register before yielding (see reaper's invariant).
         self.reaper.watch(pid, request.exits);
         self.guard.protect(pid);
@@ -131,6 +195,7 @@ impl ProcessTable for OsProcessTable {
             pid,
             tail,
             resources: Box::new(notify),
+            cgroup: cgroup.map(|d| d.display().to_string()),
         })
     }
 
@@ -141,10 +206,26 @@ impl ProcessTable for OsProcessTable {
 
     fn kill_group(&mut self, pgid: i32) {
         let _ = crate::signal::kill_group(Pid::from_raw(pgid));
+        if let Some(dir) = self.cgroups.lock().unwrap().get(&pgid) {
+            crate::cgroup::kill(dir);
+        }
     }
 
     fn release(&mut self, pgid: i32) {
         self.guard.release(pgid);
+        if let Some(dir) = self.cgroups.lock().unwrap().remove(&pgid) {
+            crate::cgroup::remove_when_empty(dir);
+        }
+        if let Some(marker) = self.markers.lock().unwrap().remove(&pgid) {
+            let escaped = crate::cgroup::escaped(pgid, &marker);
+            if !escaped.is_empty() {
+                tracing::warn!(
+                    worker = pgid,
+                    escaped = ?escaped,
+                    "Processes started by worker {pgid} left its process group and outlive it (no cgroup to kill them): pids {escaped:?}."
+                );
+            }
+        }
     }
 
     fn memory(&mut self, pid: i32) -> Option<MemorySample> {

@@ -33,6 +33,9 @@ pub struct WorkerStatus {
     pub rss: Option<u64>,
     pub requests: u64,
     pub status: Option<String>,
+    /// Its cgroup directory, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// An app's state as `appvisor status` shows it. The JSON strings are the ones the
@@ -155,6 +158,7 @@ impl Pool {
                 rss: self.table.rss(w.pid),
                 requests: w.requests,
                 status: w.status.clone(),
+                cgroup: w.cgroup.clone(),
             })
             .collect();
         workers.sort_by_key(|w| (w.worker, w.generation));

@@ -72,6 +72,8 @@ pub(super) struct Worker {
     pub(super) tail: StderrTail,
     /// Its notify socket, kept open while it lives.
     pub(super) _resources: Box<dyn Send>,
+    /// Its cgroup, for `appvisor status`.
+    pub(super) cgroup: Option<String>,
 }
 
 impl Worker {
@@ -173,6 +175,7 @@ impl Pool {
             env,
             listen_fds: &fds,
             watchdog: watchdog.is_some(),
+            process: &self.app.process,
             exits: self.exit_tx.clone(),
             notify: self.notify_tx.clone(),
         })?;
@@ -217,6 +220,7 @@ impl Pool {
             sessions: None,
             tail: spawned.tail,
             _resources: spawned.resources,
+            cgroup: spawned.cgroup,
         };
         self.workers.insert(pid, worker);
         let s = &mut self.slots[slot as usize];

@@ -140,6 +140,7 @@ impl ProcessTable for Fake {
             pid,
             tail,
             resources: Box::new(()),
+            cgroup: None,
         })
     }
 

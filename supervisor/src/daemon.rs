@@ -232,12 +232,27 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     // A deleted state dir (an `rm -rf` of the project's dot-dirs, a tmp cleaner) is
-    // noticed within a second by its lock file's absence, and rebuilt.
-    let mut state_check = tokio::time::interval(std::time::Duration::from_secs(1));
-    state_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // noticed by inotify on the directory itself, and rebuilt; only while rebuilding
+    // fails is it retried every second (no timer otherwise: 0 wake-ups at rest).
+    let mut removal = watch_removal(&paths.dir, state_lock.path());
+    let mut retry: Option<tokio::time::Instant> = None;
     loop {
+        let removed = async {
+            match removal.as_mut() {
+                Some(w) => w.removed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let retry_due = async {
+            match retry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = state_check.tick() => {
+            _ = removed => retry = Some(tokio::time::Instant::now()),
+            _ = retry_due => {
+                retry = None;
                 if !state_lock.path().exists() {
                     match restore_state_dir(&paths, &trusted, &events, &state) {
                         Ok((lock, task)) => {
@@ -245,9 +260,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                             control_task.abort();
                             control_task = task;
                         }
-                        Err(e) => tracing::error!("The state dir {} was deleted and cannot be made again: {e:#}; retrying in a second", paths.dir.display()),
+                        Err(e) => {
+                            tracing::error!("The state dir {} was deleted and cannot be made again: {e:#}; retrying in a second", paths.dir.display());
+                            retry = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+                        }
                     }
                 }
+                // Watch the directory that is there now (the new one, or the old
+                // one if only its lock was missing for a moment).
+                removal = watch_removal(&paths.dir, state_lock.path());
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -288,6 +309,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     guard.finish();
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// The inotify watch that says when the state dir itself goes; `None` (with a
+/// warning) if inotify cannot watch it: a deleted state dir then goes unnoticed.
+fn watch_removal(dir: &Path, lock: &Path) -> Option<crate::state_dir::RemovalWatch> {
+    crate::state_dir::RemovalWatch::new(dir, lock)
+        .map_err(|e| {
+            tracing::warn!(
+                "Cannot watch the state dir {} for removal ({e}); if it is deleted, restart the supervisor.",
+                dir.display()
+            )
+        })
+        .ok()
 }
 
 /// Makes the state dir again after it was deleted under a running supervisor: the

@@ -312,3 +312,56 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 }
+
+/// Wakes when the state dir is removed or renamed away, so a supervisor at rest
+/// notices an `rm -rf` of its state dir without polling for it (polling would cost a
+/// wake-up every interval forever; the supervisor makes none when idle).
+///
+/// inotify, on what changes at the moment of the unlink: the lock file's link count
+/// (`IN_ATTRIB` when it is unlinked; `IN_DELETE_SELF`/`IN_MOVE_SELF` besides), and
+/// the state dir's entry in its parent (`IN_DELETE`, `IN_MOVED_FROM`). Not
+/// `IN_DELETE_SELF` on the directory: files the supervisor keeps open inside it
+/// hold its dentry, so that event comes only when they are closed.
+pub struct RemovalWatch {
+    events: inotify::EventStream<[u8; 1024]>,
+    lock: inotify::WatchDescriptor,
+    name: std::ffi::OsString,
+}
+
+impl RemovalWatch {
+    pub fn new(dir: &Path, lock: &Path) -> io::Result<RemovalWatch> {
+        use inotify::{Inotify, WatchMask};
+        let inotify = Inotify::init()?;
+        let lock = inotify.watches().add(
+            lock,
+            WatchMask::ATTRIB | WatchMask::DELETE_SELF | WatchMask::MOVE_SELF,
+        )?;
+        let name = dir.file_name().map(|n| n.to_owned()).unwrap_or_default();
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            inotify
+                .watches()
+                .add(parent, WatchMask::DELETE | WatchMask::MOVED_FROM)?;
+        }
+        Ok(RemovalWatch {
+            events: inotify.into_event_stream([0u8; 1024])?,
+            lock,
+            name,
+        })
+    }
+
+    /// Resolves at an event that may mean the state dir is gone (the caller checks
+    /// whether it is). Never resolves if the inotify descriptor fails.
+    pub async fn removed(&mut self) {
+        use futures_core::Stream;
+        loop {
+            let next =
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.events).poll_next(cx)).await;
+            match next {
+                Some(Ok(e)) if e.wd == self.lock => return,
+                Some(Ok(e)) if e.name.as_deref() == Some(self.name.as_os_str()) => return,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return std::future::pending().await,
+            }
+        }
+    }
+}

@@ -264,55 +264,6 @@ pub fn open_append(path: &Path) -> io::Result<File> {
         })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("av-sd-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    #[test]
-    fn a_second_lock_names_the_first_holder() {
-        let d = tmp("lock");
-        let held = lock(&d).unwrap();
-        assert_eq!(holder_pid(&d), Some(std::process::id() as i32));
-        // flock locks belong to the open file description: a second open in the
-        // same process conflicts just as another process would.
-        match lock(&d) {
-            Err(StateDirError::Locked { pid, .. }) => assert_eq!(pid, std::process::id() as i32),
-            other => panic!("expected Locked, got {other:?}"),
-        }
-        drop(held);
-        assert_eq!(holder_pid(&d), None, "a released lock names nobody");
-        lock(&d).unwrap();
-        let _ = std::fs::remove_dir_all(&d);
-    }
-
-    #[test]
-    fn an_open_state_dir_is_tightened_and_symlinks_are_refused() {
-        let d = tmp("mode");
-        let state = d.join("state");
-        std::fs::create_dir(&state).unwrap();
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let warning = prepare(&state, &d).unwrap().expect("a warning");
-        assert!(warning.contains("777"), "{warning}");
-        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
-        assert_eq!(prepare(&state, &d).unwrap(), None);
-
-        let target = d.join("target");
-        std::fs::write(&target, "x").unwrap();
-        std::os::unix::fs::symlink(&target, state.join("events.jsonl")).unwrap();
-        let e = open_append(&state.join("events.jsonl")).unwrap_err();
-        assert!(e.to_string().contains("symbolic link"), "{e}");
-        let _ = std::fs::remove_dir_all(&d);
-    }
-}
-
 /// Wakes when the state dir is removed or renamed away, so a supervisor at rest
 /// notices an `rm -rf` of its state dir without polling for it (polling would cost a
 /// wake-up every interval forever; the supervisor makes none when idle).
@@ -363,5 +314,54 @@ impl RemovalWatch {
                 Some(Err(_)) | None => return std::future::pending().await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("av-sd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_second_lock_names_the_first_holder() {
+        let d = tmp("lock");
+        let held = lock(&d).unwrap();
+        assert_eq!(holder_pid(&d), Some(std::process::id() as i32));
+        // flock locks belong to the open file description: a second open in the
+        // same process conflicts just as another process would.
+        match lock(&d) {
+            Err(StateDirError::Locked { pid, .. }) => assert_eq!(pid, std::process::id() as i32),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(held);
+        assert_eq!(holder_pid(&d), None, "a released lock names nobody");
+        lock(&d).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_open_state_dir_is_tightened_and_symlinks_are_refused() {
+        let d = tmp("mode");
+        let state = d.join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let warning = prepare(&state, &d).unwrap().expect("a warning");
+        assert!(warning.contains("777"), "{warning}");
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert_eq!(prepare(&state, &d).unwrap(), None);
+
+        let target = d.join("target");
+        std::fs::write(&target, "x").unwrap();
+        std::os::unix::fs::symlink(&target, state.join("events.jsonl")).unwrap();
+        let e = open_append(&state.join("events.jsonl")).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -231,11 +231,14 @@ pub struct FailureConfig {
     pub rapid_fail_max_crashes: u32,
     /// Default 5 min (IIS rapidFailProtectionInterval).
     pub rapid_fail_interval: Duration,
-    /// Default 100 ms.
+    /// The delay before the restart after the second failure in a row (default
+    /// 100 ms); it doubles with each further one. The first crash of a serving
+    /// worker restarts at once; a startup failure waits at least this.
     pub backoff_initial: Duration,
     /// Default 30 s.
     pub backoff_max: Duration,
-    /// A worker up this long resets the backoff (default 30 s).
+    /// A worker up this long resets the backoff, so its crash restarts at once
+    /// (default 30 s).
     pub stable_uptime: Duration,
 }
 

@@ -411,8 +411,10 @@ fn kill_9_of_a_worker_under_load_fails_only_its_in_flight_requests() {
         (pids.len() == 2 && !pids.contains(&victim)).then_some(pids)
     });
     let replacement = *after.iter().find(|p| !before.contains(p)).unwrap();
-    // How long the slot was empty: crash → the replacement ready. The pool waits
-    // `backoff_initial` (100 ms by default) before restarting a crashed slot.
+    // How long the slot was empty: crash → the replacement ready. The first crash
+    // of a serving worker restarts the slot at once (no backoff), so this is the
+    // replacement's startup time; the bound here only catches a hang, the figure
+    // itself belongs to the benchmarks.
     let time = |kind: &str, pid: i32| {
         let e = sv.wait_event(kind, Duration::from_secs(10), |e| {
             e["kind"] == kind && e["pid"] == pid

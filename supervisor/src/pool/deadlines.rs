@@ -117,7 +117,7 @@ impl Pool {
             let generation = self.generation;
             if let Err(msg) = self.spawn_worker(slot, generation, Entry::Fill) {
                 self.emit(self.event(EventKind::StartupFailed).detail(msg));
-                self.on_crash_of_slot(slot);
+                self.on_crash_of_slot(slot, Failure::Startup);
             }
         }
         if let Some((t, at)) = self.next_schedule.clone() {
@@ -203,7 +203,7 @@ impl Pool {
             .get(slot as usize)
             .is_some_and(|s| s.current.is_none() && s.candidate.is_none())
         {
-            self.schedule_restart(slot);
+            self.schedule_restart(slot, Failure::Startup);
         }
     }
 }

@@ -203,7 +203,7 @@ impl Pool {
             self.emit(self.event(EventKind::StartupFailed).detail(msg.clone()));
             if !self.count_crash() {
                 self.finish_job(Err(msg));
-                self.schedule_restart(slot);
+                self.schedule_restart(slot, Failure::Startup);
             }
         }
     }

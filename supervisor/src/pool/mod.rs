@@ -28,8 +28,10 @@
 //! the workers and keeps the sockets; the next connection starts them again.
 //!
 //! # Crashes
-//! An unexpected exit is restarted after a capped exponential backoff that resets
-//! once a worker stays up `stable_uptime`. `rapid_fail_max_crashes` crashes (or
+//! The first crash of a serving worker since the backoff last reset is restarted at
+//! once; each further failure in a row waits a backoff that starts at
+//! `backoff_initial` and doubles up to `backoff_max`; a worker that stays up
+//! `stable_uptime` resets it. A startup failure always waits the backoff. `rapid_fail_max_crashes` crashes (or
 //! startup failures) within `rapid_fail_interval` stop the app:
 //! `stopped (rapid-fail)`, until `appvisor start APP`.
 //!
@@ -76,6 +78,7 @@ use crate::trigger::memory::{self, MemoryVerdict};
 use crate::trigger::schedule::{self, JitterRng};
 use crate::trigger::watch::{AppWatcher, WatchDecision};
 
+use crash::Failure;
 use deadlines::sleep_until_opt;
 pub use handle::{PoolHandle, Reply};
 use job::{Pending, RecycleJob};
@@ -430,7 +433,7 @@ impl Pool {
             if self.slots[slot].current.is_none() && self.slots[slot].candidate.is_none() {
                 if let Err(msg) = self.spawn_worker(slot as u32, generation, Entry::Fill) {
                     self.emit(self.event(EventKind::StartupFailed).detail(msg));
-                    self.on_crash_of_slot(slot as u32);
+                    self.on_crash_of_slot(slot as u32, Failure::Startup);
                 }
             }
         }

@@ -120,7 +120,10 @@ pub(super) struct Slot {
     pub(super) candidate: Option<i32>,
     /// A crashed worker is restarted at this instant.
     pub(super) restart_at: Option<Instant>,
-    pub(super) backoff: Duration,
+    /// The delay before the last restart since the backoff last reset (`None`: no
+    /// failure since — at the slot's start, or after a worker stayed up
+    /// `stable_uptime`). See `crash.rs`.
+    pub(super) backoff: Option<Duration>,
 }
 
 impl Pool {
@@ -468,7 +471,7 @@ impl Pool {
                         .get(w.slot as usize)
                         .is_some_and(|s| s.current.is_none())
                     {
-                        self.schedule_restart(w.slot);
+                        self.schedule_restart(w.slot, Failure::Startup);
                     }
                 }
             }
@@ -483,10 +486,15 @@ impl Pool {
                 if let Some(slot) = self.slots.get_mut(w.slot as usize) {
                     slot.current = None;
                     if stable {
-                        slot.backoff = Duration::ZERO;
+                        slot.backoff = None;
                     }
                 }
-                self.on_crash_of_slot(w.slot);
+                let failure = if matches!(w.phase, Phase::Serving { .. }) {
+                    Failure::Crash
+                } else {
+                    Failure::Startup
+                };
+                self.on_crash_of_slot(w.slot, failure);
             }
         }
     }

@@ -4,35 +4,71 @@ use super::*;
 
 // ---- crashes --------------------------------------------------------------------
 
+/// Crashes the slot's worker and returns how long the slot waited for its
+/// restart (to the 100 ms), leaving the new worker ready.
+async fn crash_and_restart(h: &mut Harness) -> u128 {
+    let pid = h.fake.last_spawn();
+    h.fake.exit(pid, ExitStatus::Code(1));
+    let crashed_at = Instant::now();
+    h.settle().await;
+    // The restart comes at the backoff deadline: wait for it.
+    while h.fake.last_spawn() == pid {
+        h.advance(Duration::from_millis(10)).await;
+    }
+    let new = h.fake.last_spawn();
+    let at = h.fake.state().spawned_at[&new];
+    h.fake.ready(new);
+    h.settle().await;
+    (at - crashed_at).as_millis() / 100 * 100
+}
+
 #[tokio::test(start_paused = true)]
-async fn crash_backoff_doubles_to_its_cap_and_resets_after_a_stable_uptime() {
+async fn the_first_crash_restarts_at_once_then_the_backoff_doubles_to_its_cap() {
     let mut h = serving(app(1)).await;
     let mut delays = Vec::new();
-    for _ in 0..5 {
-        let pid = h.fake.last_spawn();
-        h.fake.exit(pid, ExitStatus::Code(1));
-        let crashed_at = Instant::now();
-        h.settle().await;
-        // The restart comes at the backoff deadline: wait for it.
-        while h.fake.last_spawn() == pid {
-            h.advance(Duration::from_millis(10)).await;
-        }
-        let new = h.fake.last_spawn();
-        let at = h.fake.state().spawned_at[&new];
-        delays.push((at - crashed_at).as_millis() / 100 * 100);
-        h.fake.ready(new);
-        h.settle().await;
+    for _ in 0..6 {
+        delays.push(crash_and_restart(&mut h).await);
     }
-    assert_eq!(delays, vec![1000, 2000, 4000, 4000, 4000]);
-    assert_eq!(h.count(EventKind::Crashed), 5);
+    assert_eq!(delays, vec![0, 1000, 2000, 4000, 4000, 4000]);
+    assert_eq!(h.count(EventKind::Crashed), 6);
+}
 
-    // Up for `stable_uptime`: the next crash restarts after the initial backoff.
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_a_stable_uptime_restarts_at_once_and_the_next_one_backs_off() {
+    let mut h = serving(app(1)).await;
+    for _ in 0..3 {
+        crash_and_restart(&mut h).await;
+    }
+    // Up for `stable_uptime`: the backoff resets, the crash restarts at once
+    // (within the 1 ms `settle` moves the clock by).
     h.advance(Duration::from_secs(61)).await;
     let pid = h.fake.last_spawn();
     h.fake.exit(pid, ExitStatus::Code(1));
     h.settle().await;
+    assert_ne!(h.fake.last_spawn(), pid, "no restart at once");
+    let new = h.fake.last_spawn();
+    h.fake.ready(new);
+    h.settle().await;
+    // The next crash in a row waits `backoff_initial`, then it doubles.
+    let delays = vec![
+        crash_and_restart(&mut h).await,
+        crash_and_restart(&mut h).await,
+    ];
+    assert_eq!(delays, vec![1000, 2000]);
+    // Up for a while but less than `stable_uptime`: no reset.
+    h.advance(Duration::from_secs(59)).await;
+    assert_eq!(crash_and_restart(&mut h).await, 4000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_worker_that_exits_before_ready_is_restarted_after_the_backoff() {
+    let mut h = start(app(1)).await;
+    let pid = h.fake.last_spawn();
+    h.fake.exit(pid, ExitStatus::Code(1));
+    h.settle().await;
+    assert_eq!(h.count(EventKind::StartupFailed), 1);
     h.advance(Duration::from_millis(990)).await;
-    assert_eq!(h.fake.last_spawn(), pid);
+    assert_eq!(h.fake.last_spawn(), pid, "restarted before the backoff");
     h.advance(Duration::from_millis(20)).await;
     assert_ne!(h.fake.last_spawn(), pid);
 }

@@ -50,3 +50,6 @@ pub mod sockets;
 pub mod spawn;
 pub mod state_dir;
 pub mod trigger;
+
+#[cfg(test)]
+mod fuzz;

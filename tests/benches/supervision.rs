@@ -130,23 +130,37 @@ fn throughput() -> Option<(f64, f64)> {
     Some((median(&mut a), median(&mut b)))
 }
 
-/// CPU time of every thread of `pid`, in nanoseconds (schedstat: exact, unlike
-/// clock ticks of 10 ms).
-fn cpu_ns(pid: i32) -> u64 {
-    let mut total = 0;
+/// CPU time of each thread of `pid` by thread id, in nanoseconds (schedstat: exact,
+/// unlike clock ticks of 10 ms).
+fn cpu_ns(pid: i32) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
     {
         if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
-            total += s
+            let ns = s
                 .split_whitespace()
                 .next()
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
+            out.insert(t.file_name().to_string_lossy().into_owned(), ns);
         }
     }
-    total
+    out
+}
+
+/// CPU used between two [`cpu_ns`] readings, thread by thread: a thread that
+/// exited in between (tokio's blocking pool lets an idle thread go after 10 s) must
+/// not make the sum go down.
+fn cpu_used(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+) -> u64 {
+    after
+        .iter()
+        .map(|(tid, ns)| ns.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
 }
 
 fn footprint() -> (f64, f64) {
@@ -161,7 +175,7 @@ fn footprint() -> (f64, f64) {
     let t0 = cpu_ns(pid);
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs(20)); // measuring idleness: nothing to wait for
-    let ns = cpu_ns(pid) - t0;
+    let ns = cpu_used(&t0, &cpu_ns(pid));
     let cpu = ns as f64 / 1e9 / start.elapsed().as_secs_f64() * 100.0;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let rss_kib: f64 = status

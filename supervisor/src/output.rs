@@ -24,7 +24,7 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -207,7 +207,7 @@ pub const ECHO_QUEUE_BYTES: usize = 1 << 20;
 
 /// The queue to the stdout writer thread (see the module docs).
 struct Echo {
-    tx: SyncSender<Vec<u8>>,
+    tx: Sender<Vec<u8>>,
     queued: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
 }
@@ -241,9 +241,10 @@ fn start_echo() -> Option<Echo> {
 
 impl Echo {
     fn new() -> (Echo, Receiver<Vec<u8>>) {
-        // The byte bound is the real limit; the channel's slot count only has to be
-        // large enough never to be the one that binds for normal lines.
-        let (tx, rx) = sync_channel::<Vec<u8>>(ECHO_QUEUE_BYTES / 64);
+        // The byte count is the bound (`offer` reserves before sending). The channel
+        // itself is unbounded so it allocates only for lines actually queued: a
+        // bounded one of enough slots would allocate (and touch) ~0.5 MiB up front.
+        let (tx, rx) = channel::<Vec<u8>>();
         let echo = Echo {
             tx,
             queued: Arc::new(AtomicUsize::new(0)),
@@ -261,7 +262,7 @@ impl Echo {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self.tx.try_send(line).is_err() {
+        if self.tx.send(line).is_err() {
             self.queued.fetch_sub(len, Ordering::AcqRel);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

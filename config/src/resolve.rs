@@ -52,8 +52,9 @@ pub const DEFAULT_WATCH_IGNORE: &[&str] = &[
     "**/__pycache__/**",
 ];
 
-/// `sun_path` holds 108 bytes including the terminating NUL.
-const MAX_UNIX_PATH: usize = 107;
+/// The longest path a unix socket can have: `sun_path` holds 108 bytes including
+/// the terminating NUL. The supervisor checks its own socket paths against it too.
+pub const MAX_UNIX_PATH: usize = 107;
 
 pub(crate) struct Resolver<'a> {
     file: &'a Path,

@@ -75,8 +75,7 @@ pub fn bind_sockets(config: &Config) -> anyhow::Result<BTreeMap<String, Vec<Boun
     Ok(out)
 }
 
-/// Longest path a `sockaddr_un` holds, minus the terminating NUL.
-const SUN_PATH_MAX: usize = 107;
+use appvisor_config::MAX_UNIX_PATH as SUN_PATH_MAX;
 
 /// Every check `appvisor run` makes before it starts anything, except binding the
 /// listen addresses (which `run` does for real and `check` tries and releases):

@@ -84,8 +84,7 @@ impl Drop for NotifySocket {
     }
 }
 
-/// Longest path a `sockaddr_un` holds, minus the terminating NUL.
-const SUN_PATH_MAX: usize = 107;
+use appvisor_config::MAX_UNIX_PATH as SUN_PATH_MAX;
 
 impl NotifySocket {
     /// Binds `dir/name.sock`; if that path is too long for a unix socket, an

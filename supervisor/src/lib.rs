@@ -37,6 +37,7 @@ pub mod daemon;
 pub mod events;
 pub mod fd_limit;
 pub mod guard;
+pub mod history;
 pub mod logging;
 pub mod output;
 pub mod pool;

@@ -31,6 +31,14 @@ pub struct WorkerStatus {
     pub state: WorkerRunState,
     pub uptime_ms: u64,
     pub rss: Option<u64>,
+    /// From the last history sample of its process tree (`[supervisor]
+    /// sample_interval`): private and virtual memory, bytes; CPU seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_memory: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_s: Option<f64>,
     pub requests: u64,
     pub status: Option<String>,
     /// Its cgroup directory, if it has one.
@@ -156,6 +164,10 @@ impl Pool {
                 },
                 uptime_ms: (now - w.started).as_millis() as u64,
                 rss: self.table.rss(w.pid),
+                // Filled from the history sampler's last sample (issue 9).
+                private: None,
+                virtual_memory: None,
+                cpu_s: None,
                 requests: w.requests,
                 status: w.status.clone(),
                 cgroup: w.cgroup.clone(),

@@ -40,11 +40,22 @@ mod tests {
     #[test]
     fn sends_to_a_process_and_a_group() {
         use std::os::unix::process::CommandExt;
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut hup_default = std::process::Command::new("sleep");
+        hup_default.arg("30").process_group(0);
+        // SAFETY: between fork and exec the closure only calls sigaction(2), which is
+        // async-signal-safe. The test may run under `nohup` (SIGHUP ignored, and the
+        // disposition inherited), as workers may: the spawner resets it for them too.
+        unsafe {
+            hup_default.pre_exec(|| {
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGHUP,
+                    nix::sys::signal::SigHandler::SigDfl,
+                )
+                .map(drop)
+                .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = hup_default.spawn().unwrap();
         let pid = Pid::from_raw(child.id() as i32);
         send(pid, Signal::HUP).unwrap();
         let status = child.wait().unwrap();

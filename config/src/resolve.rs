@@ -975,7 +975,10 @@ impl<'a> Resolver<'a> {
         let mut ignore: Vec<String> = DEFAULT_WATCH_IGNORE.iter().map(|s| s.to_string()).collect();
         // The state dir holds logs and the event log: if it sits inside the app's
         // tree, every log line would otherwise look like a change.
-        if let Ok(inside) = supervisor.state_dir.strip_prefix(cwd) {
+        // Compared lexically resolved: `state_dir = ".."` is "<dir>/..", which
+        // `strip_prefix` would call inside "<dir>" (as `..`), and the dump of that
+        // ignore would not load again.
+        if let Ok(inside) = lexical(&supervisor.state_dir).strip_prefix(lexical(cwd)) {
             if let Some(rel) = inside.to_str().filter(|r| !r.is_empty()) {
                 ignore.push(format!("{}/**", escape_glob(rel)));
             }
@@ -1623,4 +1626,23 @@ mod tests {
         assert!(!collide(&tcp("127.0.0.1:80"), &tcp("127.0.0.1:81")));
         assert!(!collide(&tcp("127.0.0.1:0"), &tcp("127.0.0.1:0")));
     }
+}
+
+/// `path` with `.` and `..` components resolved by text alone (no symlinks
+/// followed: the state dir may not exist yet).
+fn lexical(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }

@@ -349,3 +349,28 @@ fn store_password_is_redacted_in_the_dump() {
         "{dumped}"
     );
 }
+
+/// A state dir above the app's cwd (`state_dir = ".."`) is not inside it: no ignore
+/// glob is added for it (it was `../**`, which `check`'s dump could not load again,
+/// found by the config fuzz target).
+#[test]
+fn a_state_dir_above_the_cwd_adds_no_ignore_and_the_dump_loads() {
+    let path = Path::new("/srv/site/appvisor.toml");
+    let text =
+        "[supervisor]\nstate_dir = \"..\"\n\n[[app]]\nname = \"web\"\ncommand = [\"./server\"]\n";
+    let config = appvisor_config::parse(text, path).expect("loads");
+    let ignore = &config.apps[0].watch.ignore;
+    let expected: Vec<String> = DEFAULT_WATCH_IGNORE.iter().map(|s| s.to_string()).collect();
+    assert_eq!(ignore, &expected);
+    let dump = config.to_toml_string();
+    appvisor_config::parse(&dump, path).unwrap_or_else(|e| panic!("the dump loads: {e}\n{dump}"));
+}
+
+/// `site/../site/.appvisor` is inside `site`: still ignored, written plainly.
+#[test]
+fn a_state_dir_inside_the_cwd_by_a_roundabout_path_is_ignored() {
+    let path = Path::new("/srv/appvisor.toml");
+    let text = "[supervisor]\nstate_dir = \"site/../site/.appvisor\"\n\n[[app]]\nname = \"web\"\ncommand = [\"./server\"]\ncwd = \"site\"\n";
+    let config = appvisor_config::parse(text, path).expect("loads");
+    assert_eq!(config.apps[0].watch.ignore.last().unwrap(), ".appvisor/**");
+}

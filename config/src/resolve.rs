@@ -1545,6 +1545,25 @@ pub(crate) fn parse_time_of_day(s: &str) -> Result<TimeOfDay, String> {
     })
 }
 
+/// `path` with `.` and `..` components resolved by text alone (no symlinks
+/// followed: the state dir may not exist yet).
+fn lexical(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1626,23 +1645,4 @@ mod tests {
         assert!(!collide(&tcp("127.0.0.1:80"), &tcp("127.0.0.1:81")));
         assert!(!collide(&tcp("127.0.0.1:0"), &tcp("127.0.0.1:0")));
     }
-}
-
-/// `path` with `.` and `..` components resolved by text alone (no symlinks
-/// followed: the state dir may not exist yet).
-fn lexical(path: &std::path::Path) -> std::path::PathBuf {
-    use std::path::Component;
-    let mut out = std::path::PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push(c);
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }

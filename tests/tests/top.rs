@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use appvisor_e2e::*;
 
@@ -66,19 +66,19 @@ impl Tmux {
         assert!(out.status.success(), "tmux send-keys {keys}");
     }
 
-    /// Waits until the screen satisfies `cond`; on timeout the message has the
-    /// last screen.
+    /// Waits until the screen satisfies `cond` (polled every 20 ms, like
+    /// `wait_until`); on timeout the message has the last screen.
     fn wait<T>(&self, what: &str, mut cond: impl FnMut(&str) -> Option<T>) -> T {
-        let mut last = String::new();
-        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_until(LONG, what, || {
-                last = self.screen();
-                cond(&last)
-            })
-        }));
-        match found {
-            Ok(v) => v,
-            Err(_) => panic!("timed out waiting for {what}; the screen was:\n{last}"),
+        let deadline = Instant::now() + LONG;
+        loop {
+            let screen = self.screen();
+            if let Some(v) = cond(&screen) {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                panic!("timed out after {LONG:?} waiting for {what}; the screen was:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -147,7 +147,7 @@ fn top_shows_a_leaking_worker_against_its_limit_and_recycles_it() {
     let tmux = Tmux::start(
         &sb,
         &format!(
-            "cd {} && exec {} top",
+            "cd {} && {} top",
             sb.dir.display(),
             appvisor_bin().display()
         ),

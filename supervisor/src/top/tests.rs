@@ -448,3 +448,21 @@ fn history_is_used_when_answered_and_dropped_when_unknown() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Any terminal size draws without a panic (a resize to a tiny window over ssh),
+/// dialogs included.
+#[test]
+fn every_size_draws() {
+    let mut m = watched();
+    for (w, h) in [(1, 1), (20, 5), (40, 10), (80, 8), (81, 25), (200, 60)] {
+        for mode in [
+            Mode::Main,
+            Mode::Help,
+            Mode::Confirm(Action::Recycle, "site".into()),
+        ] {
+            m.mode = mode;
+            let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+            t.draw(|f| render::draw(f, &m)).unwrap();
+        }
+    }
+}

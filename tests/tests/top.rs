@@ -245,3 +245,32 @@ fn top_without_a_terminal_prints_the_status_table() {
     );
     sv.stop();
 }
+
+#[test]
+fn top_started_before_the_supervisor_says_so_and_connects_when_it_runs() {
+    let sb = Sandbox::new("topwait");
+    let port = free_port();
+    sb.config(&format!(
+        "[[app]]\nname = \"late\"\ncommand = [\"{demo}\"]\nlisten = [\"tcp://127.0.0.1:{port}\"]\n[app.watch]\nenabled = false\n",
+        demo = example_bin("demo").display()
+    ));
+    let tmux = Tmux::start(
+        &sb,
+        &format!(
+            "cd {} && {} top",
+            sb.dir.display(),
+            appvisor_bin().display()
+        ),
+    );
+    tmux.wait("the no-supervisor screen", |s| {
+        (s.contains("No supervisor answers.") && s.contains("not connected")).then_some(())
+    });
+    let sv = sb.start();
+    sv.wait_running("late", 1);
+    tmux.wait("the app once the supervisor runs", |s| {
+        (s.contains("▶ late") && rows(s).len() == 1).then_some(())
+    });
+    tmux.keys("q");
+    tmux.wait("top to exit", |s| s.contains("EXITED 0").then_some(()));
+    sv.stop();
+}

@@ -269,12 +269,15 @@ impl Widget for MemoryChart<'_> {
                 format!("{v:.1}")
             }
         };
-        let top = label(d.y_max_mib);
-        let mid = label(d.y_max_mib / 2.0);
+        // Rows as the canvas maps values (and the limit lines below).
+        let row_of = |mib: f64| {
+            let f = ((d.y_max_mib - mib) / d.y_max_mib).clamp(0.0, 1.0);
+            plot.y + (f * f64::from(plot.height - 1)).round() as u16
+        };
         let rows = [
-            (plot.y, top),
-            (plot.y + (plot.height - 1) / 2, mid),
-            (plot.y + plot.height - 1, "0".to_string()),
+            (row_of(d.y_max_mib), label(d.y_max_mib)),
+            (row_of(d.y_max_mib / 2.0), label(d.y_max_mib / 2.0)),
+            (row_of(0.0), "0".to_string()),
         ];
         for (y, text) in rows {
             buf.set_string(
@@ -317,10 +320,6 @@ impl Widget for MemoryChart<'_> {
             })
             .render(plot, buf);
 
-        let row_of = |mib: f64| {
-            let f = ((d.y_max_mib - mib) / d.y_max_mib).clamp(0.0, 1.0);
-            plot.y + (f * f64::from(plot.height - 1)).round() as u16
-        };
         let col_of = |x: f64| {
             let f = ((x + d.range_s) / d.range_s).clamp(0.0, 1.0);
             plot.x + (f * f64::from(plot.width - 1)).round() as u16

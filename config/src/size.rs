@@ -78,7 +78,7 @@ pub fn format_size(bytes: u64) -> String {
     ];
     if bytes > 0 {
         for (unit, scale) in BEST_FIRST {
-            if bytes % scale == 0 {
+            if bytes.is_multiple_of(*scale) {
                 return format!("{}{unit}", bytes / scale);
             }
         }

@@ -73,7 +73,9 @@ pub enum Command {
         #[arg(short = 'n', long, default_value_t = 30)]
         lines: usize,
     },
-    /// Status, refreshed every second until Ctrl-C (like `top`).
+    /// A live view: apps, workers, a memory chart with limits and recycles; keys to
+    /// recycle, start and stop (`?` lists them). Not a terminal: the status table,
+    /// refreshed every second until Ctrl-C.
     Top {
         /// Refresh interval in milliseconds.
         #[arg(long, default_value_t = 1000)]
@@ -97,7 +99,7 @@ fn config_path(cli_config: &Option<PathBuf>, positional: &Option<PathBuf>) -> Pa
 /// The state dir, from the config file. A file that fails validation (someone is
 /// editing it) still names its state dir — read leniently — so `status`, `stop`,
 /// `events` keep reaching the running supervisor; the CLI says the file is invalid.
-fn state_dir(config: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn state_dir(config: &Path) -> anyhow::Result<PathBuf> {
     match appvisor_config::load(config) {
         Ok(c) => Ok(c.supervisor.state_dir),
         Err(e) => {
@@ -223,6 +225,10 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Reload => finish(call(&config_path(&cli.config, &None), Request::Reload)?),
         Command::Top { interval_ms } => {
             let path = config_path(&cli.config, &None);
+            // A terminal gets the live UI; a pipe or a file keeps the plain table.
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                return crate::top::run(&path, &state_dir(&path)?, interval_ms);
+            }
             let mut client = connect(&path)?;
             loop {
                 let r = client.call(&Request::Status { app: None })?;

@@ -431,6 +431,27 @@ pub mod client {
             })
         }
 
+        /// Sends any request line (one this build's [`Request`] may not know, such
+        /// as `history` to an older or newer supervisor) and reads the reply as `R`.
+        pub fn call_as<Q: Serialize, R: serde::de::DeserializeOwned>(
+            &mut self,
+            req: &Q,
+        ) -> Result<R, ClientError> {
+            let mut line = serde_json::to_string(req).map_err(|e| ClientError::Protocol {
+                socket: self.socket.clone(),
+                detail: e.to_string(),
+            })?;
+            line.push('\n');
+            self.stream
+                .write_all(line.as_bytes())
+                .map_err(|source| self.io(source))?;
+            let reply = self.read_line()?;
+            serde_json::from_str(&reply).map_err(|e| ClientError::Protocol {
+                socket: self.socket.clone(),
+                detail: format!("{e}: {reply}"),
+            })
+        }
+
         /// The next raw line (for `events --follow`).
         pub fn read_line(&mut self) -> Result<String, ClientError> {
             let mut reply = String::new();

@@ -13,6 +13,7 @@
 //!   descendants) and the one `Pid` type.
 //! - [`events`] — `events.jsonl`; [`control`] — the control socket; [`logging`] —
 //!   the supervisor's own `tracing` log (text, JSON or journald lines on stderr).
+//! - [`top`] — `appvisor top`, the terminal UI over the control socket (ratatui).
 //! - [`state_dir`] — the state dir's lock (one supervisor per dir), its modes, and
 //!   opening its files without following symlinks; [`fd_limit`] — `RLIMIT_NOFILE`
 //!   and naming `EMFILE`.
@@ -50,6 +51,7 @@ pub mod signal;
 pub mod sockets;
 pub mod spawn;
 pub mod state_dir;
+pub mod top;
 pub mod trigger;
 
 #[cfg(test)]

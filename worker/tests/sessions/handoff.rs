@@ -267,7 +267,7 @@ async fn users_served_by_both_generations_through_a_recycle_see_every_increment_
                     // in flight); the in-flight count is raised before the
                     // stop flag is checked, so the exit below waits for it.
                     old_in_flight.fetch_add(1, Ordering::SeqCst);
-                    let on_old = random % 2 == 0 && !old_stopped.load(Ordering::SeqCst);
+                    let on_old = random.is_multiple_of(2) && !old_stopped.load(Ordering::SeqCst);
                     if !on_old {
                         old_in_flight.fetch_sub(1, Ordering::SeqCst);
                         sent_to_new.fetch_add(1, Ordering::SeqCst);

@@ -398,7 +398,7 @@ async fn flushes_racing_commits_and_another_generation_lose_nothing(backend: Bac
                     let mut s = generation.load(&ids[i % ids.len()]).await.unwrap();
                     s.incr("n", 1).unwrap();
                     generation.commit(&mut s).await.unwrap();
-                    if i % 7 == 0 {
+                    if i.is_multiple_of(7) {
                         tokio::task::yield_now().await;
                     }
                 }

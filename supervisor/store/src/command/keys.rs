@@ -259,7 +259,7 @@ pub(super) fn mget(ctx: &mut Ctx<'_>, args: Args<'_>) {
 }
 
 pub(super) fn mset(ctx: &mut Ctx<'_>, args: Args<'_>) {
-    if args.len() % 2 == 0 {
+    if args.len().is_multiple_of(2) {
         return ctx
             .out
             .error("ERR wrong number of arguments for 'mset' command");

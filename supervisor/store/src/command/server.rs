@@ -192,7 +192,7 @@ pub(super) fn config(ctx: &mut Ctx<'_>, args: Args<'_>) {
             ctx.out.bulk_str(name);
             ctx.out.bulk_str(value);
         }
-    } else if is(sub, "SET") && args.len() >= 4 && args.len() % 2 == 0 {
+    } else if is(sub, "SET") && args.len() >= 4 && args.len().is_multiple_of(2) {
         // Keyspace expiry events are always on; session libraries that switch them
         // on get a yes. Nothing else is settable from a client.
         for pair in (2..args.len()).step_by(2) {

@@ -248,12 +248,66 @@ impl Scan {
 /// Bad line numbers kept per file for the warning.
 const BAD_LINES_SHOWN: usize = 10;
 
+/// The first three fields of a line as the supervisor writes it,
+/// `{"time":"…","app":"…","kind":"…",…}`, read without a JSON parser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head<'a> {
+    pub time: &'a str,
+    pub app: &'a str,
+    pub kind: EventKind,
+}
+
+impl<'a> Head<'a> {
+    /// `None` for anything else (another field order, an escape in a value, a line
+    /// that does not end as an object does): such lines are parsed in full.
+    pub fn of(line: &'a [u8]) -> Option<Head<'a>> {
+        fn field<'b>(rest: &'b [u8], key: &[u8]) -> Option<(&'b str, &'b [u8])> {
+            let rest = rest.strip_prefix(key)?;
+            let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+            if rest[end] != b'"' {
+                return None;
+            }
+            Some((std::str::from_utf8(&rest[..end]).ok()?, &rest[end + 1..]))
+        }
+        let trimmed = line.strip_suffix(b"\r").unwrap_or(line);
+        if trimmed.last() != Some(&b'}') {
+            return None;
+        }
+        let (time, rest) = field(trimmed, b"{\"time\":\"")?;
+        let (app, rest) = field(rest, b",\"app\":\"")?;
+        let (kind, rest) = field(rest, b",\"kind\":\"")?;
+        if !matches!(rest.first(), Some(b',' | b'}')) {
+            return None;
+        }
+        Some(Head {
+            time,
+            app,
+            kind: EventKind::from_name(kind)?,
+        })
+    }
+}
+
+impl Filter {
+    /// What [`Filter::matches`] can tell from the [`Head`] alone: the app, the
+    /// window and the kind.
+    pub fn head_matches(&self, h: &Head<'_>) -> bool {
+        self.app.as_deref().is_none_or(|a| a == h.app)
+            && self.in_window(h.time)
+            && (self.kinds.is_empty() || self.kinds.contains(&h.kind))
+    }
+}
+
 /// Reads every event of `events.jsonl` and its rotated files, oldest first, and
 /// calls `each` with the line and its [`Brief`]. `app` (if any) is counted in
 /// [`Scan::of_app`].
+///
+/// `wanted` sees the [`Head`] of each line first: a line it refuses is not parsed
+/// further (most lines, for a narrow window or kind), nor checked to be whole JSON
+/// — a line torn by a failed write has lost its closing brace, and that is checked.
 pub fn scan(
     path: &Path,
     app: Option<&str>,
+    wanted: impl Fn(&Head<'_>) -> bool,
     mut each: impl FnMut(&[u8], &Brief<'_>),
 ) -> io::Result<Scan> {
     let mut out = Scan::default();
@@ -264,6 +318,24 @@ pub fn scan(
         crate::rotation::for_each_line(&mut f.file, 1 << 20, |line| {
             number += 1;
             if line.iter().all(u8::is_ascii_whitespace) {
+                return;
+            }
+            if let Some(h) = Head::of(line) {
+                if app.is_some_and(|a| a == h.app) {
+                    out.of_app += 1;
+                }
+                if !wanted(&h) {
+                    return;
+                }
+                match serde_json::from_slice::<Brief<'_>>(line) {
+                    Ok(e) => each(line, &e),
+                    Err(_) => {
+                        bad += 1;
+                        if first_bad.len() < BAD_LINES_SHOWN {
+                            first_bad.push(number);
+                        }
+                    }
+                }
                 return;
             }
             match serde_json::from_slice::<Brief<'_>>(line) {
@@ -388,6 +460,10 @@ impl Stats {
         if self.first.is_none() {
             self.first = Some(e.time.to_string());
         }
+        // Reused, not allocated per event.
+        let last = self.last.get_or_insert_with(String::new);
+        last.clear();
+        last.push_str(&e.time);
         match e.kind {
             EventKind::Recycle => {
                 let reason = e.reason.as_deref().unwrap_or("?");
@@ -431,7 +507,6 @@ impl Stats {
             }
             _ => {}
         }
-        self.last = Some(e.time.to_string());
     }
 
     /// The rows, by app; in each app the totals (`*`) first, then the reasons by
@@ -507,7 +582,18 @@ pub fn stats(path: &Path, filter: &Filter) -> io::Result<(StatsReport, Scan)> {
     let mut stats = Stats::default();
     let mut raw = filter.clone();
     raw.reasons.clear();
-    let scan = scan(path, filter.app.as_deref(), |_, e| {
+    let counted = |h: &Head<'_>| {
+        matches!(
+            h.kind,
+            EventKind::Recycle
+                | EventKind::Ready
+                | EventKind::Crashed
+                | EventKind::StartupFailed
+                | EventKind::Retired
+                | EventKind::Killed
+        ) && raw.head_matches(h)
+    };
+    let scan = scan(path, filter.app.as_deref(), counted, |_, e| {
         if raw.matches(e) {
             stats.add(e);
         }
@@ -532,15 +618,20 @@ pub fn last_lines(
     n: Option<usize>,
 ) -> io::Result<(Vec<String>, Scan)> {
     let mut kept = std::collections::VecDeque::new();
-    let scan = scan(path, filter.app.as_deref(), |line, e| {
-        if !filter.matches(e) || n == Some(0) {
-            return;
-        }
-        if n.is_some_and(|n| kept.len() == n) {
-            kept.pop_front();
-        }
-        kept.push_back(String::from_utf8_lossy(line).into_owned());
-    })?;
+    let scan = scan(
+        path,
+        filter.app.as_deref(),
+        |h| filter.head_matches(h),
+        |line, e| {
+            if !filter.matches(e) || n == Some(0) {
+                return;
+            }
+            if n.is_some_and(|n| kept.len() == n) {
+                kept.pop_front();
+            }
+            kept.push_back(String::from_utf8_lossy(line).into_owned());
+        },
+    )?;
     Ok((kept.into(), scan))
 }
 
@@ -769,6 +860,30 @@ mod tests {
         };
         assert_eq!(only.len(), 1);
         assert_eq!(only[0].reason, "memory");
+    }
+
+    /// The head is read from the form the supervisor writes, and anything else is
+    /// left to the parser.
+    #[test]
+    fn the_head_of_a_written_event_is_read_without_a_parser() {
+        let e =
+            crate::events::Event::new("web", EventKind::Recycle).because(&RecycleReason::Manual);
+        let line = serde_json::to_string(&e).unwrap();
+        let h = Head::of(line.as_bytes()).expect("the supervisor's form");
+        assert_eq!(
+            (h.time, h.app, h.kind),
+            (e.time.as_str(), "web", EventKind::Recycle)
+        );
+        // Torn (no closing brace), escaped, reordered, or an unknown kind: no head.
+        assert_eq!(Head::of(&line.as_bytes()[..line.len() - 3]), None);
+        assert_eq!(
+            Head::of(br#"{"time":"t","app":"a\"b","kind":"ready"}"#),
+            None
+        );
+        assert_eq!(Head::of(br#"{"app":"a","time":"t","kind":"ready"}"#), None);
+        assert_eq!(Head::of(br#"{"time":"t","app":"a","kind":"nope"}"#), None);
+        assert_eq!(Head::of(br#"{"time":"t","app":"a","kind":"readyx"}"#), None);
+        assert!(Head::of(br#"{"time":"t","app":"a","kind":"ready"}"#).is_some());
     }
 
     #[test]

@@ -144,15 +144,15 @@ pub fn for_each_line(
             return Ok(lines);
         }
         let end = filled + n;
-        let mut start = 0;
         // Lines end at the last newline read; the rest waits for the next read.
-        while let Some(i) = buf[start..end].iter().position(|&b| b == b'\n') {
-            each(&buf[start..start + i]);
+        let mut from = 0;
+        for i in memchr::memchr_iter(b'\n', &buf[..end]) {
+            each(&buf[from..i]);
             lines += 1;
-            start += i + 1;
+            from = i + 1;
         }
-        buf.copy_within(start..end, 0);
-        filled = end - start;
+        buf.copy_within(from..end, 0);
+        filled = end - from;
     }
 }
 
@@ -214,7 +214,7 @@ impl Follower {
                         break;
                     }
                     let mut data = &chunk[..n];
-                    while let Some(i) = data.iter().position(|&b| b == b'\n') {
+                    while let Some(i) = memchr::memchr(b'\n', data) {
                         if self.partial.is_empty() {
                             each(&data[..i]);
                         } else {

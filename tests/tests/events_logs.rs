@@ -509,7 +509,8 @@ fn logs_last_lines_and_one_worker() {
     assert!(sv.stop().success());
 }
 
-/// A worker log deleted while the worker writes is made again (0600) and written.
+/// A worker log deleted while the worker writes is made again (0600) and written;
+/// so is one that went with the whole state dir.
 #[test]
 fn a_deleted_log_file_is_made_again() {
     let sb = Sandbox::new("logdel");
@@ -529,6 +530,16 @@ fn a_deleted_log_file_is_made_again() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    std::fs::remove_dir_all(sb.path(".appvisor")).unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the state dir's log made again",
+        || (sv.app_log("flood").len() > 10).then_some(()),
+    );
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let fresh = sv.app_log("flood");
+    assert!(fresh.iter().all(|l| l.contains(" w0 g1 [")), "{fresh:?}");
     assert!(sv.stop().success());
 }
 

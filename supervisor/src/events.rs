@@ -343,40 +343,37 @@ impl EventLog {
                 None
             };
             let mut result = Ok(());
-            for l in resumed.iter().chain(std::iter::once(&line)) {
-                result = self.append(&mut inner, l.as_bytes());
-                if result.is_err() {
-                    break;
-                }
-            }
-            match result {
-                Ok(()) if lost > 0 => {
+            if let Some(r) = resumed {
+                result = self.append(&mut inner, r.as_bytes());
+                if result.is_ok() {
                     tracing::warn!(
                         "The event log {} is written again; {lost} event(s) could not be written before (they are in this log only)",
                         self.path.display()
                     );
                     inner.lost = 0;
-                    notes.extend(resumed);
+                    notes.push(r);
                 }
-                Ok(()) => {}
-                Err(e) => {
-                    if inner.lost == 0 {
-                        // Once, not once per event: a full disk would otherwise
-                        // flood this log too.
-                        tracing::error!(
-                            "Cannot append to the event log {}: {e}; events are kept in this log until writing works again",
-                            self.path.display()
-                        );
-                        let mut n = serde_json::to_string(&Event::new("-", EventKind::LogWriteFailed).detail(format!(
-                            "cannot append to the event log {}: {e}; events are dropped from it (and counted) until writing works again",
-                            self.path.display()
-                        )))
-                        .expect("events serialize");
-                        n.push('\n');
-                        notes.push(n);
-                    }
-                    inner.lost += 1;
+            }
+            if result.is_ok() {
+                result = self.append(&mut inner, line.as_bytes());
+            }
+            if let Err(e) = result {
+                if inner.lost == 0 {
+                    // Once, not once per event: a full disk would otherwise
+                    // flood this log too.
+                    tracing::error!(
+                        "Cannot append to the event log {}: {e}; events are kept in this log until writing works again",
+                        self.path.display()
+                    );
+                    let mut n = serde_json::to_string(&Event::new("-", EventKind::LogWriteFailed).detail(format!(
+                        "cannot append to the event log {}: {e}; events are dropped from it (and counted) until writing works again",
+                        self.path.display()
+                    )))
+                    .expect("events serialize");
+                    n.push('\n');
+                    notes.push(n);
                 }
+                inner.lost += 1;
             }
         }
         notes.push(line);

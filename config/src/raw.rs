@@ -30,6 +30,8 @@ pub(crate) struct RawSupervisor {
     pub state_dir: Option<Sp<String>>,
     pub log_max_size: Option<Sp<RawSize>>,
     pub log_keep: Option<Sp<i64>>,
+    pub events_max_size: Option<Sp<RawSize>>,
+    pub events_keep: Option<Sp<i64>>,
 }
 
 #[derive(Debug, serde::Deserialize)]

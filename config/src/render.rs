@@ -32,6 +32,12 @@ impl Config {
         writeln!(o, "state_dir = {}", q(&s.state_dir.to_string_lossy()))?;
         writeln!(o, "log_max_size = {}", q(&format_size(s.log_max_size)))?;
         writeln!(o, "log_keep = {}", s.log_keep)?;
+        writeln!(
+            o,
+            "events_max_size = {}",
+            q(&format_size(s.events_max_size))
+        )?;
+        writeln!(o, "events_keep = {}", s.events_keep)?;
         writeln!(o)?;
         writeln!(o, "[store]")?;
         match &self.store.backend {

@@ -100,6 +100,12 @@ struct Claimed {
     owner: String,
 }
 
+/// `[supervisor] events_max_size` when not set: ~60,000 events per file.
+const DEFAULT_EVENTS_MAX_SIZE: u64 = 16 << 20;
+/// The smallest `events_max_size`: a few events (a `startup_failed` with its stderr
+/// tail can take 2 KiB) must fit in one file.
+const MIN_EVENTS_MAX_SIZE: u64 = 4 << 10;
+
 impl<'a> Resolver<'a> {
     pub(crate) fn new(file: &'a Path, text: &'a str, dir: PathBuf) -> Self {
         Resolver {
@@ -170,10 +176,41 @@ impl<'a> Resolver<'a> {
             5,
             0..=1000,
         );
+        let events_max_size = self.size(
+            &sc,
+            "events_max_size",
+            raw.and_then(|r| r.events_max_size.as_ref()),
+            DEFAULT_EVENTS_MAX_SIZE,
+            true,
+        );
+        let events_max_size = if events_max_size < MIN_EVENTS_MAX_SIZE {
+            let span = raw
+                .and_then(|r| r.events_max_size.as_ref())
+                .map(|r| r.span());
+            self.report(
+                span,
+                sc.field("events_max_size"),
+                format!(
+                    "{events_max_size} bytes is too small to hold a few events; events_max_size must be at least \"4KiB\" (default \"16MiB\")"
+                ),
+            );
+            DEFAULT_EVENTS_MAX_SIZE
+        } else {
+            events_max_size
+        };
+        let events_keep = self.int(
+            &sc,
+            "events_keep",
+            raw.and_then(|r| r.events_keep.as_ref()),
+            5,
+            0..=1000,
+        );
         SupervisorConfig {
             state_dir,
             log_max_size,
             log_keep: log_keep as u32,
+            events_max_size,
+            events_keep: events_keep as u32,
         }
     }
 

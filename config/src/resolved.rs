@@ -38,6 +38,13 @@ pub struct SupervisorConfig {
     pub log_max_size: u64,
     /// Rotated log files kept per app (`log_keep`, default 5).
     pub log_keep: u32,
+    /// `events.jsonl` is rotated (between two lines) before it would pass this many
+    /// bytes (`events_max_size`, default `"16MiB"`, at least `"4KiB"`): about
+    /// 60,000 events per file.
+    pub events_max_size: u64,
+    /// Rotated event logs kept, `events.jsonl.1` (newest) … (`events_keep`,
+    /// default 5): with the default size, 96 MiB of restart history at most.
+    pub events_keep: u32,
 }
 
 /// `[store]`: where session state lives.

@@ -118,6 +118,8 @@ const KEYS: &[&str] = &[
     "state_dir",
     "log_max_size",
     "log_keep",
+    "events_max_size",
+    "events_keep",
     "backend",
     "tcp",
     "persist",

@@ -585,3 +585,24 @@ fn the_state_dir_is_found_in_an_invalid_file() {
         std::path::Path::new("/srv/app/.appvisor")
     );
 }
+
+#[test]
+fn event_log_rotation_settings_are_checked() {
+    let path = Path::new("/etc/appvisor.toml");
+    let err = parse("[supervisor]\nevents_max_size = \"1KiB\"\n", path).unwrap_err();
+    let p = &err.problems()[0];
+    assert_eq!(p.field.as_deref(), Some("field supervisor.events_max_size"));
+    assert_eq!(p.location.map(|l| l.line), Some(2));
+    assert!(p.message.contains("at least \"4KiB\""), "{}", p.message);
+    let err = parse("[supervisor]\nevents_keep = 1001\n", path).unwrap_err();
+    let p = &err.problems()[0];
+    assert_eq!(p.field.as_deref(), Some("field supervisor.events_keep"));
+    assert!(p.message.contains("from 0 to 1000"), "{}", p.message);
+    let ok = parse(
+        "[supervisor]\nevents_max_size = \"64KiB\"\nevents_keep = 2\n",
+        path,
+    )
+    .unwrap();
+    assert_eq!(ok.supervisor.events_max_size, 64 << 10);
+    assert_eq!(ok.supervisor.events_keep, 2);
+}

@@ -23,6 +23,8 @@ fn minimal_config_gets_every_default() {
     assert_eq!(config.supervisor.state_dir, dir.join(".appvisor"));
     assert_eq!(config.supervisor.log_max_size, 10 << 20);
     assert_eq!(config.supervisor.log_keep, 5);
+    assert_eq!(config.supervisor.events_max_size, 16 << 20);
+    assert_eq!(config.supervisor.events_keep, 5);
     assert_eq!(
         config.store.backend,
         StoreBackend::Embedded(EmbeddedStore {

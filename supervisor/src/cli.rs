@@ -1,4 +1,4 @@
-//! The command line: `appvisor run | check | status | top | recycle | start | stop | events | reload | shutdown`.
+//! The command line: `appvisor run | check | status | top | recycle | start | stop | events | logs | reload | shutdown`.
 //!
 //! Every command finds the supervisor through the config file (`-c FILE`, default
 //! `./appvisor.toml`): the state dir it names holds the control socket. So
@@ -60,18 +60,58 @@ pub enum Command {
     /// Stop an app's workers gracefully (its sockets stay open).
     Stop { app: String },
     /// The restart log: why every restart happened.
+    #[command(
+        after_help = "Examples:\n  appvisor events --app web --since 1h\n  appvisor events --kind recycle --reason memory,requests -f\n  appvisor events --stats --since 24h\n  appvisor events --since 2026-11-30T08:00:00Z --until 2026-11-30T09:00:00Z --json"
+    )]
     Events {
+        /// Only this app's events.
         #[arg(long)]
         app: Option<String>,
-        /// Keep printing events as they happen.
+        /// Keep printing events as they happen (with the same filters).
         #[arg(short, long)]
         follow: bool,
-        /// Raw JSON lines.
+        /// Raw JSON lines (with --stats: one JSON object).
         #[arg(long)]
         json: bool,
-        /// How many past events to show.
+        /// How many past events to show (default 30; all of the window with --since
+        /// or --until).
+        #[arg(short = 'n', long)]
+        lines: Option<usize>,
+        /// Only events of these kinds (`recycle`, `crashed`, `startup_failed`, …;
+        /// repeat or separate with commas).
+        #[arg(long, value_name = "KIND")]
+        kind: Vec<String>,
+        /// Only events with these recycle reasons (`manual`, `memory`, `file_change`,
+        /// …; repeat or separate with commas).
+        #[arg(long, value_name = "REASON")]
+        reason: Vec<String>,
+        /// Events from this time on: a duration before now (`1h`, `30m`) or an
+        /// RFC 3339 time (`2026-11-30T08:00:00Z`).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Events before this time: a duration before now or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+        /// Per app and reason: recycles, crashes, startup failures, mean and p95
+        /// startup and drain times over the window.
+        #[arg(long, conflicts_with = "follow")]
+        stats: bool,
+    },
+    /// Worker output of an app, with time, worker slot, generation and pid per line.
+    #[command(
+        after_help = "Examples:\n  appvisor logs web\n  appvisor logs web -f --worker 0\n  appvisor logs web -n 200 | grep -i error"
+    )]
+    Logs {
+        app: String,
+        /// Keep printing lines as workers write them, across recycles and rotations.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many past lines to show.
         #[arg(short = 'n', long, default_value_t = 30)]
         lines: usize,
+        /// Only this worker slot's lines (the W column of `appvisor status`).
+        #[arg(long, value_name = "W")]
+        worker: Option<u32>,
     },
     /// A live view: apps, workers, a memory chart with limits and recycles; keys to
     /// recycle, start and stop (`?` lists them). Not a terminal: the status table,
@@ -247,7 +287,37 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
             follow,
             json,
             lines,
-        } => events(&config_path(&cli.config, &None), app, follow, json, lines),
+            kind,
+            reason,
+            since,
+            until,
+            stats,
+        } => events(
+            &config_path(&cli.config, &None),
+            EventsArgs {
+                app,
+                follow,
+                json,
+                lines,
+                kind,
+                reason,
+                since,
+                until,
+                stats,
+            },
+        ),
+        Command::Logs {
+            app,
+            follow,
+            lines,
+            worker,
+        } => logs(
+            &config_path(&cli.config, &None),
+            &app,
+            follow,
+            lines,
+            worker,
+        ),
     }
 }
 
@@ -265,34 +335,88 @@ fn check_tcp_ports(config: &appvisor_config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn events(
-    config: &Path,
+/// `appvisor events` as given.
+struct EventsArgs {
     app: Option<String>,
     follow: bool,
     json: bool,
-    lines: usize,
-) -> anyhow::Result<i32> {
+    lines: Option<usize>,
+    kind: Vec<String>,
+    reason: Vec<String>,
+    since: Option<String>,
+    until: Option<String>,
+    stats: bool,
+}
+
+/// The apps of the config file, if it can be read.
+fn configured_apps(config: &Path) -> Option<Vec<String>> {
+    appvisor_config::load(config)
+        .ok()
+        .map(|c| c.apps.into_iter().map(|a| a.name).collect())
+}
+
+/// An app that is neither configured nor found where it would leave a trace.
+fn unknown_app(config: &Path, app: &str, trace: &str) -> anyhow::Error {
+    let configured = configured_apps(config).unwrap_or_default();
+    anyhow::anyhow!(
+        "no app named {app:?}: it is not in {} (apps: {}) and {trace}",
+        config.display(),
+        if configured.is_empty() {
+            "none".to_string()
+        } else {
+            configured.join(", ")
+        }
+    )
+}
+
+fn events(config: &Path, args: EventsArgs) -> anyhow::Result<i32> {
+    use crate::event_query::{Bound, Filter};
+    let now = jiff::Timestamp::now();
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| Bound::parse("--since", s, now))
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(|s| Bound::parse("--until", s, now))
+        .transpose()?;
+    let windowed = since.is_some() || until.is_some();
+    let filter = Filter::new(args.app.clone(), &args.kind, &args.reason, since, until)?;
     let dir = state_dir(config)?;
     let file = dir.join("events.jsonl");
-    let keep = |e: &Event| app.as_ref().is_none_or(|a| &e.app == a);
-    // A closed stdout (`appvisor events -f | head`) ends the command.
-    let show = |line: &str| -> std::io::Result<()> {
-        let Ok(e) = serde_json::from_str::<Event>(line) else {
-            return Ok(());
-        };
-        if !keep(&e) {
-            return Ok(());
+    let app_is_configured =
+        |app: &str| configured_apps(config).is_none_or(|apps| apps.iter().any(|a| a == app));
+    let warn_bad = |scan: &crate::event_query::Scan| {
+        for w in scan.bad_lines_warnings() {
+            let _ = writeln!(std::io::stderr(), "appvisor: warning: {w}");
+        }
+    };
+    if args.stats {
+        let (report, scan) = crate::event_query::stats(&file, &filter)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        warn_bad(&scan);
+        if let Some(app) = &filter.app {
+            if scan.of_app == 0 && !app_is_configured(app) {
+                return Err(unknown_app(
+                    config,
+                    app,
+                    "the restart log has no event of it",
+                ));
+            }
         }
         let mut out = std::io::stdout().lock();
-        if json {
-            writeln!(out, "{line}")?;
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
         } else {
-            writeln!(out, "{}", render_local(&e))?;
+            write!(out, "{}", crate::event_query::render_stats(&report))?;
         }
-        out.flush()
-    };
+        out.flush()?;
+        return Ok(0);
+    }
     // Subscribe first, so nothing falls between history and follow.
-    let mut client = if follow {
+    let mut client = if args.follow {
         // Not `connect`: it would read the config (and warn about it) a second time.
         let mut c = Client::connect(&dir.join("control.sock"), config)?;
         let r = c.call(&Request::Follow)?;
@@ -303,57 +427,108 @@ fn events(
     } else {
         None
     };
-    match std::fs::read_to_string(&file) {
-        Ok(text) => {
-            let read = crate::events::read_lines(&text);
-            if !read.bad_lines.is_empty() {
-                let n = read.bad_lines.len();
-                let mut numbers: Vec<String> = read
-                    .bad_lines
-                    .iter()
-                    .take(10)
-                    .map(|l| l.to_string())
-                    .collect();
-                if n > 10 {
-                    numbers.push("…".into());
-                }
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "appvisor: warning: {n} line{} of {} {} not an event and {} skipped (line{} {})",
-                    if n == 1 { "" } else { "s" },
-                    file.display(),
-                    if n == 1 { "is" } else { "are" },
-                    if n == 1 { "is" } else { "are" },
-                    if n == 1 { "" } else { "s" },
-                    numbers.join(", ")
-                );
-            }
-            let all: Vec<&str> = read
-                .events
-                .iter()
-                .filter(|(_, e)| keep(e))
-                .map(|(l, _)| *l)
-                .collect();
-            for line in &all[all.len().saturating_sub(lines)..] {
-                show(line)?;
-            }
+    let n = match args.lines {
+        Some(n) => Some(n),
+        None if windowed => None,
+        None => Some(30),
+    };
+    let (lines, scan) = crate::event_query::last_lines(&file, &filter, n)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    warn_bad(&scan);
+    if let Some(app) = &filter.app {
+        if scan.of_app == 0 && !app_is_configured(app) {
+            return Err(unknown_app(
+                config,
+                app,
+                "the restart log has no event of it",
+            ));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "appvisor: no events yet ({} does not exist)",
-                file.display()
-            );
+    }
+    if scan.files.is_empty() && !args.follow {
+        let _ = writeln!(
+            std::io::stderr(),
+            "appvisor: no events yet ({} does not exist)",
+            file.display()
+        );
+    }
+    // A closed stdout (`appvisor events -f | head`) ends the command.
+    let show = |line: &str| -> std::io::Result<()> {
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            writeln!(out, "{line}")?;
+        } else if let Ok(e) = serde_json::from_str::<Event>(line) {
+            writeln!(out, "{}", render_local(&e))?;
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+        out.flush()
+    };
+    for line in &lines {
+        show(line)?;
     }
     if let Some(c) = client.as_mut() {
+        // Lines written after the subscription may be in both: shown once.
+        let mut shown: std::collections::HashSet<String> = lines.into_iter().collect();
         loop {
             let line = c.read_line()?;
-            show(&line)?;
+            if shown.remove(&line) {
+                continue;
+            }
+            let Ok(e) = serde_json::from_str::<crate::event_query::Brief<'_>>(&line) else {
+                continue;
+            };
+            if filter.matches(&e) {
+                show(&line)?;
+            }
         }
     }
+    Ok(0)
+}
+
+fn logs(
+    config: &Path,
+    app: &str,
+    follow: bool,
+    lines: usize,
+    worker: Option<u32>,
+) -> anyhow::Result<i32> {
+    let dir = state_dir(config)?;
+    let file = dir.join("logs").join(format!("{app}.log"));
+    let loaded = appvisor_config::load(config).ok();
+    let configured = loaded.as_ref().and_then(|c| c.app(app));
+    let exists = file.exists() || !crate::rotation::rotated_numbers(&file).is_empty();
+    if app.contains('/') || (loaded.is_some() && configured.is_none() && !exists) {
+        return Err(unknown_app(
+            config,
+            app,
+            &format!("it has no log file ({} does not exist)", file.display()),
+        ));
+    }
+    if let (Some(w), Some(a)) = (worker, configured) {
+        if w >= a.processes {
+            anyhow::bail!(
+                "app {app:?} has no worker {w}: it runs {} worker{} (slots 0 to {}; see `appvisor status {app}`)",
+                a.processes,
+                if a.processes == 1 { "" } else { "s" },
+                a.processes.saturating_sub(1)
+            );
+        }
+    }
+    if !exists && !follow {
+        let _ = writeln!(
+            std::io::stderr(),
+            "appvisor: no output from {app:?} yet ({} does not exist)",
+            file.display()
+        );
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    crate::logs::show(
+        &file,
+        crate::logs::LogFilter { worker },
+        lines,
+        follow,
+        &mut out,
+    )
+    .with_context(|| format!("cannot read {}", file.display()))?;
     Ok(0)
 }
 

@@ -158,7 +158,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let mut sockets = bind_sockets(&config)?;
     let held_sockets = sockets.clone();
-    let events = EventLog::open(&paths.events())
+    let rotation = crate::events::Rotation {
+        max_size: config.supervisor.events_max_size,
+        keep: config.supervisor.events_keep,
+    };
+    let events = EventLog::open_with(&paths.events(), rotation)
         .with_context(|| format!("cannot open the event log {}", paths.events().display()))?;
     let reaper = Reaper::start().context("cannot install the SIGCHLD handler")?;
     let guard = Guard::start().context("cannot start the guard process (`appvisor __guard`)")?;
@@ -377,7 +381,8 @@ impl Shared {
             config.supervisor.log_keep,
             true,
         )
-        .with_context(|| format!("cannot open the log of app {:?}", app.name))?;
+        .with_context(|| format!("cannot open the log of app {:?}", app.name))?
+        .with_events(self.events.clone());
         Ok(PoolContext {
             run_dir: self.paths.run(),
             events: self.events.clone(),

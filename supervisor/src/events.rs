@@ -4,6 +4,15 @@
 //! `tail -f` or `appvisor events --follow` sees it at once and a crash of the
 //! supervisor never leaves half a line behind another. Followers on the control
 //! socket get the same lines through a broadcast channel.
+//!
+//! The file rotates by size (`[supervisor] events_max_size`, `events_keep`;
+//! `rotation.rs`): before a line would take it past the size, under the same lock
+//! as the writes, so a rotation always falls between two whole lines. A write
+//! that fails (a full disk) is cut back and counted; the first failure is a
+//! warning and a `log_write_failed` event (to followers: the file cannot take it),
+//! the recovery a `log_write_resumed` event with the count, written first in the
+//! file once it takes lines again. If the file is deleted or moved away under the
+//! supervisor, the next event opens it again.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -106,6 +115,11 @@ pub enum EventKind {
     ConfigRejected,
     /// The state dir was deleted while running and made again.
     StateDirRecreated,
+    /// A log file (`events.jsonl`, an app's worker log) cannot be written (a full
+    /// disk): lines are dropped and counted until it can. Reported once.
+    LogWriteFailed,
+    /// The log file takes lines again; the detail says how many were dropped.
+    LogWriteResumed,
 }
 
 impl EventKind {
@@ -132,7 +146,41 @@ impl EventKind {
             EventKind::ConfigReloaded => "config_reloaded",
             EventKind::ConfigRejected => "config_rejected",
             EventKind::StateDirRecreated => "state_dir_recreated",
+            EventKind::LogWriteFailed => "log_write_failed",
+            EventKind::LogWriteResumed => "log_write_resumed",
         }
+    }
+
+    /// Every kind, for `appvisor events --kind` to check a name against (and list
+    /// the valid ones). A new kind goes here too: [`EventKind::as_str`] names it.
+    pub const ALL: [EventKind; 22] = [
+        EventKind::Started,
+        EventKind::Ready,
+        EventKind::Recycle,
+        EventKind::RecycleQueued,
+        EventKind::StartupFailed,
+        EventKind::Crashed,
+        EventKind::Killed,
+        EventKind::Retired,
+        EventKind::RapidFailStopped,
+        EventKind::Stopped,
+        EventKind::Watching,
+        EventKind::WatchFailed,
+        EventKind::WatchWarning,
+        EventKind::SoftChange,
+        EventKind::IgnoredChange,
+        EventKind::IdleStop,
+        EventKind::OnDemandStart,
+        EventKind::ConfigReloaded,
+        EventKind::ConfigRejected,
+        EventKind::StateDirRecreated,
+        EventKind::LogWriteFailed,
+        EventKind::LogWriteResumed,
+    ];
+
+    /// The kind named `name` in `events.jsonl`.
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }
 
@@ -200,8 +248,26 @@ pub struct EventLog {
     path: PathBuf,
 }
 
+/// How `events.jsonl` rotates: `[supervisor] events_max_size`, `events_keep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub max_size: u64,
+    pub keep: u32,
+}
+
+impl Default for Rotation {
+    /// The config's defaults.
+    fn default() -> Rotation {
+        Rotation {
+            max_size: 16 << 20,
+            keep: 5,
+        }
+    }
+}
+
 struct Inner {
     file: File,
+    rotation: Rotation,
     /// Events not written since the last successful write (disk full, …): the
     /// error is logged once when this leaves 0, and the recovery when it returns.
     lost: u64,
@@ -214,11 +280,21 @@ impl std::fmt::Debug for EventLog {
 }
 
 impl EventLog {
+    /// Opens `path` with the default rotation.
     pub fn open(path: &Path) -> io::Result<EventLog> {
+        EventLog::open_with(path, Rotation::default())
+    }
+
+    /// Opens `path`, rotated as `rotation` says.
+    pub fn open_with(path: &Path, rotation: Rotation) -> io::Result<EventLog> {
         let file = crate::state_dir::open_append(path)?;
         let (tx, _) = broadcast::channel(1024);
         Ok(EventLog {
-            inner: Arc::new(Mutex::new(Inner { file, lost: 0 })),
+            inner: Arc::new(Mutex::new(Inner {
+                file,
+                rotation,
+                lost: 0,
+            })),
             tx,
             path: path.to_path_buf(),
         })
@@ -248,33 +324,95 @@ impl EventLog {
             tracing::info!("{text}");
         }
         line.push('\n');
+        // Lines for followers, in the order they happened.
+        let mut notes: Vec<String> = Vec::new();
         {
             let mut inner = self.inner.lock().unwrap();
-            match append_whole(&mut inner.file, line.as_bytes()) {
-                Ok(()) if inner.lost > 0 => {
+            self.follow_the_name(&mut inner);
+            let lost = inner.lost;
+            let resumed = if lost > 0 {
+                // Said first, so the gap is recorded where it is.
+                let mut n = serde_json::to_string(&Event::new("-", EventKind::LogWriteResumed).detail(format!(
+                    "the event log {} is written again; {lost} event(s) could not be written before (followers and the supervisor's log got them)",
+                    self.path.display()
+                )))
+                .expect("events serialize");
+                n.push('\n');
+                Some(n)
+            } else {
+                None
+            };
+            let mut result = Ok(());
+            if let Some(r) = resumed {
+                result = self.append(&mut inner, r.as_bytes());
+                if result.is_ok() {
                     tracing::warn!(
-                        "The event log {} is written again; {} event(s) could not be written before (they are in this log only)",
-                        self.path.display(),
-                        inner.lost
+                        "The event log {} is written again; {lost} event(s) could not be written before (they are in this log only)",
+                        self.path.display()
                     );
                     inner.lost = 0;
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    if inner.lost == 0 {
-                        // Once, not once per event: a full disk would otherwise
-                        // flood this log too.
-                        tracing::error!(
-                            "Cannot append to the event log {}: {e}; events are kept in this log until writing works again",
-                            self.path.display()
-                        );
-                    }
-                    inner.lost += 1;
+                    notes.push(r);
                 }
             }
+            if result.is_ok() {
+                result = self.append(&mut inner, line.as_bytes());
+            }
+            if let Err(e) = result {
+                if inner.lost == 0 {
+                    // Once, not once per event: a full disk would otherwise
+                    // flood this log too.
+                    tracing::error!(
+                        "Cannot append to the event log {}: {e}; events are kept in this log until writing works again",
+                        self.path.display()
+                    );
+                    let mut n = serde_json::to_string(&Event::new("-", EventKind::LogWriteFailed).detail(format!(
+                        "cannot append to the event log {}: {e}; events are dropped from it (and counted) until writing works again",
+                        self.path.display()
+                    )))
+                    .expect("events serialize");
+                    n.push('\n');
+                    notes.push(n);
+                }
+                inner.lost += 1;
+            }
         }
-        line.pop();
-        let _ = self.tx.send(Arc::from(line));
+        notes.push(line);
+        for mut n in notes {
+            n.pop();
+            let _ = self.tx.send(Arc::from(n));
+        }
+    }
+
+    /// Rotates first if `line` would take the file past its size, then appends it
+    /// whole (or not at all).
+    fn append(&self, inner: &mut Inner, line: &[u8]) -> io::Result<()> {
+        let size = inner.file.metadata()?.len();
+        let Rotation { max_size, keep } = inner.rotation;
+        if size > 0 && size + line.len() as u64 > max_size {
+            match crate::rotation::rotate(&self.path, keep)
+                .and_then(|()| crate::state_dir::open_append(&self.path))
+            {
+                Ok(f) => inner.file = f,
+                // Writing on past the size beats losing the event.
+                Err(e) => tracing::debug!("cannot rotate {}: {e}", self.path.display()),
+            }
+        }
+        append_whole(&mut inner.file, line)
+    }
+
+    /// Opens the file again if its name no longer leads to it (deleted, moved):
+    /// one `stat` per event.
+    fn follow_the_name(&self, inner: &mut Inner) {
+        use std::os::unix::fs::MetadataExt;
+        let on_disk = std::fs::symlink_metadata(&self.path).ok();
+        let ours = inner.file.metadata().ok();
+        let same = matches!((&on_disk, &ours), (Some(a), Some(b)) if a.dev() == b.dev() && a.ino() == b.ino());
+        if !same {
+            match crate::state_dir::open_append(&self.path) {
+                Ok(f) => inner.file = f,
+                Err(e) => tracing::debug!("cannot open {} again: {e}", self.path.display()),
+            }
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
@@ -335,6 +473,7 @@ fn is_trouble(kind: EventKind) -> bool {
             | EventKind::RapidFailStopped
             | EventKind::ConfigRejected
             | EventKind::StateDirRecreated
+            | EventKind::LogWriteFailed
     )
 }
 
@@ -433,11 +572,55 @@ mod tests {
             ConfigReloaded,
             ConfigRejected,
             StateDirRecreated,
+            LogWriteFailed,
+            LogWriteResumed,
         ] {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
             assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
+            assert!(EventKind::ALL.contains(&kind), "{kind} is missing from ALL");
+            assert_eq!(EventKind::from_name(kind.as_str()), Some(kind));
         }
+    }
+
+    /// The log rotates between lines: no file passes its size, every event is in
+    /// exactly one file, whole, in order.
+    #[test]
+    fn the_event_log_rotates_between_whole_lines() {
+        let dir = std::env::temp_dir().join(format!("av-evrot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let log = EventLog::open_with(
+            &path,
+            Rotation {
+                max_size: 4096,
+                keep: 100,
+            },
+        )
+        .unwrap();
+        for i in 0..500 {
+            log.emit(Event::new("web", EventKind::Started).detail("x".repeat(i % 300)));
+        }
+        let mut details = Vec::new();
+        for mut f in crate::rotation::files_oldest_first(&path).unwrap() {
+            let len = f.file.metadata().unwrap().len();
+            assert!(len <= 4096, "{} is {len} bytes", f.path.display());
+            crate::rotation::for_each_line(&mut f.file, 4096, |l| {
+                let e: Event = serde_json::from_slice(l).expect("a whole event");
+                details.push(e.detail.unwrap().len());
+            })
+            .unwrap();
+        }
+        assert_eq!(details, (0..500).map(|i| i % 300).collect::<Vec<_>>());
+        assert!(crate::rotation::rotated_numbers(&path).len() > 20);
+        // Deleted under the supervisor: the next event makes it again.
+        std::fs::remove_file(&path).unwrap();
+        log.emit(Event::new("web", EventKind::Ready));
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("\"ready\""));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -388,6 +388,45 @@ fn check_events(text: &str) -> Result<(), TestCaseError> {
         prop_assert_eq!(again.events.len(), 1, "{} does not read back", written);
         prop_assert_eq!(&again.events[0].1, event);
     }
+    // `appvisor events` filters and `--stats` read the same lines through a
+    // borrowed `Brief`: every event is one, with the same fields, and any mix of
+    // them folds into statistics and a window without a panic.
+    let mut stats = crate::event_query::Stats::default();
+    let window = crate::event_query::Filter {
+        since: Some(crate::event_query::Bound::new(jiff::Timestamp::UNIX_EPOCH)),
+        ..Default::default()
+    };
+    let mut recycles = 0u64;
+    for line in text.lines() {
+        if let Ok(b) = serde_json::from_str::<crate::event_query::Brief<'_>>(line) {
+            let _ = window.matches(&b);
+            recycles += u64::from(b.kind == crate::events::EventKind::Recycle);
+            stats.add(&b);
+        }
+    }
+    for (line, event) in &read.events {
+        let b = serde_json::from_str::<crate::event_query::Brief<'_>>(line);
+        prop_assert!(b.is_ok(), "{} is an event but not a Brief", line);
+        let b = b.unwrap();
+        prop_assert_eq!(
+            (&*b.app, b.kind, &*b.time),
+            (event.app.as_str(), event.kind, event.time.as_str())
+        );
+        // The fast path agrees with the parser whenever it reads a line at all.
+        if let Some(h) = crate::event_query::Head::of(line.as_bytes()) {
+            prop_assert_eq!(
+                (h.app, h.kind, h.time),
+                (event.app.as_str(), event.kind, event.time.as_str())
+            );
+        }
+    }
+    let rows = stats.rows(&[]);
+    let counted: u64 = rows
+        .iter()
+        .filter(|r| r.reason == crate::event_query::ALL_REASONS)
+        .map(|r| r.recycles)
+        .sum();
+    prop_assert_eq!(counted, recycles);
     Ok(())
 }
 

@@ -11,8 +11,11 @@
 //!   worker outlives a killed supervisor; [`output`] — worker logs; [`probe`] —
 //!   HTTP readiness; [`procfs`] — what `/proc` says about a process (memory, CPU,
 //!   descendants) and the one `Pid` type.
-//! - [`events`] — `events.jsonl`; [`control`] — the control socket; [`logging`] —
-//!   the supervisor's own `tracing` log (text, JSON or journald lines on stderr).
+//! - [`events`] — `events.jsonl`; [`event_query`] — reading it back (filters, the
+//!   time window, `events --stats`); [`logs`] — `appvisor logs`; [`rotation`] —
+//!   size-rotated files, read and followed across rotations; [`control`] — the
+//!   control socket; [`logging`] — the supervisor's own `tracing` log (text, JSON
+//!   or journald lines on stderr).
 //! - [`top`] — `appvisor top`, the terminal UI over the control socket (ratatui).
 //! - [`state_dir`] — the state dir's lock (one supervisor per dir), its modes, and
 //!   opening its files without following symlinks; [`fd_limit`] — `RLIMIT_NOFILE`
@@ -35,17 +38,20 @@ pub mod cgroup;
 pub mod cli;
 pub mod control;
 pub mod daemon;
+pub mod event_query;
 pub mod events;
 pub mod fd_limit;
 pub mod guard;
 pub mod history;
 pub mod logging;
+pub mod logs;
 pub mod output;
 pub mod pool;
 pub mod probe;
 pub mod procfs;
 pub mod reaper;
 pub mod reason;
+pub mod rotation;
 pub mod sd_notify;
 pub mod signal;
 pub mod sockets;

@@ -6,6 +6,27 @@
 //! lines of stderr are kept per worker so a `startup_failed` or `crashed` event can
 //! say what the worker said before it died.
 //!
+//! # One line in the log file
+//! ```text
+//! 2026-11-30T21:26:33.123Z w0 g3 [4242]  listening on fd 3
+//! 2026-11-30T21:26:33.125Z w0 g3 [4242]! a line on stderr
+//! ```
+//! The time (UTC, when the supervisor read the line), the worker's slot, its
+//! generation and pid are written by the supervisor as it reads the worker's pipes:
+//! it alone knows the generation, a worker's own output cannot forge another
+//! worker's prefix, it needs no index beside the file, and the file stays plain
+//! text for `grep` and `tail`. `appvisor logs` parses it back ([`crate::logs`]).
+//!
+//! # The disk is not trusted either
+//! Log files are opened with `O_NOFOLLOW` and mode 0600 (`state_dir::open_append`).
+//! Once a second (while lines come) the writer checks that the file's name still
+//! leads to it and opens it again if not (the file or the whole state dir was
+//! deleted). A line that cannot be written (a full disk) is cut back whole, dropped
+//! and counted, never retried in a loop and never waited for: the worker's pipe is
+//! always drained. The first failure is one warning and one `log_write_failed`
+//! event; the first line written again, one `log_write_resumed` event with the
+//! count of lines dropped.
+//!
 //! # The terminal never slows anything down
 //! The log file is the record; the terminal echo is a courtesy. A stdout that
 //! nobody reads (`appvisor run > fifo`, a paused pager, a stuck pipe) must not
@@ -19,7 +40,7 @@
 //! exit must not wait on a reader that may never come.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -49,20 +70,53 @@ impl std::fmt::Debug for AppLog {
     }
 }
 
+/// Which worker a line comes from: written at the start of each line in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerTag {
+    pub pid: i32,
+    pub slot: u32,
+    pub generation: u64,
+}
+
+/// How often, at most, the writer checks that the file's name still leads to it.
+const NAME_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct LogFile {
     path: PathBuf,
     file: Option<File>,
     size: u64,
     max_size: u64,
     keep: u32,
+    /// The app, for events.
+    app: Arc<str>,
+    /// Where `log_write_failed` / `log_write_resumed` go.
+    events: Option<crate::events::EventLog>,
+    /// Lines dropped since the last line written (disk full, no file).
+    dropped: u64,
+    checked: Option<std::time::Instant>,
 }
 
 impl LogFile {
+    fn new(path: PathBuf, max_size: u64, keep: u32, app: &str) -> LogFile {
+        LogFile {
+            path,
+            file: None,
+            size: 0,
+            max_size: max_size.max(4096),
+            keep,
+            app: Arc::from(app),
+            events: None,
+            dropped: 0,
+            checked: None,
+        }
+    }
+
     /// Appends `line`, rotating first if it would not fit, so no file ever passes
     /// `max_size` and the app's logs never take more than `max_size × (keep + 1)`
     /// however fast a worker writes. A line longer than a whole file (possible only
     /// with a `max_size` under [`MAX_LINE`]) is cut to `max_size`.
     fn write_line(&mut self, line: &[u8]) {
+        self.follow_the_name();
         if self.file.is_none() {
             self.reopen();
         }
@@ -78,71 +132,147 @@ impl LogFile {
         if self.size > 0 && self.size + line.len() as u64 > self.max_size {
             self.rotate();
         }
-        let Some(f) = self.file.as_mut() else {
-            return;
+        let result = match self.file.as_mut() {
+            Some(f) => append_whole(f, self.size, line),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the log file cannot be opened",
+            )),
         };
-        if f.write_all(line).is_ok() {
-            self.size += line.len() as u64;
+        match result {
+            Ok(()) => {
+                self.size += line.len() as u64;
+                if self.dropped > 0 {
+                    self.resumed();
+                }
+            }
+            Err(e) => self.failed(&e),
         }
         if self.size >= self.max_size {
             self.rotate();
         }
     }
 
-    fn reopen(&mut self) {
-        match OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
+    /// The first line lost: one warning and one event, not one per line.
+    fn failed(&mut self, e: &io::Error) {
+        self.dropped += 1;
+        if self.dropped > 1 {
+            return;
+        }
+        let detail = format!(
+            "cannot write the log {}: {e}; worker output is dropped (and counted) until it can be written again",
+            self.path.display()
+        );
+        match &self.events {
+            Some(events) => events.emit(
+                crate::events::Event::new(&self.app, crate::events::EventKind::LogWriteFailed)
+                    .detail(detail),
+            ),
+            None => tracing::warn!("{}: {detail}", self.app),
+        }
+    }
+
+    fn resumed(&mut self) {
+        let detail = format!(
+            "the log {} is written again; {} line(s) of worker output were dropped before",
+            self.path.display(),
+            self.dropped
+        );
+        self.dropped = 0;
+        match &self.events {
+            Some(events) => events.emit(
+                crate::events::Event::new(&self.app, crate::events::EventKind::LogWriteResumed)
+                    .detail(detail),
+            ),
+            None => tracing::info!("{}: {detail}", self.app),
+        }
+    }
+
+    /// Once a second: is the file at `path` still ours? If it was deleted or moved
+    /// away (the state dir removed, a hand-made rotation), open it again.
+    fn follow_the_name(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let now = std::time::Instant::now();
+        if self
+            .checked
+            .is_some_and(|t| now.duration_since(t) < NAME_CHECK_EVERY)
         {
+            return;
+        }
+        self.checked = Some(now);
+        let Some(f) = &self.file else { return };
+        let on_disk = std::fs::symlink_metadata(&self.path).ok();
+        let ours = f.metadata().ok();
+        let same = matches!((&on_disk, &ours), (Some(a), Some(b)) if a.dev() == b.dev() && a.ino() == b.ino());
+        if !same {
+            self.file = None;
+            self.reopen();
+        }
+    }
+
+    fn reopen(&mut self) {
+        // The logs dir may have gone with the state dir: made again (0700), but
+        // never the state dir itself — the daemon makes that, with its lock.
+        if let Some(dir) = self.path.parent() {
+            if !dir.exists() && dir.parent().is_some_and(Path::exists) {
+                use std::os::unix::fs::DirBuilderExt;
+                let _ = std::fs::DirBuilder::new().mode(0o700).create(dir);
+            }
+        }
+        match crate::state_dir::open_append(&self.path) {
             Ok(f) => {
                 self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 self.file = Some(f);
             }
-            Err(e) => tracing::error!(
-                "Cannot open the app log {}: {e}; its worker output is lost until it can be.",
-                self.path.display()
-            ),
+            Err(e) => {
+                if self.dropped == 0 {
+                    tracing::error!(
+                        "Cannot open the app log {}: {e}; its worker output is lost until it can be.",
+                        self.path.display()
+                    );
+                }
+            }
         }
     }
 
     /// `app.log` → `app.log.1` → … → `app.log.<keep>` (dropped).
     fn rotate(&mut self) {
         self.file = None;
-        for i in (1..self.keep).rev() {
-            let _ = std::fs::rename(numbered(&self.path, i), numbered(&self.path, i + 1));
-        }
-        if self.keep > 0 {
-            let _ = std::fs::rename(&self.path, numbered(&self.path, 1));
-        } else {
-            let _ = std::fs::remove_file(&self.path);
+        if let Err(e) = crate::rotation::rotate(&self.path, self.keep) {
+            tracing::debug!("cannot rotate {}: {e}", self.path.display());
         }
         self.reopen();
     }
 }
 
-fn numbered(path: &Path, i: u32) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".{i}"));
-    PathBuf::from(s)
+/// Appends `line` whole or not at all: a write that fails half-way (`ENOSPC`) is
+/// cut back to `size`, so the next line is never glued to a torn one.
+fn append_whole(file: &mut File, size: u64, line: &[u8]) -> io::Result<()> {
+    match file.write_all(line) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = file.set_len(size);
+            Err(e)
+        }
+    }
 }
 
 impl AppLog {
     pub fn open(dir: &Path, app: &str, max_size: u64, keep: u32, echo: bool) -> io::Result<AppLog> {
         std::fs::create_dir_all(dir)?;
-        let mut file = LogFile {
-            path: dir.join(format!("{app}.log")),
-            file: None,
-            size: 0,
-            max_size: max_size.max(4096),
-            keep,
-        };
+        let mut file = LogFile::new(dir.join(format!("{app}.log")), max_size, keep, app);
         file.reopen();
         Ok(AppLog {
             inner: Arc::new(Mutex::new(file)),
             app: Arc::from(app),
             echo,
         })
+    }
+
+    /// Reports write failures and recoveries of this log as events too.
+    pub fn with_events(self, events: crate::events::EventLog) -> AppLog {
+        self.inner.lock().unwrap().events = Some(events);
+        self
     }
 
     pub fn path(&self) -> PathBuf {
@@ -153,7 +283,7 @@ impl AppLog {
     /// kept in `tail`.
     pub fn attach(
         &self,
-        pid: i32,
+        worker: WorkerTag,
         stdout: OwnedFd,
         stderr: OwnedFd,
         tail: Arc<Mutex<VecDeque<String>>>,
@@ -184,16 +314,21 @@ impl AppLog {
                         }
                         t.push_back(text.to_string());
                     }
-                    log.line(pid, is_err, &text);
+                    log.line(worker, is_err, &text);
                 }
             });
         }
     }
 
-    fn line(&self, pid: i32, is_err: bool, text: &str) {
+    fn line(&self, worker: WorkerTag, is_err: bool, text: &str) {
         let time = crate::events::now_rfc3339();
         let mark = if is_err { '!' } else { ' ' };
-        let record = format!("{time} [{pid}]{mark} {text}\n");
+        let WorkerTag {
+            pid,
+            slot,
+            generation,
+        } = worker;
+        let record = format!("{time} w{slot} g{generation} [{pid}]{mark} {text}\n");
         self.inner.lock().unwrap().write_line(record.as_bytes());
         if self.echo {
             echo(format!("{}[{pid}] {text}\n", self.app).into_bytes());
@@ -326,13 +461,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("appvisor-rotate-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut f = LogFile {
-            path: dir.join("web.log"),
-            file: None,
-            size: 0,
-            max_size: 4096,
-            keep: 2,
-        };
+        let mut f = LogFile::new(dir.join("web.log"), 4096, 2, "web");
         let line = [b'x'; 1023];
         for _ in 0..20 {
             f.write_line(&line);
@@ -356,13 +485,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("appvisor-bound-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut f = LogFile {
-            path: dir.join("web.log"),
-            file: None,
-            size: 0,
-            max_size: 4096,
-            keep: 2,
-        };
+        let mut f = LogFile::new(dir.join("web.log"), 4096, 2, "web");
         for n in 0..200 {
             let mut line = vec![b'x'; 1 + (n * 397) % 6000];
             line.push(b'\n');

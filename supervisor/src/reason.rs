@@ -41,6 +41,21 @@ pub enum RecycleReason {
 }
 
 impl RecycleReason {
+    /// Every [`RecycleReason::name`], for `appvisor events --reason` to check a name
+    /// against (and list the valid ones). A new reason goes here too.
+    pub const NAMES: [&'static str; 10] = [
+        "manual",
+        "file_change",
+        "watch_overflow",
+        "soft_change_limit",
+        "memory",
+        "requests",
+        "age",
+        "schedule",
+        "unhealthy",
+        "config_change",
+    ];
+
     /// The short name used in the `reason` field of events and in `status`.
     pub fn name(&self) -> &'static str {
         match self {

@@ -40,6 +40,10 @@ pub type StderrTail = Arc<Mutex<VecDeque<String>>>;
 pub struct SpawnRequest<'a> {
     /// Unique per spawn in this pool (`app.slot.seq`): names the notify socket.
     pub name: &'a str,
+    /// The worker's slot and generation: each line of its output in the app's log
+    /// carries them (`appvisor logs --worker`).
+    pub slot: u32,
+    pub generation: u64,
     pub argv: &'a [String],
     pub cwd: &'a Path,
     /// The environment, except `NOTIFY_SOCKET`, which the table adds for the
@@ -188,8 +192,13 @@ impl ProcessTable for OsProcessTable {
         self.reaper.watch(pid, request.exits);
         self.guard.protect(pid);
         let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let worker = crate::output::WorkerTag {
+            pid,
+            slot: request.slot,
+            generation: request.generation,
+        };
         self.log
-            .attach(pid, spawned.stdout, spawned.stderr, tail.clone());
+            .attach(worker, spawned.stdout, spawned.stderr, tail.clone());
         notify.forward(pid, pid, request.notify);
         Ok(SpawnedWorker {
             pid,

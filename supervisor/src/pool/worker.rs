@@ -173,6 +173,8 @@ impl Pool {
         let fds: Vec<i32> = self.sockets.iter().map(|s| s.raw_fd()).collect();
         let spawned = self.table.spawn(SpawnRequest {
             name: &notify_name,
+            slot,
+            generation,
             argv: &self.app.command,
             cwd: &self.app.cwd,
             env,

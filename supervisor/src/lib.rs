@@ -39,6 +39,8 @@ pub mod fd_limit;
 pub mod guard;
 pub mod history;
 pub mod logging;
+pub mod memory_base;
+pub mod oom;
 pub mod output;
 pub mod pool;
 pub mod probe;

@@ -479,13 +479,13 @@ impl Live {
         // The cgroup limit may have changed since: percentages are resolved again.
         let memory = crate::memory_base::MemoryView::detect();
         let new = appvisor_config::load_with(&self.config.path, Some(memory.base.clone()))?;
-        if memory.base != self.memory.base {
+        let base_changed = memory.base != self.memory.base;
+        if base_changed {
             tracing::info!(
                 "Memory percentages are now shares of {}.",
                 memory.describe()
             );
         }
-        self.memory = memory;
         if new == self.config {
             return Ok(None);
         }
@@ -553,8 +553,10 @@ impl Live {
             );
         }
         self.config = new;
+        self.memory = memory;
         self.sockets = new_sockets;
-        if pressure_changed {
+        if pressure_changed || base_changed {
+            // A new base is also a new set of cgroups to read.
             self.start_pressure_monitor();
         }
         let list = |v: &[String]| {

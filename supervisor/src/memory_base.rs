@@ -133,6 +133,14 @@ impl MemoryView {
     /// What is left: the least of every limited cgroup's headroom and the machine's
     /// `MemAvailable`. `None` if nothing could be read.
     pub fn available(&self) -> Option<Available> {
+        self.available_below(u64::MAX)
+    }
+
+    /// [`MemoryView::available`], exact only where it is below `threshold`: a
+    /// cgroup whose limit minus its whole usage is already at or above it is not
+    /// short whatever its page cache, so its `memory.stat` (the costly read,
+    /// notably on v1) is skipped. What the monitor reads every second.
+    pub fn available_below(&self, threshold: u64) -> Option<Available> {
         let mut best: Option<Available> = meminfo_field(
             &std::fs::read_to_string("/proc/meminfo").ok()?,
             "MemAvailable",
@@ -151,10 +159,14 @@ impl MemoryView {
                 )
             };
             let Some(usage) = usage else { continue };
-            let inactive = std::fs::read_to_string(l.dir.join("memory.stat"))
-                .ok()
-                .and_then(|s| stat_field(&s, stat_key))
-                .unwrap_or(0);
+            let inactive = if l.limit.saturating_sub(usage) >= threshold {
+                0
+            } else {
+                std::fs::read_to_string(l.dir.join("memory.stat"))
+                    .ok()
+                    .and_then(|s| stat_field(&s, stat_key))
+                    .unwrap_or(0)
+            };
             let bytes = l.limit.saturating_sub(usage.saturating_sub(inactive));
             if best.is_none_or(|b| bytes < b.bytes) {
                 best = Some(Available {

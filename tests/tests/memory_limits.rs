@@ -115,6 +115,15 @@ impl MemoryCgroup {
         sv
     }
 
+    fn set_limit(&self, limit: u64) {
+        let file = if self.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        std::fs::write(self.dir.join(file), limit.to_string()).unwrap();
+    }
+
     /// Bytes charged to the cgroup now.
     fn usage(&self) -> u64 {
         let file = if self.v2 {
@@ -245,6 +254,17 @@ fn a_percentage_is_a_share_of_the_cgroup_limit_and_a_leak_is_recycled_near_it() 
         bytes > (128 * MIB) as f64 && bytes <= (128 * MIB) as f64 + slack,
         "recycled at {bytes} bytes: not near 128 MiB"
     );
+
+    // The limit changes under the running supervisor; a reload resolves the share
+    // again.
+    cg.set_limit(384 * MIB);
+    let out = sv.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until(LONG, "the share resolved again", || {
+        (sv.app("web")["memory_limits"]
+            == serde_json::json!(["private_memory 96 MiB (25 % of 384 MiB, cgroup limit)"]))
+        .then_some(())
+    });
 }
 
 /// The sum of `GET /leak?mb=` the test made the worker keep.
@@ -271,24 +291,16 @@ fn memory_pressure_recycles_the_leaking_worker_before_the_oom_killer_and_waits_i
     let load_leaky = Load::start(leaky, 2, true, "/");
     let load_steady = Load::start(steady, 2, true, "/");
 
-    // Grow the leaky worker 5 MiB at a time (50 MiB/s) until its recycle starts:
-    // 30 % of 512 MiB must stay free, so it comes at ~360 MiB in use, long
-    // before the 512 MiB at which the kernel would kill.
-    let pushed_until_recycle = |what: &str| -> u64 {
-        let mut pushed = 0;
-        wait_until(LONG, what, || {
-            let app = sv.app("leaky");
-            let workers = app["workers"].as_array().map_or(0, |w| w.len());
-            if workers > 1 || app["recycles"].as_u64() > Some(0) {
-                return Some(pushed);
-            }
-            leak(leaky, 5);
-            pushed += 5;
-            std::thread::sleep(Duration::from_millis(100));
-            None
-        })
-    };
-    let pushed = pushed_until_recycle("a memory_pressure recycle to start");
+    // Grow the leaky worker 5 MiB at a time until 10 MiB less than the 30 % of
+    // 512 MiB to keep free is left (~370 MiB in use), long before the 512 MiB at
+    // which the kernel would kill; then stop and wait for the recycle.
+    let min_available = 512 * MIB * 3 / 10;
+    let short_at = 512 * MIB - min_available + 10 * MIB;
+    let mut pushed = 0;
+    while cg.usage() < short_at {
+        leak(leaky, 5);
+        pushed += 5;
+    }
     let r = wait_until(LONG, "the memory_pressure recycle", || {
         let r = recycles(&sv, "leaky");
         (!r.is_empty()).then_some(r)
@@ -298,8 +310,7 @@ fn memory_pressure_recycles_the_leaking_worker_before_the_oom_killer_and_waits_i
     assert_eq!(e["reason"], "memory_pressure", "{e}");
     assert_eq!(e["old_pid"], first, "{e}");
     let cause = &e["cause"];
-    let min_available = cause["min_available"].as_u64().unwrap();
-    assert_eq!(min_available, 512 * MIB * 3 / 10);
+    assert_eq!(cause["min_available"].as_u64().unwrap(), min_available);
     assert!(cause["available"].as_u64().unwrap() < min_available, "{e}");
     assert!(
         cause["growth"].as_u64().unwrap() >= 200 * MIB,
@@ -308,10 +319,9 @@ fn memory_pressure_recycles_the_leaking_worker_before_the_oom_killer_and_waits_i
     eprintln!("recycled after {pushed} MiB were leaked: {}", e["detail"]);
 
     // The new worker leaks too, keeping memory short: no second recycle inside the
-    // cooldown. Grown until 20 MiB under the 30 % to keep free: short again, and
-    // still well under the limit.
+    // cooldown. Grown until short again, still well under the limit.
     sv.wait_running("leaky", 1);
-    while cg.usage() < 512 * MIB - min_available + 20 * MIB {
+    while cg.usage() < short_at {
         leak(leaky, 5);
     }
     while at.elapsed() < cooldown - Duration::from_secs(2) {

@@ -6,6 +6,14 @@
 
 use super::*;
 
+/// A pool's answer to the pressure monitor: its candidates, and whether a recycle
+/// is under way in it (then memory is in flux, and the monitor waits).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PressureOffer {
+    pub recycling: bool,
+    pub candidates: Vec<PressureCandidate>,
+}
+
 /// A worker the pressure monitor may recycle, with its figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PressureCandidate {
@@ -88,12 +96,17 @@ impl Pool {
     /// The workers `memory_pressure` may recycle: none if the app is not a
     /// candidate (`pressure_candidate`, by default `overlapped`), not running, or
     /// already recycling.
-    pub(super) fn pressure_candidates(&mut self) -> Vec<PressureCandidate> {
-        if !self.app.recycle.pressure_candidate || self.job.is_some() || !self.running() {
-            return Vec::new();
+    pub(super) fn pressure_candidates(&mut self) -> PressureOffer {
+        let recycling = self.job.is_some();
+        if !self.app.recycle.pressure_candidate || recycling || !self.running() {
+            return PressureOffer {
+                recycling,
+                candidates: Vec::new(),
+            };
         }
         let app = self.app.name.clone();
-        self.growth_of_serving()
+        let candidates = self
+            .growth_of_serving()
             .into_iter()
             .map(|(pid, private, growth)| PressureCandidate {
                 app: app.clone(),
@@ -101,6 +114,10 @@ impl Pool {
                 private,
                 growth,
             })
-            .collect()
+            .collect();
+        PressureOffer {
+            recycling,
+            candidates,
+        }
     }
 }

@@ -42,6 +42,8 @@
 //! - `worker.rs` — a worker's phase (`Starting`, `Serving`, `Retiring`, each with
 //!   only its own deadlines): spawn, ready, notify messages, retire, exit.
 //! - `crash.rs` — backoff and rapid-fail. `deadlines.rs` — what each deadline does.
+//! - `app_memory.rs` — `app_memory`, each worker's private bytes at ready, and the
+//!   candidates offered to `[supervisor] memory_pressure`.
 //! - `triggers.rs` — reactions to watch decisions, memory, probes, schedule, idle.
 //! - `status.rs` — [`AppStatus`]. `process.rs` — [`ProcessTable`], the seam every
 //!   side effect on a process goes through, and [`OsProcessTable`], the real one.
@@ -79,7 +81,7 @@ use crate::trigger::memory::{self, MemoryVerdict};
 use crate::trigger::schedule::{self, JitterRng};
 use crate::trigger::watch::{AppWatcher, WatchDecision};
 
-pub use app_memory::PressureCandidate;
+pub use app_memory::{PressureCandidate, PressureOffer};
 use crash::Failure;
 use deadlines::sleep_until_opt;
 pub use handle::{PoolHandle, Reply};
@@ -119,7 +121,7 @@ pub enum PoolCommand {
     },
     /// The workers `[supervisor] memory_pressure` may recycle, with their growth.
     PressureCandidates {
-        reply: oneshot::Sender<Vec<PressureCandidate>>,
+        reply: oneshot::Sender<PressureOffer>,
     },
     /// Recycle the worker `pid` (if it still serves) gracefully.
     RecycleWorker {

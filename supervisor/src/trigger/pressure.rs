@@ -4,7 +4,7 @@
 //! below `min_available`, or PSI memory `some avg10` passes `psi_some_avg10`, one
 //! worker — of all apps — is recycled gracefully: the one whose private memory grew
 //! most since it became ready (the leak, not the big-by-design). Then nothing more
-//! for `cooldown`: the old worker needs time to drain and its memory to come back,
+//! while any recycle is under way, and for `cooldown` from the choice: the old worker needs time to drain and its memory to come back,
 //! and recycling a second worker for the same shortage would cost capacity for
 //! nothing. Only apps with `pressure_candidate` (by default: `overlapped`, so the
 //! recycle costs no capacity) offer candidates.
@@ -14,8 +14,9 @@
 //! next generation take over without a failed request.
 //!
 //! Cost at rest: one tick per `interval` reads `/proc/meminfo`, each limited
-//! cgroup's usage and `memory.stat`, and the PSI file; the pools (and `/proc` of
-//! every worker) are asked only while memory is short and no cooldown runs.
+//! cgroup's usage (its `memory.stat` only near the threshold) and the PSI file; the
+//! pools (and `/proc` of every worker) are asked only while memory is short and no
+//! cooldown runs.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,9 @@ use tokio::time::Instant;
 use crate::memory_base::MemoryView;
 use crate::pool::{PoolCommand, PoolHandle, PressureCandidate};
 use crate::reason::RecycleReason;
+
+/// Growth below this is noise (allocator arenas, caches warming up), not a leak.
+pub const MIN_GROWTH: u64 = 1 << 20;
 
 /// One look at memory: what is available, and PSI.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -65,8 +69,9 @@ impl PressureDecider {
     }
 
     /// Under pressure and out of cooldown: the candidate that grew most (ties: the
-    /// larger), with the reason to give; the cooldown starts. A worker that did not
-    /// grow is never chosen: recycling it would give nothing back.
+    /// larger), with the reason to give; the cooldown starts. A worker that grew
+    /// less than [`MIN_GROWTH`] is never chosen: recycling it would give nothing
+    /// back.
     pub fn choose(
         &mut self,
         now: Instant,
@@ -78,7 +83,7 @@ impl PressureDecider {
         }
         let best = candidates
             .iter()
-            .filter(|c| c.growth > 0)
+            .filter(|c| c.growth >= MIN_GROWTH)
             .max_by_key(|c| (c.growth, c.private))?
             .clone();
         self.quiet_until = Some(now + self.cfg.cooldown);
@@ -101,7 +106,7 @@ pub fn read(view: &MemoryView, cfg: &MemoryPressureConfig) -> Reading {
     Reading {
         available: cfg
             .min_available
-            .and_then(|_| view.available())
+            .and_then(|m| view.available_below(m))
             .map(|a| a.bytes),
         psi_some_avg10: cfg.psi_some_avg10.and_then(|_| view.psi_some_avg10()),
     }
@@ -131,14 +136,22 @@ pub async fn monitor(
         }
         let handles: Vec<PoolHandle> = pools.lock().unwrap().values().cloned().collect();
         let mut candidates = Vec::new();
+        let mut recycling = false;
         for h in &handles {
             let (tx, rx) = tokio::sync::oneshot::channel();
             if !h.send(PoolCommand::PressureCandidates { reply: tx }) {
                 continue;
             }
-            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(1), rx).await {
-                candidates.extend(c);
+            if let Ok(Ok(offer)) = tokio::time::timeout(Duration::from_secs(1), rx).await {
+                recycling |= offer.recycling;
+                candidates.extend(offer.candidates);
             }
+        }
+        if recycling {
+            // A recycle is under way (maybe ours, slow to start): its memory is
+            // about to come back; choosing another now would recycle for the same
+            // shortage twice.
+            continue;
         }
         match decider.choose(Instant::now(), &r, &candidates) {
             Some((c, reason)) => {

@@ -216,3 +216,22 @@ async fn an_oom_kill_is_named_in_the_crashed_event() {
     assert_eq!(other.reason, None);
     assert_eq!(other.signal.as_deref(), Some("SIGKILL"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_barely_grew_is_not_recycled_for_pressure() {
+    let reading = Arc::new(Mutex::new(Reading {
+        available: Some(100 * MIB),
+        psi_some_avg10: None,
+    }));
+    let (mut web, mut batch, task) = two_apps(Some(true), reading).await;
+    set_private(&web, web.fake.spawned()[0], 512 << 10);
+    web.advance(Duration::from_secs(3)).await;
+    batch.settle().await;
+    assert_eq!(
+        web.fake.spawned().len(),
+        2,
+        "512 KiB of growth is not a leak"
+    );
+    assert_eq!(batch.fake.spawned().len(), 1);
+    task.abort();
+}

@@ -56,17 +56,33 @@ pub use size::{format_size, parse_size, InvalidSize};
 /// Read and validate the config file at `path`. [`Config::path`] is made absolute;
 /// error messages name the file as `path` was given.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with(path, None)
+}
+
+/// [`load`], resolving percentage limits (`private_memory = "25%"`) against `base`:
+/// the memory the supervisor may use, which this pure crate cannot find itself.
+/// Without one, a percentage is an error.
+pub fn load_with(path: &Path, base: Option<MemoryBase>) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text, path)
+    parse_with(&text, path, base)
 }
 
 /// Validate config `text` as if read from `path`: `path` names the file in messages,
 /// and relative paths in the config resolve against its directory (made absolute
 /// against the current directory if `path` is relative). Nothing is read from disk.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, path, None)
+}
+
+/// [`parse`], resolving percentage limits against `base` (see [`load_with`]).
+pub fn parse_with(
+    text: &str,
+    path: &Path,
+    base: Option<MemoryBase>,
+) -> Result<Config, ConfigError> {
     let absolute = absolute(path);
     let dir = absolute
         .parent()
@@ -85,7 +101,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             problems: vec![diagnostic::from_toml_error(path, text, &e)],
         }
     })?;
-    resolve::Resolver::new(path, text, dir).resolve(raw, absolute)
+    resolve::Resolver::new(path, text, dir)
+        .with_memory_base(base)
+        .resolve(raw, absolute)
 }
 
 /// The state dir a config file names, found even when the file fails validation

@@ -32,6 +32,16 @@ pub(crate) struct RawSupervisor {
     pub log_keep: Option<Sp<i64>>,
     pub events_max_size: Option<Sp<RawSize>>,
     pub events_keep: Option<Sp<i64>>,
+    pub memory_pressure: Option<Sp<RawMemoryPressure>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMemoryPressure {
+    pub min_available: Option<Sp<RawSize>>,
+    pub psi_some_avg10: Option<Sp<f64>>,
+    pub cooldown: Option<Sp<RawDuration>>,
+    pub interval: Option<Sp<RawDuration>>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -95,6 +105,8 @@ pub(crate) struct RawRecycle {
     pub interval_jitter: Option<Sp<RawDuration>>,
     pub schedule: Option<Sp<Vec<Sp<String>>>>,
     pub idle_timeout: Option<Sp<RawDuration>>,
+    pub app_memory: Option<Sp<RawSize>>,
+    pub pressure_candidate: Option<Sp<bool>>,
 }
 
 #[derive(Debug, serde::Deserialize)]

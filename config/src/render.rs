@@ -38,6 +38,34 @@ impl Config {
             q(&format_size(s.events_max_size))
         )?;
         writeln!(o, "events_keep = {}", s.events_keep)?;
+        match &s.memory_pressure {
+            None => writeln!(o, "# memory_pressure = (off)")?,
+            Some(p) => {
+                let mut keys = Vec::new();
+                if let Some(m) = p.min_available {
+                    keys.push(match &p.min_available_share {
+                        Some(share) => {
+                            format!("min_available = {}", q(&format!("{}%", share.percent)))
+                        }
+                        None => format!("min_available = {}", q(&format_size(m))),
+                    });
+                }
+                if let Some(v) = p.psi_some_avg10 {
+                    keys.push(format!("psi_some_avg10 = {v:?}"));
+                }
+                keys.push(format!("cooldown = {}", dur(p.cooldown)));
+                keys.push(format!("interval = {}", dur(p.interval)));
+                writeln!(o, "memory_pressure = {{ {} }}", keys.join(", "))?;
+                if let (Some(m), Some(share)) = (p.min_available, &p.min_available_share) {
+                    writeln!(
+                        o,
+                        "# min_available: {} = {}",
+                        share.describe(),
+                        format_size(m)
+                    )?;
+                }
+            }
+        }
         writeln!(o)?;
         writeln!(o, "[store]")?;
         match &self.store.backend {
@@ -144,15 +172,17 @@ impl AppConfig {
         writeln!(o, "startup_timeout = {}", dur(r.startup_timeout))?;
         writeln!(o, "shutdown_timeout = {}", dur(r.shutdown_timeout))?;
         writeln!(o, "stop_signal = {}", q(r.stop_signal.name))?;
-        opt_size(o, "private_memory", r.private_memory)?;
+        memory(o, r, "private_memory", r.private_memory)?;
         opt_size(o, "virtual_memory", r.virtual_memory)?;
-        opt_size(o, "rss", r.rss)?;
+        memory(o, r, "rss", r.rss)?;
         writeln!(
             o,
             "memory_check_interval = {}",
             dur(r.memory_check_interval)
         )?;
-        opt_size(o, "memory_hard_limit", r.memory_hard_limit)?;
+        memory(o, r, "memory_hard_limit", r.memory_hard_limit)?;
+        memory(o, r, "app_memory", r.app_memory)?;
+        writeln!(o, "pressure_candidate = {}", r.pressure_candidate)?;
         match r.requests {
             Some(n) => writeln!(o, "requests = {n}")?,
             None => writeln!(o, "# requests = (off)")?,
@@ -278,6 +308,21 @@ fn opt_dur(o: &mut String, name: &str, d: Option<std::time::Duration>) -> fmt::R
     match d {
         Some(d) => writeln!(o, "{name} = {}", dur(d)),
         None => writeln!(o, "# {name} = (off)"),
+    }
+}
+
+/// A memory limit as written: a percentage keeps its form (so the output resolves
+/// the same way again) with what it resolved to beside it.
+fn memory(o: &mut String, r: &RecycleConfig, name: &str, n: Option<u64>) -> fmt::Result {
+    match (n, r.share(name)) {
+        (Some(n), Some(share)) => writeln!(
+            o,
+            "{name} = {}  # {} = {}",
+            q(&format!("{}%", share.percent)),
+            share.describe(),
+            format_size(n)
+        ),
+        _ => opt_size(o, name, n),
     }
 }
 

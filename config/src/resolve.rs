@@ -62,6 +62,8 @@ pub(crate) struct Resolver<'a> {
     /// Absolute directory of the config file: relative paths start here.
     dir: PathBuf,
     problems: Vec<Problem>,
+    /// What `"25%"` limits are shares of; `None`: percentages are refused.
+    memory_base: Option<MemoryBase>,
 }
 
 /// Where a key lives, for messages: `app "web" field recycle.startup_timeout`.
@@ -113,7 +115,13 @@ impl<'a> Resolver<'a> {
             text,
             dir,
             problems: Vec::new(),
+            memory_base: None,
         }
+    }
+
+    pub(crate) fn with_memory_base(mut self, base: Option<MemoryBase>) -> Self {
+        self.memory_base = base;
+        self
     }
 
     pub(crate) fn resolve(mut self, raw: RawConfig, path: PathBuf) -> Result<Config, ConfigError> {
@@ -132,6 +140,7 @@ impl<'a> Resolver<'a> {
                 supervisor,
                 store,
                 apps,
+                memory_base: self.memory_base,
             })
         } else {
             let mut problems = self.problems;
@@ -205,13 +214,123 @@ impl<'a> Resolver<'a> {
             5,
             0..=1000,
         );
+        let memory_pressure = self.memory_pressure(raw.and_then(|r| r.memory_pressure.as_ref()));
         SupervisorConfig {
             state_dir,
             log_max_size,
             log_keep: log_keep as u32,
             events_max_size,
             events_keep: events_keep as u32,
+            memory_pressure,
         }
+    }
+
+    fn memory_pressure(
+        &mut self,
+        raw: Option<&Sp<RawMemoryPressure>>,
+    ) -> Option<MemoryPressureConfig> {
+        let sc = Scope::top("supervisor.memory_pressure");
+        let span = raw?.span();
+        let raw = raw?.get_ref();
+        if raw.min_available.is_none() && raw.psi_some_avg10.is_none() {
+            self.report(
+                Some(span),
+                field_label(None, "supervisor.memory_pressure"),
+                "memory_pressure sets no threshold; add min_available (e.g. \"10%\") and/or \
+                 psi_some_avg10 (e.g. 40), or remove it to leave pressure recycling off"
+                    .into(),
+            );
+            return None;
+        }
+        let mut shares = Vec::new();
+        let min_available = self.opt_memory(
+            &sc,
+            "min_available",
+            raw.min_available.as_ref(),
+            &mut shares,
+        );
+        if min_available == Some(0) {
+            self.report(
+                raw.min_available.as_ref().map(|r| r.span()),
+                sc.field("min_available"),
+                "min_available must be larger than zero".into(),
+            );
+        }
+        let psi_some_avg10 = raw.psi_some_avg10.as_ref().and_then(|p| {
+            let v = *p.get_ref();
+            if v > 0.0 && v <= 100.0 {
+                Some(v)
+            } else {
+                self.report(
+                    Some(p.span()),
+                    sc.field("psi_some_avg10"),
+                    format!("{v} is out of range: psi_some_avg10 is the share of the last 10 s that tasks stalled on memory, above 0 and at most 100, e.g. 40"),
+                );
+                None
+            }
+        });
+        let cooldown = self.duration(&sc, "cooldown", raw.cooldown.as_ref(), secs(30), false);
+        let interval = self.duration(&sc, "interval", raw.interval.as_ref(), secs(1), true);
+        Some(MemoryPressureConfig {
+            min_available,
+            min_available_share: shares.pop(),
+            psi_some_avg10,
+            cooldown,
+            interval,
+        })
+    }
+
+    /// A memory limit: a size, or (`"25%"`) a share of [`Self::memory_base`],
+    /// recorded in `shares`.
+    fn opt_memory(
+        &mut self,
+        sc: &Scope,
+        key: &'static str,
+        raw: Option<&Sp<RawSize>>,
+        shares: &mut Vec<MemoryShare>,
+    ) -> Option<u64> {
+        let r = raw?;
+        let Scalar::Str(s) = &r.get_ref().value else {
+            return self.opt_size(sc, key, raw);
+        };
+        let Some(number) = s.trim().strip_suffix('%') else {
+            return self.opt_size(sc, key, raw);
+        };
+        let percent = match number.trim().parse::<f64>() {
+            Ok(p) if p.is_finite() && p > 0.0 && p <= 100.0 => p,
+            Ok(_) => {
+                self.report(
+                    Some(r.span()),
+                    sc.field(key),
+                    format!("{s:?} is out of range: a share of the supervisor's memory is above 0% and at most 100%, e.g. \"40%\""),
+                );
+                return None;
+            }
+            Err(_) => {
+                self.report(
+                    Some(r.span()),
+                    sc.field(key),
+                    format!("{s:?} is not a percentage; write e.g. \"40%\" or a size such as \"512MiB\""),
+                );
+                return None;
+            }
+        };
+        let Some(base) = self.memory_base.as_ref() else {
+            self.report(
+                Some(r.span()),
+                sc.field(key),
+                format!("{s:?}: this program did not say how much memory there is, so percentages cannot be resolved; give a size such as \"512MiB\""),
+            );
+            return None;
+        };
+        let bytes = (base.bytes as f64 * percent / 100.0) as u64;
+        shares.push(MemoryShare {
+            key,
+            percent,
+            bytes,
+            of: base.describe(),
+        });
+        Some(bytes)
     }
 
     fn store(&mut self, raw: Option<&Sp<RawStore>>, claimed: &mut Vec<Claimed>) -> StoreConfig {
@@ -823,17 +942,33 @@ impl<'a> Resolver<'a> {
             Signal::TERM,
             &["SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGCONT"],
         );
-        let private_memory = self.opt_size(
+        let mut memory_shares = Vec::new();
+        let private_memory = self.opt_memory(
             sc,
             "private_memory",
             raw.and_then(|r| r.private_memory.as_ref()),
+            &mut memory_shares,
         );
-        let virtual_memory = self.opt_size(
+        let raw_virtual = raw.and_then(|r| r.virtual_memory.as_ref());
+        let virtual_memory = match raw_virtual.map(|r| (r, &r.get_ref().value)) {
+            Some((r, Scalar::Str(s))) if s.trim().ends_with('%') => {
+                self.report(
+                    Some(r.span()),
+                    sc.field("virtual_memory"),
+                    format!("{s:?}: virtual_memory cannot be a percentage: virtual size counts reserved address space, \
+                             not memory, and often exceeds the machine's memory; give a size such as \"4GiB\", \
+                             or use a percentage on private_memory or rss"),
+                );
+                None
+            }
+            _ => self.opt_size(sc, "virtual_memory", raw_virtual),
+        };
+        let rss = self.opt_memory(
             sc,
-            "virtual_memory",
-            raw.and_then(|r| r.virtual_memory.as_ref()),
+            "rss",
+            raw.and_then(|r| r.rss.as_ref()),
+            &mut memory_shares,
         );
-        let rss = self.opt_size(sc, "rss", raw.and_then(|r| r.rss.as_ref()));
         let memory_check_interval = self.duration(
             sc,
             "memory_check_interval",
@@ -842,7 +977,38 @@ impl<'a> Resolver<'a> {
             true,
         );
         let hard = raw.and_then(|r| r.memory_hard_limit.as_ref());
-        let memory_hard_limit = self.opt_size(sc, "memory_hard_limit", hard);
+        let memory_hard_limit = self.opt_memory(sc, "memory_hard_limit", hard, &mut memory_shares);
+        let app_memory = self.opt_memory(
+            sc,
+            "app_memory",
+            raw.and_then(|r| r.app_memory.as_ref()),
+            &mut memory_shares,
+        );
+        for (key, value, raw_value) in [
+            (
+                "app_memory",
+                app_memory,
+                raw.and_then(|r| r.app_memory.as_ref()),
+            ),
+            ("memory_hard_limit", memory_hard_limit, hard),
+            (
+                "private_memory",
+                private_memory,
+                raw.and_then(|r| r.private_memory.as_ref()),
+            ),
+            ("rss", rss, raw.and_then(|r| r.rss.as_ref())),
+        ] {
+            if value == Some(0) {
+                self.report(
+                    raw_value.map(|r| r.span()),
+                    sc.field(key),
+                    format!("{key} must be larger than zero; remove it to turn the limit off"),
+                );
+            }
+        }
+        let pressure_candidate = raw
+            .and_then(|r| r.pressure_candidate.as_ref())
+            .map_or(overlapped, |b| *b.get_ref());
         if let (Some(h), Some(p), Some(span)) =
             (memory_hard_limit, private_memory, hard.map(|h| h.span()))
         {
@@ -915,6 +1081,9 @@ impl<'a> Resolver<'a> {
             interval_jitter,
             schedule,
             idle_timeout,
+            app_memory,
+            pressure_candidate,
+            memory_shares,
         }
     }
 

@@ -18,6 +18,9 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub store: StoreConfig,
     pub apps: Vec<AppConfig>,
+    /// What percentage limits (`"25%"`) were resolved against, if the caller gave it
+    /// (see [`crate::parse_with`]).
+    pub memory_base: Option<MemoryBase>,
 }
 
 impl Config {
@@ -45,6 +48,96 @@ pub struct SupervisorConfig {
     /// Rotated event logs kept, `events.jsonl.1` (newest) … (`events_keep`,
     /// default 5): with the default size, 96 MiB of restart history at most.
     pub events_keep: u32,
+    /// `memory_pressure = { … }`: recycle the worker that grew most when memory runs
+    /// short. Off (`None`) unless written.
+    pub memory_pressure: Option<MemoryPressureConfig>,
+}
+
+/// `[supervisor] memory_pressure`: graceful recycling before the kernel's OOM killer
+/// has to act. At least one of the two thresholds is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPressureConfig {
+    /// Recycle when the memory available to the supervisor's cgroup (or the machine)
+    /// falls below this many bytes.
+    pub min_available: Option<u64>,
+    /// Set when `min_available` was written as a percentage.
+    pub min_available_share: Option<MemoryShare>,
+    /// Recycle when PSI `some avg10` of memory passes this (percent of time stalled).
+    pub psi_some_avg10: Option<f64>,
+    /// After a pressure recycle, wait this long before choosing another (default 30 s):
+    /// the freed memory needs a moment to show.
+    pub cooldown: Duration,
+    /// How often available memory and PSI are read (default 1 s).
+    pub interval: Duration,
+}
+
+/// The memory this supervisor may use: what percentage limits are shares of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryBase {
+    pub bytes: u64,
+    pub source: MemorySource,
+}
+
+/// Where a [`MemoryBase`] came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MemorySource {
+    /// The tightest `memory.max` (cgroup v2) up the supervisor's cgroup path.
+    CgroupV2 { path: PathBuf },
+    /// The tightest `memory.limit_in_bytes` (cgroup v1) up the supervisor's path.
+    CgroupV1 { path: PathBuf },
+    /// No cgroup limit: the machine's physical memory.
+    Physical,
+}
+
+impl MemoryBase {
+    /// `512 MiB, cgroup limit` / `23.5 GiB, physical memory`.
+    pub fn describe(&self) -> String {
+        let what = match self.source {
+            MemorySource::CgroupV2 { .. } | MemorySource::CgroupV1 { .. } => "cgroup limit",
+            MemorySource::Physical => "physical memory",
+        };
+        format!("{}, {what}", human_bytes(self.bytes))
+    }
+}
+
+/// A limit written as a percentage, with what it resolved to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryShare {
+    /// The key it was written for: `private_memory`, `rss`, `memory_hard_limit`,
+    /// `app_memory`, `min_available`.
+    pub key: &'static str,
+    pub percent: f64,
+    pub bytes: u64,
+    /// [`MemoryBase::describe`] of what it is a share of.
+    pub of: String,
+}
+
+impl MemoryShare {
+    /// `25 % of 512 MiB, cgroup limit`.
+    pub fn describe(&self) -> String {
+        format!("{} % of {}", self.percent, self.of)
+    }
+}
+
+/// `512 MiB`, `1.5 GiB`, `300 KiB`: for people, not for parsing.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: &[(&str, u64)] = &[
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (unit, scale) in UNITS {
+        if bytes >= *scale {
+            let v = bytes as f64 / *scale as f64;
+            return if (v - v.round()).abs() < 0.05 {
+                format!("{} {unit}", v.round())
+            } else {
+                format!("{v:.1} {unit}")
+            };
+        }
+    }
+    format!("{bytes} B")
 }
 
 /// `[store]`: where session state lives.
@@ -211,6 +304,21 @@ pub struct RecycleConfig {
     pub schedule: Vec<TimeOfDay>,
     /// Stop workers after this long without connections; start on demand.
     pub idle_timeout: Option<Duration>,
+    /// Private bytes summed over all the app's workers; over it, the worker that grew
+    /// most since it started is recycled (`app_memory`).
+    pub app_memory: Option<u64>,
+    /// May `[supervisor] memory_pressure` recycle this app's workers? Default: only
+    /// when `overlapped` (a pressure recycle must not cost capacity).
+    pub pressure_candidate: bool,
+    /// The memory limits above that were written as percentages.
+    pub memory_shares: Vec<MemoryShare>,
+}
+
+impl RecycleConfig {
+    /// How `key`'s limit was written, if as a percentage.
+    pub fn share(&self, key: &str) -> Option<&MemoryShare> {
+        self.memory_shares.iter().find(|s| s.key == key)
+    }
 }
 
 /// `"03:00"` or `"15:30:10"`, local time.

@@ -606,3 +606,104 @@ fn event_log_rotation_settings_are_checked() {
     assert_eq!(ok.supervisor.events_max_size, 64 << 10);
     assert_eq!(ok.supervisor.events_keep, 2);
 }
+
+/// 512 MiB behind a cgroup limit: what the percentage tests resolve against.
+fn base() -> Option<appvisor_config::MemoryBase> {
+    Some(appvisor_config::MemoryBase {
+        bytes: 512 << 20,
+        source: appvisor_config::MemorySource::Physical,
+    })
+}
+
+#[track_caller]
+fn assert_rejected_with_base(text: &str, at: &str, field: &str, hints: &[&str]) {
+    let msg = match appvisor_config::parse_with(text, Path::new("appvisor.toml"), base()) {
+        Ok(config) => panic!("accepted:\n{text}\nas {config:#?}"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(msg.lines().count(), 1, "expected one problem, got:\n{msg}");
+    let head = format!("appvisor.toml:{at}: {field}");
+    assert!(
+        msg.starts_with(&head),
+        "expected {head:?} at the start of:\n{msg}"
+    );
+    for hint in hints {
+        assert!(msg.contains(hint), "expected {hint:?} in:\n{msg}");
+    }
+}
+
+#[test]
+fn percentages_out_of_range() {
+    for bad in ["140%", "0%", "-5%"] {
+        let text = format!("{APP}[app.recycle]\nprivate_memory = \"{bad}\"\n");
+        assert_rejected_with_base(
+            &text,
+            "5:18",
+            "app \"web\" field recycle.private_memory",
+            &["out of range", "at most 100%"],
+        );
+    }
+    let text = format!("{APP}[app.recycle]\nrss = \"lots%\"\n");
+    assert_rejected_with_base(
+        &text,
+        "5:7",
+        "app \"web\" field recycle.rss",
+        &["not a percentage"],
+    );
+}
+
+#[test]
+fn no_percentage_on_virtual_memory() {
+    let text = format!("{APP}[app.recycle]\nvirtual_memory = \"40%\"\n");
+    assert_rejected_with_base(
+        &text,
+        "5:18",
+        "app \"web\" field recycle.virtual_memory",
+        &["cannot be a percentage", "address space", "\"4GiB\""],
+    );
+}
+
+#[test]
+fn memory_pressure_needs_a_threshold() {
+    assert_rejected_with_base(
+        "[supervisor]\nmemory_pressure = {}\n",
+        "2:19",
+        "field supervisor.memory_pressure",
+        &["no threshold", "min_available", "psi_some_avg10"],
+    );
+    assert_rejected_with_base(
+        "[supervisor]\nmemory_pressure = { cooldown = \"10s\" }\n",
+        "2:19",
+        "field supervisor.memory_pressure",
+        &["no threshold"],
+    );
+    assert_rejected_with_base(
+        "[supervisor]\nmemory_pressure = { psi_some_avg10 = 140 }\n",
+        "2:38",
+        "field supervisor.memory_pressure.psi_some_avg10",
+        &["out of range"],
+    );
+    assert_rejected_with_base(
+        "[supervisor]\nmemory_pressure = { min_available = \"0%\" }\n",
+        "2:37",
+        "field supervisor.memory_pressure.min_available",
+        &["out of range"],
+    );
+    assert_rejected_with_base(
+        "[supervisor]\nmemory_pressure = { min_availabel = \"10%\" }\n",
+        "2:21",
+        "field supervisor.memory_pressure.min_availabel",
+        &["did you mean \"min_available\""],
+    );
+}
+
+#[test]
+fn percentages_need_a_memory_base() {
+    let text = format!("{APP}[app.recycle]\napp_memory = \"60%\"\n");
+    assert_rejected(
+        &text,
+        "5:14",
+        "app \"web\" field recycle.app_memory",
+        &["\"512MiB\""],
+    );
+}

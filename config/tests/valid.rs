@@ -60,6 +60,9 @@ fn minimal_config_gets_every_default() {
             interval_jitter: Duration::ZERO,
             schedule: vec![],
             idle_timeout: None,
+            app_memory: None,
+            pressure_candidate: true,
+            memory_shares: vec![],
         }
     );
     assert_eq!(
@@ -375,4 +378,48 @@ fn a_state_dir_inside_the_cwd_by_a_roundabout_path_is_ignored() {
     let text = "[supervisor]\nstate_dir = \"site/../site/.appvisor\"\n\n[[app]]\nname = \"web\"\ncommand = [\"./server\"]\ncwd = \"site\"\n";
     let config = appvisor_config::parse(text, path).expect("loads");
     assert_eq!(config.apps[0].watch.ignore.last().unwrap(), ".appvisor/**");
+}
+
+#[test]
+fn percentages_resolve_against_the_memory_base() {
+    let text = "[supervisor]\nmemory_pressure = { min_available = \"30%\", cooldown = \"20s\" }\n\
+                [[app]]\nname = \"web\"\ncommand = [\"x\"]\n\
+                [app.recycle]\nprivate_memory = \"25%\"\nmemory_hard_limit = \"50%\"\napp_memory = \"60%\"\n\
+                [[app]]\nname = \"batch\"\ncommand = [\"x\"]\n[app.recycle]\noverlapped = false\n";
+    let base = appvisor_config::MemoryBase {
+        bytes: 512 << 20,
+        source: appvisor_config::MemorySource::CgroupV1 {
+            path: "/sys/fs/cgroup/memory/t".into(),
+        },
+    };
+    let path = std::path::Path::new("/tmp/appvisor.toml");
+    let config = appvisor_config::parse_with(text, path, Some(base.clone())).unwrap();
+    let web = &config.app("web").unwrap().recycle;
+    assert_eq!(web.private_memory, Some(128 << 20));
+    assert_eq!(web.memory_hard_limit, Some(256 << 20));
+    assert_eq!(web.app_memory, Some((512u64 << 20) * 6 / 10));
+    assert_eq!(
+        web.share("private_memory").unwrap().describe(),
+        "25 % of 512 MiB, cgroup limit"
+    );
+    assert!(web.pressure_candidate);
+    // Not overlapped: not a pressure candidate unless it says so.
+    assert!(!config.app("batch").unwrap().recycle.pressure_candidate);
+    let p = config.supervisor.memory_pressure.as_ref().unwrap();
+    assert_eq!(p.min_available, Some((512u64 << 20) * 3 / 10));
+    assert_eq!(p.cooldown, secs(20));
+    assert_eq!(p.interval, secs(1));
+    assert_eq!(p.psi_some_avg10, None);
+    // `check` prints the percentage with what it resolved to, and reads back the same.
+    let rendered = config.to_toml_string();
+    assert!(
+        rendered.contains("private_memory = \"25%\"  # 25 % of 512 MiB, cgroup limit = 128MiB"),
+        "{rendered}"
+    );
+    let again = appvisor_config::parse_with(&rendered, path, Some(base)).unwrap();
+    assert_eq!(again.apps, config.apps);
+    assert_eq!(
+        again.supervisor.memory_pressure,
+        config.supervisor.memory_pressure
+    );
 }

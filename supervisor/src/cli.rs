@@ -140,7 +140,7 @@ fn config_path(cli_config: &Option<PathBuf>, positional: &Option<PathBuf>) -> Pa
 /// editing it) still names its state dir — read leniently — so `status`, `stop`,
 /// `events` keep reaching the running supervisor; the CLI says the file is invalid.
 pub(crate) fn state_dir(config: &Path) -> anyhow::Result<PathBuf> {
-    match appvisor_config::load(config) {
+    match load_config(config) {
         Ok(c) => Ok(c.supervisor.state_dir),
         Err(e) => {
             let Ok(text) = std::fs::read_to_string(config) else {
@@ -161,6 +161,13 @@ pub(crate) fn state_dir(config: &Path) -> anyhow::Result<PathBuf> {
             Ok(dir)
         }
     }
+}
+
+/// Loads the config as the supervisor would: memory percentages resolved against
+/// this machine's memory base (cgroup limit or physical memory).
+fn load_config(path: &Path) -> Result<appvisor_config::Config, appvisor_config::ConfigError> {
+    let base = crate::memory_base::MemoryView::detect().base;
+    appvisor_config::load_with(path, Some(base))
 }
 
 fn connect(config: &Path) -> anyhow::Result<Client> {
@@ -202,7 +209,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Check { config } => {
             let path = config_path(&cli.config, &config);
-            let config = appvisor_config::load(&path)?;
+            let config = load_config(&path)?;
             // Every check `run` makes before it starts anything.
             crate::daemon::preflight(&config)?;
             // Ports in use are a config problem too; binding is the only honest
@@ -225,6 +232,11 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
                 "appvisor: {} is valid ({} app(s))",
                 config.path.display(),
                 config.apps.len()
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "appvisor: memory percentages are shares of {}",
+                crate::memory_base::MemoryView::detect().describe()
             );
             Ok(0)
         }
@@ -586,6 +598,9 @@ fn write_status(out: &mut impl Write, s: &SupervisorStatus) -> std::io::Result<(
                 "  last recycle: {} ({}) at {}",
                 l.reason, l.detail, l.time
             )?;
+        }
+        for limit in &app.memory_limits {
+            writeln!(out, "  memory limit: {limit}")?;
         }
         if app.workers.is_empty() {
             continue;

@@ -130,7 +130,8 @@ pub fn preflight(config: &Config) -> anyhow::Result<()> {
 }
 
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = appvisor_config::load(config_path)?;
+    let memory = crate::memory_base::MemoryView::detect();
+    let config = appvisor_config::load_with(config_path, Some(memory.base.clone()))?;
     preflight(&config)?;
     crate::fd_limit::raise();
     crate::spawn::warn_about_privileges(&config.apps);
@@ -209,6 +210,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         contract::notify::READY,
         contract::notify::STATUS
     ));
+    tracing::info!("Memory percentages are shares of {}.", memory.describe());
     let names: Vec<&str> = config.apps.iter().map(|a| a.name.as_str()).collect();
     tracing::info!(
         "Supervising {} app{} ({}) from {}; state and logs in {}.",
@@ -227,7 +229,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         shared,
         generation_shared: state_generation,
         backend: backend.clone(),
+        memory,
+        pressure: None,
     };
+    live.start_pressure_monitor();
     let (ctx_tx, mut config_changed) = mpsc::unbounded_channel();
     let _config_watch = watch_config_file(&live.config.path, ctx_tx).await;
 
@@ -294,6 +299,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(t) = live.pressure.take() {
+        t.abort();
+    }
     tracing::info!("Stopping every app.");
     crate::sd_notify::notify_own_parent(contract::notify::STOPPING);
     let handles: Vec<PoolHandle> = pools.lock().unwrap().values().cloned().collect();
@@ -404,9 +412,47 @@ struct Live {
     shared: Shared,
     generation_shared: Arc<Mutex<u64>>,
     backend: Arc<Mutex<Backend>>,
+    /// What memory percentages are of; read again at each reload.
+    memory: crate::memory_base::MemoryView,
+    /// The `memory_pressure` monitor's task, if configured.
+    pressure: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Live {
+    /// (Re)starts the `[supervisor] memory_pressure` monitor for the config in force.
+    fn start_pressure_monitor(&mut self) {
+        if let Some(t) = self.pressure.take() {
+            t.abort();
+        }
+        let Some(cfg) = self.config.supervisor.memory_pressure.clone() else {
+            return;
+        };
+        let view = self.memory.clone();
+        tracing::info!(
+            "Memory pressure: watching {}{}{} every {}; cooldown {}.",
+            match (cfg.min_available, &cfg.min_available_share) {
+                (Some(_), Some(share)) => format!("available memory against min_available {}", share.describe()),
+                (Some(m), None) => format!("available memory against min_available {}", appvisor_config::human_bytes(m)),
+                (None, _) => String::new(),
+            },
+            if cfg.min_available.is_some() && cfg.psi_some_avg10.is_some() { " and " } else { "" },
+            match (cfg.psi_some_avg10, &view.psi) {
+                (Some(t), Some(p)) => format!("PSI some avg10 against {t} ({})", p.display()),
+                (Some(t), None) => format!("PSI some avg10 against {t} (no PSI file on this kernel: this threshold never fires)"),
+                (None, _) => String::new(),
+            },
+            crate::pool::humanize(cfg.interval),
+            crate::pool::humanize(cfg.cooldown),
+        );
+        let read_cfg = cfg.clone();
+        let reading = move || crate::trigger::pressure::read(&view, &read_cfg);
+        self.pressure = Some(tokio::spawn(crate::trigger::pressure::monitor(
+            cfg,
+            reading,
+            self.pools.clone(),
+        )));
+    }
+
     /// Applies the config file as it is now, or rejects it and keeps the old one.
     fn reload(&mut self, why: &str) -> crate::pool::Reply {
         match self.try_reload() {
@@ -435,7 +481,16 @@ impl Live {
     }
 
     fn try_reload(&mut self) -> anyhow::Result<Option<String>> {
-        let new = appvisor_config::load(&self.config.path)?;
+        // The cgroup limit may have changed since: percentages are resolved again.
+        let memory = crate::memory_base::MemoryView::detect();
+        let new = appvisor_config::load_with(&self.config.path, Some(memory.base.clone()))?;
+        let base_changed = memory.base != self.memory.base;
+        if base_changed {
+            tracing::info!(
+                "Memory percentages are now shares of {}.",
+                memory.describe()
+            );
+        }
         if new == self.config {
             return Ok(None);
         }
@@ -489,14 +544,26 @@ impl Live {
         }
         drop(pools);
         let mut notes = Vec::new();
-        if new.supervisor != self.config.supervisor || new.store != self.config.store {
+        let pressure_changed =
+            new.supervisor.memory_pressure != self.config.supervisor.memory_pressure;
+        let mut other_supervisor = new.supervisor.clone();
+        other_supervisor.memory_pressure = self.config.supervisor.memory_pressure.clone();
+        if pressure_changed {
+            notes.push("[supervisor] memory_pressure applied".to_string());
+        }
+        if other_supervisor != self.config.supervisor || new.store != self.config.store {
             notes.push(
                 "[supervisor] and [store] changes take effect at the next start of the supervisor"
                     .to_string(),
             );
         }
         self.config = new;
+        self.memory = memory;
         self.sockets = new_sockets;
+        if pressure_changed || base_changed {
+            // A new base is also a new set of cgroups to read.
+            self.start_pressure_monitor();
+        }
         let list = |v: &[String]| {
             if v.is_empty() {
                 "none".to_string()

@@ -45,6 +45,8 @@ pub mod guard;
 pub mod history;
 pub mod logging;
 pub mod logs;
+pub mod memory_base;
+pub mod oom;
 pub mod output;
 pub mod pool;
 pub mod probe;

@@ -38,6 +38,23 @@ pub enum RecycleReason {
     Unhealthy { detail: String },
     /// The app's settings in `appvisor.toml` changed.
     ConfigChange { config_generation: u64 },
+    /// `[app.recycle] app_memory`: the private memory of all the app's workers
+    /// together (`bytes`) passed `limit`; this worker grew most since it started.
+    AppMemory { bytes: u64, limit: u64, growth: u64 },
+    /// `[supervisor] memory_pressure`: memory ran short (available below
+    /// `min_available`, or PSI `some avg10` above its threshold); of every candidate
+    /// worker of every app, this one grew most since it started.
+    MemoryPressure {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        available: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_available: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        psi_some_avg10: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        psi_threshold: Option<f64>,
+        growth: u64,
+    },
 }
 
 impl RecycleReason {
@@ -69,6 +86,8 @@ impl RecycleReason {
             RecycleReason::Schedule { .. } => "schedule",
             RecycleReason::Unhealthy { .. } => "unhealthy",
             RecycleReason::ConfigChange { .. } => "config_change",
+            RecycleReason::AppMemory { .. } => "app_memory",
+            RecycleReason::MemoryPressure { .. } => "memory_pressure",
         }
     }
 
@@ -104,6 +123,38 @@ impl RecycleReason {
             RecycleReason::Unhealthy { detail } => format!("unhealthy: {detail}"),
             RecycleReason::ConfigChange { config_generation } => {
                 format!("settings changed (config generation {config_generation})")
+            }
+            RecycleReason::AppMemory {
+                bytes,
+                limit,
+                growth,
+            } => format!(
+                "the app's workers use {} > app_memory {}; this worker grew {} since it started, the most",
+                mib(*bytes),
+                mib(*limit),
+                mib(*growth)
+            ),
+            RecycleReason::MemoryPressure {
+                available,
+                min_available,
+                psi_some_avg10,
+                psi_threshold,
+                growth,
+            } => {
+                let mut why = Vec::new();
+                if let (Some(a), Some(m)) = (available, min_available) {
+                    let cmp = if a < m { "<" } else { "≥" };
+                    why.push(format!("available {} {cmp} min_available {}", mib(*a), mib(*m)));
+                }
+                if let (Some(p), Some(t)) = (psi_some_avg10, psi_threshold) {
+                    let cmp = if p > t { ">" } else { "≤" };
+                    why.push(format!("PSI memory some avg10 {p:.2} {cmp} {t}"));
+                }
+                format!(
+                    "memory pressure: {}; this worker grew {} since it started, the most of any candidate",
+                    why.join(", "),
+                    mib(*growth)
+                )
             }
         }
     }

@@ -42,11 +42,14 @@
 //! - `worker.rs` — a worker's phase (`Starting`, `Serving`, `Retiring`, each with
 //!   only its own deadlines): spawn, ready, notify messages, retire, exit.
 //! - `crash.rs` — backoff and rapid-fail. `deadlines.rs` — what each deadline does.
+//! - `app_memory.rs` — `app_memory`, each worker's private bytes at ready, and the
+//!   candidates offered to `[supervisor] memory_pressure`.
 //! - `triggers.rs` — reactions to watch decisions, memory, probes, schedule, idle.
 //! - `status.rs` — [`AppStatus`]. `process.rs` — [`ProcessTable`], the seam every
 //!   side effect on a process goes through, and [`OsProcessTable`], the real one.
 //! - `tests/` — the state machine under a fake process table and paused time.
 
+mod app_memory;
 mod crash;
 mod deadlines;
 mod handle;
@@ -78,6 +81,7 @@ use crate::trigger::memory::{self, MemoryVerdict};
 use crate::trigger::schedule::{self, JitterRng};
 use crate::trigger::watch::{AppWatcher, WatchDecision};
 
+pub use app_memory::{PressureCandidate, PressureOffer};
 use crash::Failure;
 use deadlines::sleep_until_opt;
 pub use handle::{PoolHandle, Reply};
@@ -114,6 +118,15 @@ pub enum PoolCommand {
     /// Stop every worker and end the pool's task.
     Shutdown {
         done: oneshot::Sender<()>,
+    },
+    /// The workers `[supervisor] memory_pressure` may recycle, with their growth.
+    PressureCandidates {
+        reply: oneshot::Sender<PressureOffer>,
+    },
+    /// Recycle the worker `pid` (if it still serves) gracefully.
+    RecycleWorker {
+        pid: i32,
+        reason: RecycleReason,
     },
 }
 
@@ -171,6 +184,7 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         log: ctx.log,
         cgroups: Default::default(),
         markers: Default::default(),
+        oom: Default::default(),
     };
     let (pool, inbox, handle) = Pool::new(
         app,
@@ -250,6 +264,7 @@ impl Pool {
             idle_cpu_mark: HashMap::new(),
             config_generation,
             wake_task: None,
+            memory_start: HashMap::new(),
         };
         let inbox = Inbox {
             commands: rx,
@@ -304,6 +319,9 @@ struct Pool {
     idle_cpu_mark: HashMap<i32, u64>,
     config_generation: u64,
     wake_task: Option<tokio::task::JoinHandle<()>>,
+    /// Each worker's private bytes when it became ready (`app_memory` and memory
+    /// pressure recycle the one that grew most since).
+    memory_start: HashMap<i32, u64>,
 }
 
 impl Pool {
@@ -370,6 +388,10 @@ impl Pool {
 
     fn on_command(&mut self, cmd: PoolCommand) {
         match cmd {
+            PoolCommand::PressureCandidates { reply } => {
+                let _ = reply.send(self.pressure_candidates());
+            }
+            PoolCommand::RecycleWorker { pid, reason } => self.recycle_worker(pid, reason),
             PoolCommand::Recycle { reason, slot, done } => {
                 let slots = slot.map(|s| vec![s]);
                 self.request_recycle(reason, slots, done);

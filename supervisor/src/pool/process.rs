@@ -98,6 +98,11 @@ pub trait ProcessTable: Send + 'static {
     fn wait_http_ready(&self, address: ListenAddress, path: String) -> BoxFuture<()>;
     /// Resolves when a connection waits on any of `fds` (not accepted).
     fn wait_for_connection(&self, fds: Vec<RawFd>) -> BoxFuture<()>;
+    /// The worker `pid` died of SIGKILL: the kernel's record that its OOM killer
+    /// did it, in words, or `None`. Asked before `kill_group` and `release`.
+    fn oom_kill(&mut self, _pid: i32) -> Option<String> {
+        None
+    }
 }
 
 /// The real process table.
@@ -112,6 +117,8 @@ pub struct OsProcessTable {
     /// Without a cgroup: each live worker's `NOTIFY_SOCKET` value, unique to it and
     /// inherited by everything it starts, to find what escaped its group.
     pub markers: Arc<Mutex<HashMap<i32, String>>>,
+    /// What each live worker's OOM verdict compares with (see [`crate::oom`]).
+    pub oom: Arc<Mutex<HashMap<i32, crate::oom::OomWatch>>>,
 }
 
 impl ProcessTable for OsProcessTable {
@@ -188,6 +195,10 @@ impl ProcessTable for OsProcessTable {
             let marker = format!("NOTIFY_SOCKET={}", notify.env_value);
             self.markers.lock().unwrap().insert(pid, marker);
         }
+        self.oom
+            .lock()
+            .unwrap()
+            .insert(pid, crate::oom::OomWatch::at_spawn(pid, cgroup.as_deref()));
         // Register before yielding (see reaper's invariant).
         self.reaper.watch(pid, request.exits);
         self.guard.protect(pid);
@@ -222,6 +233,7 @@ impl ProcessTable for OsProcessTable {
 
     fn release(&mut self, pgid: i32) {
         self.guard.release(pgid);
+        self.oom.lock().unwrap().remove(&pgid);
         if let Some(dir) = self.cgroups.lock().unwrap().remove(&pgid) {
             crate::cgroup::remove_when_empty(dir);
         }
@@ -243,6 +255,11 @@ impl ProcessTable for OsProcessTable {
 
     fn cpu_ticks(&mut self, pid: i32) -> Option<u64> {
         crate::probe::cpu_ticks(pid)
+    }
+
+    fn oom_kill(&mut self, pid: i32) -> Option<String> {
+        let watch = self.oom.lock().unwrap().get(&pid).cloned()?;
+        watch.verdict(pid)
     }
 
     fn ticks_per_second(&self) -> f64 {

@@ -21,6 +21,10 @@ pub struct AppStatus {
     /// The next `schedule` recycle (local time).
     #[serde(default)]
     pub next_schedule: Option<String>,
+    /// Memory limits in force, with where a percentage came from:
+    /// `private_memory 128 MiB (25 % of 512 MiB, cgroup limit)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_limits: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +128,28 @@ pub struct LastRecycle {
 }
 
 impl Pool {
+    /// The memory limits for `status`, each with its source if it was a percentage.
+    fn memory_limits(&self) -> Vec<String> {
+        let r = &self.app.recycle;
+        [
+            ("private_memory", r.private_memory),
+            ("rss", r.rss),
+            ("virtual_memory", r.virtual_memory),
+            ("memory_hard_limit", r.memory_hard_limit),
+            ("app_memory", r.app_memory),
+        ]
+        .into_iter()
+        .filter_map(|(key, bytes)| {
+            let bytes = bytes?;
+            let human = appvisor_config::human_bytes(bytes);
+            Some(match r.share(key) {
+                Some(share) => format!("{key} {human} ({})", share.describe()),
+                None => format!("{key} {human}"),
+            })
+        })
+        .collect()
+    }
+
     // ---- status ---------------------------------------------------------------
 
     pub(super) fn run_state(&self) -> AppRunState {
@@ -198,6 +224,7 @@ impl Pool {
                 .next_schedule
                 .as_ref()
                 .map(|(_, at)| at.strftime("%Y-%m-%d %H:%M").to_string()),
+            memory_limits: self.memory_limits(),
         }
     }
 }

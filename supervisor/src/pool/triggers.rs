@@ -95,7 +95,8 @@ impl Pool {
         let memory = rc.private_memory.is_some()
             || rc.virtual_memory.is_some()
             || rc.rss.is_some()
-            || rc.memory_hard_limit.is_some();
+            || rc.memory_hard_limit.is_some()
+            || rc.app_memory.is_some();
         self.next_memory_check = memory.then(|| now + rc.memory_check_interval);
         self.next_probe = self.probe_after(now);
     }
@@ -126,6 +127,7 @@ impl Pool {
                 MemoryVerdict::HardKill { bytes, limit } => self.hard_kill(pid, bytes, limit),
             }
         }
+        self.check_app_memory();
     }
 
     /// `memory_hard_limit`: no drain. The slot starts a fresh worker at once.

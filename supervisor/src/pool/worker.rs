@@ -301,6 +301,7 @@ impl Pool {
         };
         let startup_ms = (now - w.started).as_millis() as u64;
         let (slot, generation) = (w.slot, w.generation);
+        self.note_memory_start(pid);
         match entry {
             Entry::Fill => {
                 let mut e = self.event(EventKind::Ready);
@@ -418,6 +419,11 @@ impl Pool {
 
     pub(super) fn on_exit(&mut self, exit: Exit) {
         let pid = exit.pid;
+        // Before its cgroup goes: a SIGKILL nobody here sent may be the OOM killer's.
+        let oom = match exit.status {
+            ExitStatus::Signal(9) => self.table.oom_kill(pid),
+            _ => None,
+        };
         // Whatever the worker left in its group goes with it: an orphaned child
         // must not keep the port or the files busy.
         self.table.kill_group(pid);
@@ -482,6 +488,12 @@ impl Pool {
                 entry: Entry::Fill, ..
             } => {
                 e.detail = Some(format!("exited unexpectedly ({})", exit.status));
+                if let Some(record) = oom {
+                    e.reason = Some("oom_killed".into());
+                    e.detail = Some(format!(
+                        "oom_killed: the kernel's OOM killer killed it (SIGKILL; {record})"
+                    ));
+                }
                 e.stderr_tail = Some(w.stderr_tail());
                 self.emit(e);
                 let stable = Duration::from_millis(uptime_ms) >= self.app.failure.stable_uptime;

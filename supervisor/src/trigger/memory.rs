@@ -87,6 +87,9 @@ mod tests {
             interval_jitter: Duration::ZERO,
             schedule: Vec::new(),
             idle_timeout: None,
+            app_memory: None,
+            pressure_candidate: true,
+            memory_shares: Vec::new(),
         }
     }
 

@@ -25,5 +25,6 @@
 //! from its own timers.
 
 pub mod memory;
+pub mod pressure;
 pub mod schedule;
 pub mod watch;

@@ -39,6 +39,8 @@ pub(super) struct FakeState {
     /// Spawns fail (e.g. the command does not exist).
     pub(super) spawn_fails: bool,
     pub(super) memory: HashMap<i32, MemorySample>,
+    /// Workers the kernel's OOM killer "killed": the record `oom_kill` answers.
+    pub(super) oom: HashMap<i32, String>,
     pub(super) http_ok: bool,
     pub(super) wake: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -164,6 +166,10 @@ impl ProcessTable for Fake {
 
     fn memory(&mut self, pid: i32) -> Option<MemorySample> {
         Some(self.state().memory.get(&pid).copied().unwrap_or_default())
+    }
+
+    fn oom_kill(&mut self, pid: i32) -> Option<String> {
+        self.state().oom.get(&pid).cloned()
     }
 
     fn cpu_ticks(&mut self, _pid: i32) -> Option<u64> {

@@ -10,6 +10,7 @@
 
 mod fake;
 mod lifecycle;
+mod memory_pressure;
 mod recycle;
 mod triggers;
 

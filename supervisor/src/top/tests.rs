@@ -50,6 +50,7 @@ fn app(name: &str, workers: Vec<WorkerStatus>) -> AppStatus {
         config_generation: 1,
         watch: None,
         next_schedule: None,
+        memory_limits: vec![],
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct RawSupervisor {
     pub state_dir: Option<Sp<String>>,
     pub log_max_size: Option<Sp<RawSize>>,
     pub log_keep: Option<Sp<i64>>,
+    pub metrics: Option<Sp<String>>,
+    pub metrics_public: Option<Sp<bool>>,
 }
 
 #[derive(Debug, serde::Deserialize)]

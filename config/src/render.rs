@@ -32,6 +32,12 @@ impl Config {
         writeln!(o, "state_dir = {}", q(&s.state_dir.to_string_lossy()))?;
         writeln!(o, "log_max_size = {}", q(&format_size(s.log_max_size)))?;
         writeln!(o, "log_keep = {}", s.log_keep)?;
+        if let Some(m) = s.metrics {
+            writeln!(o, "metrics = {}", q(&m.to_string()))?;
+        }
+        if s.metrics_public {
+            writeln!(o, "metrics_public = true")?;
+        }
         writeln!(o)?;
         writeln!(o, "[store]")?;
         match &self.store.backend {

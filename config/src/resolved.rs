@@ -38,6 +38,12 @@ pub struct SupervisorConfig {
     pub log_max_size: u64,
     /// Rotated log files kept per app (`log_keep`, default 5).
     pub log_keep: u32,
+    /// `metrics = "127.0.0.1:9464"`: serve Prometheus / OpenMetrics text at
+    /// `http://ADDRESS/metrics`. Off (None) by default. A loopback address unless
+    /// `metrics_public = true`: the page has no authentication and names every app.
+    pub metrics: Option<SocketAddr>,
+    /// `metrics_public = true`: a non-loopback `metrics` address is allowed.
+    pub metrics_public: bool,
 }
 
 /// `[store]`: where session state lives.

@@ -3,7 +3,8 @@
 //! a side store that outlives every worker.
 //!
 //! # Layout
-//! - [`cli`] — the command line; [`daemon`] — `appvisor run`.
+//! - [`cli`] — the command line ([`help`]: its examples; [`init`]: `appvisor init`);
+//!   [`daemon`] — `appvisor run`.
 //! - [`pool`] — one app's workers: overlapped recycle, crash policy. The only
 //!   module that starts and stops processes.
 //! - [`spawn`] — fork/exec of one worker; [`sockets`] — listening sockets shared by
@@ -11,6 +12,7 @@
 //!   worker outlives a killed supervisor; [`output`] — worker logs; [`probe`] —
 //!   HTTP readiness; [`procfs`] — what `/proc` says about a process (memory, CPU,
 //!   descendants) and the one `Pid` type.
+//! - [`metrics`] — `/metrics` (Prometheus / OpenMetrics text), when configured.
 //! - [`events`] — `events.jsonl`; [`control`] — the control socket; [`logging`] —
 //!   the supervisor's own `tracing` log (text, JSON or journald lines on stderr).
 //! - [`state_dir`] — the state dir's lock (one supervisor per dir), its modes, and
@@ -37,8 +39,11 @@ pub mod daemon;
 pub mod events;
 pub mod fd_limit;
 pub mod guard;
+pub mod help;
 pub mod history;
+pub mod init;
 pub mod logging;
+pub mod metrics;
 pub mod output;
 pub mod pool;
 pub mod probe;

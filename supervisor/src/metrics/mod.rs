@@ -351,7 +351,8 @@ struct SnapshotCollector {
 }
 
 /// One gauge or counter family written at once; `V` is `u64` for counts and bytes
-/// (written as integers), `f64` for seconds.
+/// (written as integers), `f64` for seconds. The help text gets its full stop here,
+/// as the registry adds one to the metrics registered with it.
 struct Series<'a, L, V> {
     name: &'a str,
     help: &'a str,
@@ -370,7 +371,7 @@ where
         }
         let mut m = encoder.encode_descriptor(
             self.name,
-            self.help,
+            &format!("{}.", self.help),
             self.unit.as_ref(),
             prometheus_client::metrics::MetricType::Gauge,
         )?;
@@ -386,7 +387,7 @@ where
         }
         let mut m = encoder.encode_descriptor(
             self.name,
-            self.help,
+            &format!("{}.", self.help),
             self.unit.as_ref(),
             prometheus_client::metrics::MetricType::Counter,
         )?;
@@ -762,6 +763,7 @@ mod tests {
             "appvisor_app_state{app=\"web\",state=\"running\"} 1\n",
             "appvisor_app_state{app=\"web\",state=\"idle\"} 0\n",
             "appvisor_app_workers{app=\"web\"} 3\n",
+            "# HELP appvisor_worker_rss_bytes Resident set size of the worker process.\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

@@ -118,6 +118,8 @@ const KEYS: &[&str] = &[
     "state_dir",
     "log_max_size",
     "log_keep",
+    "metrics",
+    "metrics_public",
     "backend",
     "tcp",
     "persist",

@@ -199,6 +199,12 @@ impl Metrics {
                     self.recycles.get_or_create(&reason()).inc();
                 }
             }
+            // An app removed and added again starts at generation 1: forget its
+            // last counted one when it stops (a stop ends any recycle).
+            EventKind::Stopped => {
+                let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+                counted.remove(&e.app);
+            }
             EventKind::Crashed => {
                 self.crashes.get_or_create(&app()).inc();
             }
@@ -659,11 +665,14 @@ mod tests {
         }
         m.observe(&recycle("web", "file_change", 3));
         m.observe(&recycle("api", "manual", 3));
+        // Removed and added again: its generations start over.
+        m.observe(&Event::new("api", EventKind::Stopped));
+        m.observe(&recycle("api", "manual", 3));
         let text = m.render(Snapshot::default(), false);
         for line in [
             "appvisor_recycles_total{app=\"web\",reason=\"manual\"} 1\n",
             "appvisor_recycles_total{app=\"web\",reason=\"file_change\"} 1\n",
-            "appvisor_recycles_total{app=\"api\",reason=\"manual\"} 1\n",
+            "appvisor_recycles_total{app=\"api\",reason=\"manual\"} 2\n",
             "appvisor_worker_recycles_total{app=\"web\",reason=\"manual\"} 3\n",
             "appvisor_startup_duration_seconds_count{app=\"web\"} 4\n",
             "appvisor_startup_duration_seconds_bucket{app=\"web\",le=\"0.25\"} 4\n",

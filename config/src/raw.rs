@@ -33,6 +33,8 @@ pub(crate) struct RawSupervisor {
     pub events_max_size: Option<Sp<RawSize>>,
     pub events_keep: Option<Sp<i64>>,
     pub memory_pressure: Option<Sp<RawMemoryPressure>>,
+    pub metrics: Option<Sp<String>>,
+    pub metrics_public: Option<Sp<bool>>,
 }
 
 #[derive(Debug, serde::Deserialize)]

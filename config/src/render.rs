@@ -66,6 +66,12 @@ impl Config {
                 }
             }
         }
+        if let Some(m) = s.metrics {
+            writeln!(o, "metrics = {}", q(&m.to_string()))?;
+        }
+        if s.metrics_public {
+            writeln!(o, "metrics_public = true")?;
+        }
         writeln!(o)?;
         writeln!(o, "[store]")?;
         match &self.store.backend {

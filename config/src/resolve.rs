@@ -125,8 +125,9 @@ impl<'a> Resolver<'a> {
     }
 
     pub(crate) fn resolve(mut self, raw: RawConfig, path: PathBuf) -> Result<Config, ConfigError> {
-        let supervisor = self.supervisor(raw.supervisor.as_ref());
         let mut claimed = Vec::new();
+        let supervisor = self.supervisor(raw.supervisor.as_ref());
+        self.claim_metrics(raw.supervisor.as_ref(), &supervisor, &mut claimed);
         let store = self.store(raw.store.as_ref(), &mut claimed);
         let mut apps = Vec::new();
         let mut names: HashMap<String, Range<usize>> = HashMap::new();
@@ -215,6 +216,7 @@ impl<'a> Resolver<'a> {
             0..=1000,
         );
         let memory_pressure = self.memory_pressure(raw.and_then(|r| r.memory_pressure.as_ref()));
+        let (metrics, metrics_public) = self.metrics(&sc, raw);
         SupervisorConfig {
             state_dir,
             log_max_size,
@@ -222,6 +224,8 @@ impl<'a> Resolver<'a> {
             events_max_size,
             events_keep: events_keep as u32,
             memory_pressure,
+            metrics,
+            metrics_public,
         }
     }
 
@@ -331,6 +335,74 @@ impl<'a> Resolver<'a> {
             of: base.describe(),
         });
         Some(bytes)
+    }
+
+    /// `[supervisor] metrics` and `metrics_public`: an `IP:PORT` (or
+    /// `localhost:PORT`), loopback unless `metrics_public = true` — the page has no
+    /// authentication and names every app, so exposing it is a decision to write down.
+    fn metrics(&mut self, sc: &Scope, raw: Option<&RawSupervisor>) -> (Option<SocketAddr>, bool) {
+        let public = raw.and_then(|r| r.metrics_public.as_ref());
+        let metrics_public = public.is_some_and(|p| *p.get_ref());
+        let Some(m) = raw.and_then(|r| r.metrics.as_ref()) else {
+            if let Some(p) = public {
+                self.report(
+                    Some(p.span()),
+                    sc.field("metrics_public"),
+                    "metrics_public applies only with metrics = \"IP:PORT\"; add metrics, or remove metrics_public"
+                        .into(),
+                );
+            }
+            return (None, metrics_public);
+        };
+        match parse_host_port(m.get_ref()) {
+            Ok(addr) if !addr.ip().is_loopback() && !metrics_public => {
+                self.report(
+                    Some(m.span()),
+                    sc.field("metrics"),
+                    format!(
+                        "{addr} is not a loopback address, and the metrics page has no authentication \
+                         (it names every app); use e.g. \"127.0.0.1:{}\", or add metrics_public = true \
+                         to serve it there on purpose",
+                        addr.port()
+                    ),
+                );
+                (None, metrics_public)
+            }
+            Ok(addr) => (Some(addr), metrics_public),
+            Err(why) => {
+                self.report(
+                    Some(m.span()),
+                    sc.field("metrics"),
+                    format!(
+                        "{:?} is not an address to serve metrics on ({why}); expected e.g. \"127.0.0.1:9464\"",
+                        m.get_ref()
+                    ),
+                );
+                (None, metrics_public)
+            }
+        }
+    }
+
+    /// The metrics address takes part in the duplicate-address check (first, so an
+    /// app or the store that collides with it is the one reported).
+    fn claim_metrics(
+        &mut self,
+        raw: Option<&Sp<RawSupervisor>>,
+        supervisor: &SupervisorConfig,
+        claimed: &mut Vec<Claimed>,
+    ) {
+        let (Some(addr), Some(span)) = (
+            supervisor.metrics,
+            raw.and_then(|r| r.get_ref().metrics.as_ref())
+                .map(|m| m.span()),
+        ) else {
+            return;
+        };
+        claimed.push(Claimed {
+            address: ListenAddress::Tcp(addr),
+            span,
+            owner: "the metrics endpoint ([supervisor] metrics)".into(),
+        });
     }
 
     fn store(&mut self, raw: Option<&Sp<RawStore>>, claimed: &mut Vec<Claimed>) -> StoreConfig {

@@ -51,6 +51,12 @@ pub struct SupervisorConfig {
     /// `memory_pressure = { … }`: recycle the worker that grew most when memory runs
     /// short. Off (`None`) unless written.
     pub memory_pressure: Option<MemoryPressureConfig>,
+    /// `metrics = "127.0.0.1:9464"`: serve Prometheus / OpenMetrics text at
+    /// `http://ADDRESS/metrics`. Off (None) by default. A loopback address unless
+    /// `metrics_public = true`: the page has no authentication and names every app.
+    pub metrics: Option<SocketAddr>,
+    /// `metrics_public = true`: a non-loopback `metrics` address is allowed.
+    pub metrics_public: bool,
 }
 
 /// `[supervisor] memory_pressure`: graceful recycling before the kernel's OOM killer

@@ -120,6 +120,8 @@ const KEYS: &[&str] = &[
     "log_keep",
     "events_max_size",
     "events_keep",
+    "metrics",
+    "metrics_public",
     "backend",
     "tcp",
     "persist",

@@ -707,3 +707,63 @@ fn percentages_need_a_memory_base() {
         &["\"512MiB\""],
     );
 }
+
+#[test]
+fn metrics_on_a_public_address_needs_metrics_public() {
+    assert_rejected(
+        &format!("[supervisor]\nmetrics = \"0.0.0.0:9464\"\n\n{APP}"),
+        "2:11",
+        "field supervisor.metrics",
+        &[
+            "not a loopback address",
+            "127.0.0.1:9464",
+            "metrics_public = true",
+        ],
+    );
+    let ok = parse(
+        &format!("[supervisor]\nmetrics = \"0.0.0.0:9464\"\nmetrics_public = true\n\n{APP}"),
+        Path::new("appvisor.toml"),
+    )
+    .expect("metrics_public allows it");
+    assert_eq!(ok.supervisor.metrics, Some("0.0.0.0:9464".parse().unwrap()));
+    let local = parse(
+        &format!("[supervisor]\nmetrics = \"localhost:9464\"\n\n{APP}"),
+        Path::new("appvisor.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        local.supervisor.metrics,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    assert!(!local.supervisor.metrics_public);
+}
+
+#[test]
+fn metrics_address_must_be_ip_and_port() {
+    assert_rejected(
+        &format!("[supervisor]\nmetrics = \"9464\"\n\n{APP}"),
+        "2:11",
+        "field supervisor.metrics",
+        &["\"9464\"", "127.0.0.1:9464"],
+    );
+}
+
+#[test]
+fn metrics_public_without_metrics_is_refused() {
+    assert_rejected(
+        &format!("[supervisor]\nmetrics_public = true\n\n{APP}"),
+        "2:18",
+        "field supervisor.metrics_public",
+        &["add metrics"],
+    );
+}
+
+#[test]
+fn metrics_address_cannot_be_an_apps_address() {
+    assert_rejected(
+        "[supervisor]\nmetrics = \"127.0.0.1:8080\"\n\n[[app]]\nname = \"web\"\ncommand = [\"x\"]\nlisten = [\"tcp://127.0.0.1:8080\"]\n",
+        "7:11",
+        "app \"web\" field listen",
+        &["metrics endpoint", "line 2"],
+    );
+}

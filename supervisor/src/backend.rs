@@ -169,6 +169,14 @@ impl Backend {
         Ok(())
     }
 
+    /// The embedded store, if that is the backend (metrics read its figures).
+    pub fn embedded(&self) -> Option<&StoreHandle> {
+        match self {
+            Backend::Embedded { handle, .. } => Some(handle),
+            Backend::Redis { .. } => None,
+        }
+    }
+
     /// One line for `status`.
     pub fn describe(&self) -> String {
         match self {

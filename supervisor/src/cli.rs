@@ -1,4 +1,4 @@
-//! The command line: `appvisor run | check | status | top | recycle | start | stop | events | logs | reload | shutdown`.
+//! The command line: `appvisor run | check | init | status | top | recycle | start | stop | events | logs | reload | shutdown | completions`.
 //!
 //! Every command finds the supervisor through the config file (`-c FILE`, default
 //! `./appvisor.toml`): the state dir it names holds the control socket. So
@@ -125,8 +125,32 @@ pub enum Command {
     Reload,
     /// Stop every app and the supervisor.
     Shutdown,
+    /// Write a commented appvisor.toml for a command (never overwrites one).
+    Init {
+        /// The app's name (default: the program's file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The address the workers inherit as fd 3.
+        #[arg(long, default_value = "tcp://127.0.0.1:8080", value_name = "ADDRESS")]
+        listen: String,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     #[command(hide = true, name = "__guard")]
     Guard,
+}
+
+/// Parses the command line, with the examples of [`crate::help`] in `--help`.
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let matches = crate::help::command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn config_path(cli_config: &Option<PathBuf>, positional: &Option<PathBuf>) -> PathBuf {
@@ -225,6 +249,10 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
                 );
             } else {
                 check_tcp_ports(&config)?;
+                if let Some(addr) = config.supervisor.metrics {
+                    crate::metrics::http::bind(addr)
+                        .with_context(|| config.path.display().to_string())?;
+                }
             }
             writeln!(std::io::stdout(), "{}", config.to_toml_string())?;
             let _ = writeln!(
@@ -294,6 +322,40 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Shutdown => finish(call(&config_path(&cli.config, &None), Request::Shutdown)?),
+        Command::Init {
+            name,
+            listen,
+            command,
+        } => {
+            let path = config_path(&cli.config, &None);
+            let spec = crate::init::InitSpec {
+                command,
+                name,
+                listen,
+            };
+            match crate::init::write(&path, &spec) {
+                Ok(_) => {
+                    writeln!(
+                        std::io::stdout(),
+                        "Wrote {} for `{}`. Read its comments, then `appvisor check` and `appvisor run`.",
+                        path.display(),
+                        crate::init::shown(&spec.command)
+                    )?;
+                    Ok(0)
+                }
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "appvisor: {e}");
+                    Ok(1)
+                }
+            }
+        }
+        Command::Completions { shell } => {
+            let mut cmd = crate::help::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "appvisor", &mut out);
+            std::io::stdout().write_all(&out)?;
+            Ok(0)
+        }
         Command::Events {
             app,
             follow,

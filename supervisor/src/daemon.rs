@@ -159,12 +159,26 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let mut sockets = bind_sockets(&config)?;
     let held_sockets = sockets.clone();
+    // Like the apps' addresses: a metrics address in use refuses the start, before
+    // any worker runs (see `metrics::http::bind`).
+    let metrics_listener = config
+        .supervisor
+        .metrics
+        .map(crate::metrics::http::bind)
+        .transpose()
+        .with_context(|| format!("{}", config.path.display()))?;
     let rotation = crate::events::Rotation {
         max_size: config.supervisor.events_max_size,
         keep: config.supervisor.events_keep,
     };
     let events = EventLog::open_with(&paths.events(), rotation)
         .with_context(|| format!("cannot open the event log {}", paths.events().display()))?;
+    // Subscribed before any pool starts, so the counters miss no event.
+    let metrics = metrics_listener.as_ref().map(|_| {
+        let m = Arc::new(crate::metrics::Metrics::new());
+        m.follow(&events);
+        m
+    });
     let reaper = Reaper::start().context("cannot install the SIGCHLD handler")?;
     let guard = Guard::start().context("cannot start the guard process (`appvisor __guard`)")?;
     let backend = Arc::new(Mutex::new(
@@ -205,6 +219,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         daemon: dtx,
     };
     let mut control_task = tokio::spawn(control::serve(listener, state.clone()));
+    if let (Some(listener), Some(metrics)) = (metrics_listener, metrics) {
+        let sources = crate::metrics::Sources {
+            pools: pools.clone(),
+            store: backend.clone(),
+            state_dir: paths.dir.clone(),
+            events: paths.events(),
+        };
+        tokio::spawn(crate::metrics::http::serve(listener, metrics, sources));
+    }
     crate::sd_notify::notify_own_parent(&format!(
         "{}\n{}=supervising",
         contract::notify::READY,

@@ -3,7 +3,8 @@
 //! a side store that outlives every worker.
 //!
 //! # Layout
-//! - [`cli`] — the command line; [`daemon`] — `appvisor run`.
+//! - [`cli`] — the command line ([`help`]: its examples; [`init`]: `appvisor init`);
+//!   [`daemon`] — `appvisor run`.
 //! - [`pool`] — one app's workers: overlapped recycle, crash policy. The only
 //!   module that starts and stops processes.
 //! - [`spawn`] — fork/exec of one worker; [`sockets`] — listening sockets shared by
@@ -17,6 +18,7 @@
 //!   control socket; [`logging`] — the supervisor's own `tracing` log (text, JSON
 //!   or journald lines on stderr).
 //! - [`top`] — `appvisor top`, the terminal UI over the control socket (ratatui).
+//! - [`metrics`] — `/metrics` (Prometheus / OpenMetrics text), when configured.
 //! - [`state_dir`] — the state dir's lock (one supervisor per dir), its modes, and
 //!   opening its files without following symlinks; [`fd_limit`] — `RLIMIT_NOFILE`
 //!   and naming `EMFILE`.
@@ -42,10 +44,13 @@ pub mod event_query;
 pub mod events;
 pub mod fd_limit;
 pub mod guard;
+pub mod help;
 pub mod history;
+pub mod init;
 pub mod logging;
 pub mod logs;
 pub mod memory_base;
+pub mod metrics;
 pub mod oom;
 pub mod output;
 pub mod pool;

@@ -2,12 +2,11 @@
 
 use std::io::Write;
 
-use appvisor::cli::{Cli, Command};
+use appvisor::cli::Command;
 use appvisor::logging;
-use clap::Parser;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = appvisor::cli::parse();
     let daemon = matches!(cli.command, Command::Run { .. });
     let log = logging::install(cli.log_format, daemon);
     let code = match appvisor::cli::main(cli) {

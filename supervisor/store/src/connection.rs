@@ -314,6 +314,7 @@ pub(crate) fn run_requests(
                 };
                 execute(&mut ctx, Args { buf, ranges: args });
                 let overflowed = ctx.out.overflowed;
+                ks.commands += 1;
                 pass.consumed += consumed;
                 if overflowed {
                     // As Redis's client-output-buffer-limit: the client is cut,

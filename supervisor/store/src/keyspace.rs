@@ -92,6 +92,9 @@ pub(crate) struct Db {
     /// Reused to assemble a new entry before it is copied into its allocation.
     scratch: Vec<u8>,
     alarm: Arc<PurgeAlarm>,
+    /// Keys removed (or replaced) because their deadline passed, since start
+    /// (metrics: `appvisor_store_expired_keys_total`).
+    pub expired: u64,
 }
 
 /// How a new deadline reaches the purge task: it sleeps until `at`, and is woken
@@ -143,6 +146,7 @@ impl Db {
             pubsub: PubSub::default(),
             scratch: Vec::new(),
             alarm,
+            expired: 0,
         }
     }
 
@@ -185,6 +189,7 @@ impl Db {
         self.forget(&entry);
         self.touch(entry.key());
         if expired {
+            self.expired += 1;
             self.pubsub.publish_expired(entry.key());
         }
         Some(entry)
@@ -216,6 +221,7 @@ impl Db {
                 .is_some_and(|e| e.is_expired(now));
             if expired {
                 // Announce the old key's end before it is replaced, as Redis does.
+                self.expired += 1;
                 self.pubsub.publish_expired(key);
             }
             let entry = self.table.get_bucket_mut(index).expect("bucket just found");
@@ -458,6 +464,9 @@ pub(crate) struct Keyspace {
     /// Whether mutations are logged at all (`persist != "no"`).
     pub logging: bool,
     pub alarm: Arc<PurgeAlarm>,
+    /// Commands run since start, every connection's (metrics:
+    /// `appvisor_store_commands_total`).
+    pub commands: u64,
 }
 
 impl Keyspace {

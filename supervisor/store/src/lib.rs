@@ -150,6 +150,16 @@ pub struct StoreStats {
     pub log_failed: bool,
 }
 
+/// Counts since the store started, for metrics (`StoreHandle::counters`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreCounters {
+    /// Commands run (every whole request of every connection, rejected ones too).
+    pub commands: u64,
+    /// Keys that reached their deadline: removed by the purge task or on access,
+    /// or replaced by a SET after their deadline (each announced as `expired`).
+    pub expired: u64,
+}
+
 /// Loads the log, binds the sockets, and serves in background tasks until
 /// `shutdown` resolves; then drops every connection, writes and syncs the log, and
 /// removes the socket files ([`StoreHandle::closed`] resolves after that).
@@ -195,6 +205,15 @@ impl StoreHandle {
             clients: shared.state.clients.load(Ordering::Relaxed),
             log_size: log.size.load(Ordering::Relaxed),
             log_failed: log.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Commands run and keys expired since start (one lock, no walk of the keys).
+    pub fn counters(&self) -> StoreCounters {
+        let ks = self.inner.shared.lock();
+        StoreCounters {
+            commands: ks.commands,
+            expired: ks.dbs.iter().map(|db| db.expired).sum(),
         }
     }
 

@@ -2142,3 +2142,41 @@ mod disk_full {
         server.stop();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Counters for the supervisor's metrics (`StoreHandle::counters`)
+// ---------------------------------------------------------------------------
+
+mod counters {
+    use super::*;
+
+    #[test]
+    fn commands_and_expirations_are_counted() {
+        let dir = TempDir::new("count");
+        let server = Server::start(options(dir.path()));
+        let before = server.handle.counters();
+        assert_eq!(before.expired, 0);
+        let mut raw = Raw::login(&server.sock(), SHOP);
+        let after_login = server.handle.counters().commands;
+        assert_eq!(raw.call(&["SET", "a", "1"]), "+OK");
+        assert_eq!(raw.call(&["GET", "a"]), "$1");
+        assert!(raw.call(&["NOSUCHCOMMAND"]).starts_with("-ERR"));
+        assert_eq!(
+            server.handle.counters().commands,
+            after_login + 3,
+            "SET, GET and the unknown command each count once"
+        );
+        // Three keys that expire (the purge task removes them at their deadline).
+        assert_eq!(raw.call(&["SET", "x", "1", "PX", "1"]), "+OK");
+        assert_eq!(raw.call(&["SET", "y", "1", "PX", "1"]), "+OK");
+        assert_eq!(raw.call(&["SET", "z", "1", "PX", "1"]), "+OK");
+        assert_eq!(raw.call(&["SET", "kept", "1", "EX", "3600"]), "+OK");
+        wait_until("three keys expired", Duration::from_secs(5), || {
+            server.handle.counters().expired == 3
+        });
+        assert_eq!(raw.call(&["GET", "x"]), "$nil");
+        assert_eq!(raw.call(&["EXISTS", "kept"]), ":1");
+        assert_eq!(server.handle.counters().expired, 3, "each key counted once");
+        server.stop();
+    }
+}

@@ -609,8 +609,27 @@ class Gunicorn(Peer):
         if "--no-control-socket" in gunicorn_help():
             # gunicorn ≥ 24 opens a control socket in ~/.gunicorn by default: not here.
             cmd.append("--no-control-socket")
-        self.proc = PROCS.spawn(cmd, env=self.env, cwd=d, out=open(os.path.join(d, "out.log"), "w"))
-        self.master = self.proc.pid
+        self.log = os.path.join(d, "out.log")
+        cmd += ["--error-logfile", self.log]
+        if self.opts.get("daemon"):
+            # The binary upgrade's WINCH works only on a daemonized master.
+            cmd.append("--daemon")
+        self.proc = PROCS.spawn(cmd, env=self.env, cwd=d)
+        if self.opts.get("daemon"):
+            self.master = wait_for("gunicorn's pid file", 30, lambda: self._pid())
+            PROCS.adopt(self.master)
+        else:
+            self.master = self.proc.pid
+
+    def _pid(self):
+        try:
+            return int(open(self.pidfile).read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def log_count(self, text):
+        with open(self.log, errors="replace") as f:
+            return f.read().count(text)
 
     def root_pid(self):
         return self.master
@@ -636,21 +655,28 @@ class Gunicorn(Peer):
         new_master = wait_for("gunicorn's new master", 60, new_master_pid)
         PROCS.adopt(new_master)
         wait_for("gunicorn's new workers", 60, lambda: len(self.events.live_ready() - old) >= self.workers)
-        # WINCH stops the old workers only when gunicorn runs daemonized (else it
-        # is logged and ignored); QUIT then stops them, gracefully, with the master.
+        # WINCH: the old master stops its workers gracefully (daemonized only, hence
+        # --daemon for this kind); then QUIT ends the old master.
+        self.promoted = self.log_count("Master has been promoted")
         os.kill(old_master, signal.SIGWINCH)
-        os.kill(old_master, signal.SIGQUIT)
         wait_for("gunicorn's old workers gone", 60, lambda: not (self.events.live_ready() & old))
-        if self.proc and self.proc.pid == old_master:
-            self.proc.wait(30)
+        os.kill(old_master, signal.SIGQUIT)
         self.master = new_master
+
+    def settle(self):
+        # The new master takes USR2 again only once it has seen its parent go.
+        if getattr(self, "promoted", None) is not None:
+            wait_for("gunicorn's new master promoted", 30, lambda: self.log_count("Master has been promoted") > self.promoted)
+            self.promoted = None
 
     def stop(self):
         for pid in {self.master, self.proc.pid}:
             if alive(pid):
                 PROCS.stop_tree(pid)
-        if self.proc.poll() is None:
+        try:
             self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 # ---------------------------------------------------------------- load
@@ -756,13 +782,13 @@ class Bench:
         kinds = [(Appvisor, "appvisor recycle", {}), (Pm2, "pm2 reload (cluster)", {"mode": "cluster"}),
                  (Pm2, "pm2 restart (fork)", {}), (Supervisord, "supervisorctl restart", {}),
                  (Uwsgi, "uWSGI chain reload", {}), (Uwsgi, "uWSGI touch-reload", {}),
-                 (Gunicorn, "gunicorn HUP", {}), (Gunicorn, "gunicorn USR2+WINCH+QUIT", {})]
+                 (Gunicorn, "gunicorn HUP", {}), (Gunicorn, "gunicorn USR2+WINCH+QUIT", {"daemon": True})]
         for cls, kind, opts in rotated(kinds, r):
             if time.monotonic() > deadline:
                 break
 
             def measure(peer):
-                for keep_alive in (True, False):
+                for keep_alive in ((True,) if self.quick else (True, False)):
                     mode = "keep-alive" if keep_alive else "no keep-alive"
                     load = Load(peer.port, keep_alive)
                     time.sleep(0.3)
@@ -828,7 +854,9 @@ class Bench:
                     return
 
                 def measure(peer, under_load=under_load, kind=kind, bound=bound):
-                    load = Load(peer.port, True) if under_load else None
+                    # Without keep-alive: uWSGI's sync workers each hold one kept-alive
+                    # connection for as long as it lasts, and /grow would wait behind them.
+                    load = Load(peer.port, False) if under_load else None
                     time.sleep(0.5)
                     answer = http_get(peer.port, f"/grow?mb={GROW_MB}", timeout=30)
                     t_cross = time.time()
@@ -1036,7 +1064,7 @@ EXPLAIN = {
          "(appvisor's debounce is 200 ms, PM2's chokidar has none of its own, uWSGI's touch-reload polls once a second).",
     "3": f"A worker allocates {GROW_MB} MiB (over a limit of {MEM_LIMIT_MB} MiB) on `/grow`; the figure is the time from the "
          "answer to the first sign of a recycle: a new worker process started, or the fat worker gone. 'idle': no other "
-         "request; 'under load': 4 keep-alive clients. '—': no recycle within the bound (uWSGI checks only after a request).",
+         "request; 'under load': 4 clients without keep-alive. '—': no recycle within the bound (uWSGI checks only after a request).",
     "4": "One of 2 workers is killed with SIGKILL under load (4 keep-alive clients); the figure is the time until its "
          "replacement can serve, and the requests that failed meanwhile.",
     "5": "All peers at once, each with the same app × 4 workers, measured over the same idle window: RSS of the "
@@ -1106,7 +1134,8 @@ def render(bench, meta, store_md):
                 missing = len(vals) - len(present)
                 med = median(vals)
                 cell_med = f"**{fmt(med)}**" + (f" ({missing} of {len(vals)} —)" if missing else "")
-                rt = "" if peer.startswith("appvisor") else ratio(mine, med)
+                # Absolute req/s of different apps (app.py, app.js) are not compared.
+                rt = "" if peer.startswith("appvisor") or figure.endswith("(req/s)") else ratio(mine, med)
                 out.append(f"| {figure} | {peer} | {fmt(lo)} | {cell_med} | {fmt(hi)} | {rt} |")
         out.append("")
         for n in res.notes.get(key, []):

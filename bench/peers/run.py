@@ -759,12 +759,12 @@ class Bench:
             done += 1
         self.res.elapsed[key] = time.monotonic() - t0
 
-    def with_peer(self, peer, fn, label=None):
+    def with_peer(self, peer, fn, label=None, serving_timeout=60):
         """Starts `peer`, runs `fn(peer)`, stops it; a failure is noted against
         this peer only, and the scenario goes on with the next one."""
         try:
             peer.start()
-            peer.wait_serving()
+            peer.wait_serving(serving_timeout)
             return fn(peer)
         except Exception as e:
             self.failures += 1
@@ -983,7 +983,7 @@ class Bench:
                     self.res.add("6", f"recycle of one app, {workers} worker{'s' if workers > 1 else ''} → all replaced (ms)", kind,
                                  round((time.monotonic() - t0) * 1000))
 
-                self.with_peer(cls(self.work, workers=workers, **opts), lambda p: p.wait_serving(120) or measure(p), kind)
+                self.with_peer(cls(self.work, workers=workers, **opts), measure, kind, serving_timeout=180)
 
     # 7. throughput through the supervisor vs the app alone
     def s7(self, r, deadline):

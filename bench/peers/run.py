@@ -872,7 +872,7 @@ class Bench:
                     if load:
                         load.finish()
                     label = "under load" if under_load else "idle"
-                    self.res.add("3", f"limit crossed → recycle started, {label} (ms; — = not within {bound} s)", kind, value)
+                    self.res.add("3", f"limit crossed → recycle started, {label} (ms)", kind, value)
 
                 extra = {"worker_interval_ms": 2000} if self.quick and cls is Pm2 else {}
                 self.with_peer(cls(self.work, memory=True, **extra), measure, kind)
@@ -1065,7 +1065,7 @@ EXPLAIN = {
          "(appvisor's debounce is 200 ms, PM2's chokidar has none of its own, uWSGI's touch-reload polls once a second).",
     "3": f"A worker allocates {GROW_MB} MiB (over a limit of {MEM_LIMIT_MB} MiB) on `/grow`; the figure is the time from the "
          "answer to the first sign of a recycle: a new worker process started, or the fat worker gone. 'idle': no other "
-         "request; 'under load': 4 clients without keep-alive. '—': no recycle within the bound (uWSGI checks only after a request).",
+         "request; 'under load': 4 clients without keep-alive. '—': no recycle within the bound (15 s; 40 s for PM2, which checks every 30 s; uWSGI checks only after a request).",
     "4": "One of 2 workers is killed with SIGKILL under load (4 keep-alive clients); the figure is the time until its "
          "replacement can serve, and the requests that failed meanwhile.",
     "5": "All peers at once, each with the same app × 4 workers, measured over the same idle window: RSS of the "

@@ -1,0 +1,1273 @@
+#!/usr/bin/env python3
+"""bench/run's runner: appvisor and its peers, side by side, in one run.
+
+Called by `bench/run` (which installs the peers and builds appvisor first); see
+bench/README.md. Python 3 standard library only: it starts processes, reads
+/proc, and computes medians. The load comes from `bench_load` (the e2e harness's
+Rust load generator as a process, tests/examples/bench_load.rs) and, for
+throughput, from `wrk`.
+
+Every process it starts gets a session of its own and is remembered by pid; at
+exit (normal, error, Ctrl-C, SIGTERM) every one is stopped, with its process
+group and the processes found below it (PM2's daemon and gunicorn's re-executed
+master are not our children: they are remembered by the pid they write).
+
+How a worker is seen under any peer: the app (bench/peers/app.py, app.js) appends
+"start PID TIME" when its process starts and "ready PID TIME" when it can serve
+to the file BENCH_EVENTS. Restart completion, new-worker time and recycle start
+are read from there, the same way for every peer.
+"""
+
+import argparse
+import atexit
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PEERS_DIR = os.path.join(ROOT, "bench", "peers")
+VENV_BIN = os.path.join(ROOT, "bench", ".venv", "bin")
+PY = os.path.join(VENV_BIN, "python3")
+PM2 = os.path.join(ROOT, "bench", ".node", "node_modules", ".bin", "pm2")
+APPVISOR = os.path.join(ROOT, "target", "release", "appvisor")
+LOAD = os.path.join(ROOT, "target", "release", "examples", "bench_load")
+APP_PY = os.path.join(PEERS_DIR, "app.py")
+APP_JS = os.path.join(PEERS_DIR, "app.js")
+SLEEP = shutil.which("sleep") or "/bin/sleep"
+STARTUP_MS = 300
+CLIENTS = 4
+MEM_LIMIT_MB = 100
+GROW_MB = 150
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Procs:
+    """Everything this run started, by pid, stopped at exit."""
+
+    def __init__(self):
+        self.popens = []
+        self.pids = set()  # started by someone else on our behalf (daemons)
+
+    def spawn(self, cmd, env=None, cwd=None, out=None, stdin=subprocess.DEVNULL):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        p = subprocess.Popen(
+            cmd,
+            env=full_env,
+            cwd=cwd,
+            stdin=stdin,
+            stdout=out or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if out else subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.popens.append(p)
+        return p
+
+    def adopt(self, pid):
+        self.pids.add(pid)
+
+    def stop_tree(self, pid, sig=signal.SIGKILL):
+        for q in [pid] + descendants(pid):
+            try:
+                os.kill(q, sig)
+            except ProcessLookupError:
+                pass
+
+    def cleanup(self):
+        for p in self.popens:
+            if p.poll() is None:
+                kids = descendants(p.pid)
+                for q in [p.pid] + kids:
+                    try:
+                        os.kill(q, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+        for pid in list(self.pids):
+            if alive(pid):
+                self.stop_tree(pid)
+        self.popens.clear()
+        self.pids.clear()
+
+
+PROCS = Procs()
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def ppid_map():
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    out[int(d)] = int(f.read().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def descendants(pid):
+    m = ppid_map()
+    kids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for c, pp in m.items():
+            if pp == p:
+                kids.append(c)
+                todo.append(c)
+    return kids
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+_gunicorn_help = []
+
+
+def gunicorn_help():
+    if not _gunicorn_help:
+        _gunicorn_help.append(run([os.path.join(VENV_BIN, "gunicorn"), "--help"], timeout=60).stdout)
+    return _gunicorn_help[0]
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pss_kib(pid):
+    """Proportional set size: shared pages (the guard is the same binary as the
+    supervisor) counted once across processes."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_ns(pids):
+    """CPU time of every thread of `pids`, by (pid, tid): schedstat, in ns."""
+    out = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    out[(pid, tid)] = int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def cpu_used(before, after):
+    # Thread by thread: a thread that left in between must not make it negative.
+    return sum(max(0, ns - before.get(k, 0)) for k, ns in after.items())
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what, timeout, cond, step=0.01):
+    end = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        time.sleep(step)
+
+
+def http_get(port, path="/", timeout=5.0):
+    """One GET on a new connection; the body (read by Content-Length: uWSGI's
+    HTTP/1.1 socket keeps the connection open even when asked to close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed before the headers: {data!r}")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        want = int(m.group(1)) if m else None
+        while want is None or len(body) < want:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return body.decode(errors="replace")
+
+
+def run(cmd, env=None, timeout=120, check=True):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    r = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}: {(r.stderr or r.stdout).strip()[-400:]}")
+    return r
+
+
+# ---------------------------------------------------------------- the app's own record
+
+
+class Events:
+    """The app's BENCH_EVENTS file: (kind, pid, time) of every worker."""
+
+    def __init__(self, path):
+        self.path = path
+        open(path, "w").close()
+
+    def read(self):
+        out = []
+        with open(self.path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3:
+                    out.append((parts[0], int(parts[1]), float(parts[2])))
+        return out
+
+    def live_ready(self):
+        return {pid for kind, pid, _ in self.read() if kind == "ready" and alive(pid)}
+
+    def first_after(self, kind, t, exclude=()):
+        for k, pid, when in self.read():
+            if k == kind and when >= t and pid not in exclude:
+                return pid, when
+        return None
+
+    def startup_of(self, pid):
+        start = ready = None
+        for k, p, when in self.read():
+            if p == pid:
+                if k == "start" and start is None:
+                    start = when
+                if k == "ready":
+                    ready = when
+        return (ready - start) if start is not None and ready is not None else None
+
+
+# ---------------------------------------------------------------- peers
+
+
+class Peer:
+    """One supervisor running the app with `workers` workers on `port`."""
+
+    name = "?"
+    kinds = {}  # restart kind -> method name
+
+    def __init__(self, work, workers=2, **opts):
+        self.dir = tempfile.mkdtemp(prefix=self.name.replace(" ", "-") + ".", dir=work)
+        self.port = free_port()
+        self.workers = workers
+        self.opts = opts
+        self.events = Events(os.path.join(self.dir, "events"))
+        self.env = {"BENCH_EVENTS": self.events.path, "BENCH_STARTUP_MS": str(STARTUP_MS), "BENCH_PORT": str(self.port)}
+        self.proc = None
+
+    def wait_serving(self, timeout=60):
+        wait_for(f"{self.name}: {self.workers} workers ready", timeout, lambda: len(self.events.live_ready()) >= self.workers)
+
+    def wait_replaced(self, old, timeout=60):
+        """Until `workers` ready workers are live and none of them is in `old`."""
+
+        def done():
+            live = self.events.live_ready()
+            return len(live - old) >= self.workers and not (live & old)
+
+        wait_for(f"{self.name}: every worker replaced", timeout, done)
+
+    def supervisor_pids(self):
+        """The peer's own processes (not workers)."""
+        root = self.root_pid()
+        if root is None:
+            return []
+        workers = {pid for _, pid, _ in self.events.read()}
+        return [p for p in [root] + descendants(root) if p not in workers and comm(p) != "sleep"]
+
+    def root_pid(self):
+        return self.proc.pid if self.proc else None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            PROCS.stop_tree(self.proc.pid)
+            self.proc.wait(10)
+
+    def restart(self, kind):
+        getattr(self, self.kinds[kind])()
+
+    def settle(self):
+        """Waits until the peer would take another restart (not timed)."""
+
+
+class Appvisor(Peer):
+    name = "appvisor"
+    kinds = {"appvisor recycle": "recycle"}
+
+    def config(self):
+        o = self.opts
+        command = o.get("command") or [PY, APP_PY]
+        apps = o.get("apps", 1)
+        lines = ['[supervisor]\nstate_dir = ".appvisor"\n']
+        for i in range(apps):
+            name = "web" if apps == 1 else f"web{i}"
+            lines.append(f'[[app]]\nname = "{name}"\ncommand = {json.dumps(command)}\nprocesses = {self.workers}\n')
+            if o.get("command"):
+                lines.append('ready = "delay:300ms"\n')
+            else:
+                lines.append(f'listen = ["tcp://127.0.0.1:{self.port}"]\n')
+            lines.append("env = { " + ", ".join(f'{k} = "{v}"' for k, v in self.env.items()) + " }\n")
+            lines.append("[app.recycle]\nshutdown_timeout = \"30s\"\n")
+            if o.get("memory"):
+                lines.append(f'private_memory = "{MEM_LIMIT_MB}MiB"\n')
+            if o.get("watch"):
+                lines.append(f'[app.watch]\nenabled = true\npaths = ["{os.path.basename(o["watch"])}"]\n')
+            else:
+                lines.append("[app.watch]\nenabled = false\n")
+        return "".join(lines)
+
+    def start(self):
+        self.cfg = os.path.join(self.dir, "appvisor.toml")
+        with open(self.cfg, "w") as f:
+            f.write(self.config())
+        out = open(os.path.join(self.dir, "out.log"), "w")
+        self.proc = PROCS.spawn([APPVISOR, "run", self.cfg], cwd=self.dir, out=out)
+
+    def status(self):
+        run([APPVISOR, "-c", self.cfg, "status"], timeout=30)
+
+    def recycle(self, app="web"):
+        run([APPVISOR, "-c", self.cfg, "recycle", app], timeout=120)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                PROCS.stop_tree(self.proc.pid)
+
+
+class Pm2(Peer):
+    """PM2 with PM2_HOME in this run's temp dir, its version check and banner
+    (which fetches from the network on a first call) turned off: see pm2_env()."""
+
+    name = "PM2"
+    kinds = {"pm2 reload (cluster)": "reload", "pm2 restart (fork)": "restart_"}
+
+    def pm2_env(self):
+        home = os.path.join(self.dir, "pm2home")
+        os.makedirs(home, exist_ok=True)
+        # lib/Client.js runs the version check (an HTTPS call) on the first call
+        # unless PM2_HOME/touch exists or PM2_PROGRAMMATIC is set; lib/Worker.js
+        # repeats it daily unless PM2_DISABLE_VERSION_CHECK is set; the PM2 Plus
+        # agent starts only with PM2_PUBLIC_KEY/PM2_SECRET_KEY (never set here).
+        open(os.path.join(home, "touch"), "w").write("bench/run")
+        env = {"PM2_HOME": home, "PM2_DISABLE_VERSION_CHECK": "true", "PM2_DISCRETE_MODE": "true", "PM2_NO_INTERACTION": "true"}
+        if self.opts.get("worker_interval_ms"):
+            # --quick only: its memory check every 2 s instead of 30 s, or the smoke
+            # test would spend half a minute waiting for it.
+            env["PM2_WORKER_INTERVAL"] = str(self.opts["worker_interval_ms"])
+        return env
+
+    def pm2(self, *args, timeout=120):
+        return run([PM2, *args], env=self.pm2_env_cache, timeout=timeout)
+
+    def start(self):
+        self.pm2_env_cache = self.pm2_env()
+        for k in ("PM2_PUBLIC_KEY", "PM2_SECRET_KEY", "KEYMETRICS_PUBLIC", "KEYMETRICS_SECRET"):
+            os.environ.pop(k, None)
+        o = self.opts
+        apps = o.get("apps", 1)
+        eco = []
+        for i in range(apps):
+            app = {"name": "web" if apps == 1 else f"web{i}", "instances": self.workers, "env": self.env, "autorestart": True}
+            if o.get("command"):
+                app.update(script=o["command"][0], args=o["command"][1:], interpreter="none", exec_mode="fork")
+            elif o.get("mode") == "cluster":
+                app.update(script=APP_JS, exec_mode="cluster")
+            else:
+                app.update(script=APP_PY, interpreter=PY, exec_mode="fork")
+            if o.get("memory"):
+                app["max_memory_restart"] = f"{MEM_LIMIT_MB}M"
+            if o.get("watch"):
+                app.update(watch=[os.path.basename(o["watch"])], cwd=self.dir)
+            eco.append(app)
+        path = os.path.join(self.dir, "ecosystem.json")
+        with open(path, "w") as f:
+            json.dump({"apps": eco}, f)
+        self.pm2("start", path, timeout=180)
+        pidfile = os.path.join(self.pm2_env_cache["PM2_HOME"], "pm2.pid")
+        self.daemon = int(wait_for("PM2's pid file", 30, lambda: os.path.exists(pidfile) and open(pidfile).read().strip()))
+        PROCS.adopt(self.daemon)
+
+    def root_pid(self):
+        return self.daemon
+
+    def status(self):
+        self.pm2("ls")
+
+    def reload(self):
+        self.pm2("reload", "web")
+
+    def restart_(self):
+        self.pm2("restart", "web")
+
+    def recycle(self, app="web"):
+        self.pm2("reload", app)
+
+    def stop(self):
+        try:
+            self.pm2("kill", timeout=60)
+        except Exception as e:  # still stopped below, by pid
+            log(f"pm2 kill: {e}")
+        if alive(self.daemon):
+            PROCS.stop_tree(self.daemon)
+
+
+class Supervisord(Peer):
+    name = "supervisord"
+    kinds = {"supervisorctl restart": "restart_"}
+
+    def start(self):
+        o = self.opts
+        self.conf = os.path.join(self.dir, "supervisord.conf")
+        d = self.dir
+        text = f"""[unix_http_server]
+file={d}/supervisor.sock
+[supervisord]
+logfile={d}/supervisord.log
+pidfile={d}/supervisord.pid
+childlogdir={d}
+nodaemon=true
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl=unix://{d}/supervisor.sock
+"""
+        apps = o.get("apps", 1)
+        env = ",".join(f'{k}="{v}"' for k, v in self.env.items())
+        for i in range(apps):
+            name = "web" if apps == 1 else f"web{i}"
+            command = " ".join(o.get("command") or [PY, APP_PY])
+            text += f"""[program:{name}]
+command={command}
+process_name=%(program_name)s_%(process_num)02d
+numprocs={self.workers}
+environment={env}
+autorestart=true
+stdout_logfile=NONE
+stderr_logfile=NONE
+"""
+        if o.get("memory"):
+            # superlance's memmon, on the shortest tick supervisord sends (5 s).
+            text += f"""[eventlistener:memmon]
+command={VENV_BIN}/memmon -g web={MEM_LIMIT_MB}MB
+events=TICK_5
+stdout_logfile=NONE
+stderr_logfile=NONE
+"""
+        with open(self.conf, "w") as f:
+            f.write(text)
+        self.proc = PROCS.spawn([os.path.join(VENV_BIN, "supervisord"), "-c", self.conf], cwd=self.dir, out=open(os.path.join(d, "out.log"), "w"))
+
+    def ctl(self, *args, timeout=120):
+        return run([os.path.join(VENV_BIN, "supervisorctl"), "-c", self.conf, *args], timeout=timeout, check=False)
+
+    def status(self):
+        self.ctl("status")
+
+    def restart_(self):
+        self.ctl("restart", "web:*")
+
+    def recycle(self, app="web"):
+        self.ctl("restart", f"{app}:*")
+
+
+class Uwsgi(Peer):
+    name = "uWSGI"
+    kinds = {"uWSGI chain reload": "chain", "uWSGI touch-reload": "touch"}
+
+    def start(self):
+        o = self.opts
+        d = self.dir
+        self.chain_file = os.path.join(d, "chain-reload")
+        self.touch_file = o.get("watch") or os.path.join(d, "touch-reload")
+        # uWSGI compares whole seconds of mtime: start in the past, and make each
+        # touch a later second than the last (see touch_file_now).
+        self.mtime = int(time.time()) - 10
+        for f in (self.chain_file, self.touch_file):
+            open(f, "a").close()
+            os.utime(f, (self.mtime, self.mtime))
+        cmd = [
+            os.path.join(VENV_BIN, "uwsgi"), "--master", "--http11-socket", f"127.0.0.1:{self.port}",
+            "--wsgi-file", APP_PY, "--processes", str(self.workers), "--lazy-apps",
+            "--touch-chain-reload", self.chain_file, "--touch-reload", self.touch_file,
+            "--disable-logging", "--die-on-term", "--pidfile", os.path.join(d, "uwsgi.pid"),
+            "--listen", "1024",
+        ]
+        if o.get("fs_reload"):
+            cmd += ["--fs-reload", o["fs_reload"]]
+        if o.get("memory"):
+            cmd += ["--reload-on-rss", str(MEM_LIMIT_MB)]
+        self.proc = PROCS.spawn(cmd, env=self.env, cwd=d, out=open(os.path.join(d, "out.log"), "w"))
+
+    def chain(self):
+        self.chains = self.log_count("chain reloading complete")
+        self.touch_file_now(self.chain_file)
+
+    def touch_file_now(self, path):
+        self.mtime = max(int(time.time()), self.mtime + 1)
+        os.utime(path, (self.mtime, self.mtime))
+
+    def log_count(self, text):
+        with open(os.path.join(self.dir, "out.log"), errors="replace") as f:
+            return f.read().count(text)
+
+    def settle(self):
+        # uWSGI ignores a touch that comes while a chain reload is still running.
+        if getattr(self, "chains", None) is not None:
+            wait_for("uWSGI's chain reload to complete", 30, lambda: self.log_count("chain reloading complete") > self.chains)
+            self.chains = None
+
+    def touch(self):
+        self.touch_file_now(self.touch_file)
+
+    def recycle(self, app="web"):
+        self.chain()
+
+
+class Gunicorn(Peer):
+    name = "gunicorn"
+    kinds = {"gunicorn HUP": "hup", "gunicorn USR2+WINCH+QUIT": "usr2"}
+
+    def start(self):
+        d = self.dir
+        self.pidfile = os.path.join(d, "gunicorn.pid")
+        cmd = [
+            os.path.join(VENV_BIN, "gunicorn"), "-w", str(self.workers), "-b", f"127.0.0.1:{self.port}",
+            "--chdir", PEERS_DIR, "--pid", self.pidfile, "--backlog", "1024", "app:application",
+        ]
+        if "--no-control-socket" in gunicorn_help():
+            # gunicorn ≥ 24 opens a control socket in ~/.gunicorn by default: not here.
+            cmd.append("--no-control-socket")
+        self.log = os.path.join(d, "out.log")
+        cmd += ["--error-logfile", self.log]
+        if self.opts.get("daemon"):
+            # The binary upgrade's WINCH works only on a daemonized master.
+            cmd.append("--daemon")
+        self.proc = PROCS.spawn(cmd, env=self.env, cwd=d)
+        if self.opts.get("daemon"):
+            self.master = wait_for("gunicorn's pid file", 30, lambda: self._pid())
+            PROCS.adopt(self.master)
+        else:
+            self.master = self.proc.pid
+
+    def _pid(self):
+        try:
+            return int(open(self.pidfile).read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def log_count(self, text):
+        with open(self.log, errors="replace") as f:
+            return f.read().count(text)
+
+    def root_pid(self):
+        return self.master
+
+    def hup(self):
+        os.kill(self.master, signal.SIGHUP)
+
+    def recycle(self, app="web"):
+        self.hup()
+
+    def usr2(self):
+        """gunicorn's binary upgrade: a new master and workers beside the old,
+        then the old workers stopped gracefully, then the old master."""
+        old_master = self.master
+        old = self.events.live_ready()
+        os.kill(old_master, signal.SIGUSR2)
+        # The new master is the old one's child that is not one of its workers.
+        def new_master_pid():
+            workers = {pid for _, pid, _ in self.events.read()}
+            m = ppid_map()
+            return next((c for c, pp in m.items() if pp == old_master and c not in workers and "gunicorn" in cmdline(c)), None)
+
+        new_master = wait_for("gunicorn's new master", 60, new_master_pid)
+        PROCS.adopt(new_master)
+        wait_for("gunicorn's new workers", 60, lambda: len(self.events.live_ready() - old) >= self.workers)
+        # WINCH: the old master stops its workers gracefully (daemonized only, hence
+        # --daemon for this kind); then QUIT ends the old master.
+        self.promoted = self.log_count("Master has been promoted")
+        os.kill(old_master, signal.SIGWINCH)
+        wait_for("gunicorn's old workers gone", 60, lambda: not (self.events.live_ready() & old))
+        os.kill(old_master, signal.SIGQUIT)
+        self.master = new_master
+
+    def settle(self):
+        # The new master takes USR2 again only once it has seen its parent go.
+        if getattr(self, "promoted", None) is not None:
+            wait_for("gunicorn's new master promoted", 30, lambda: self.log_count("Master has been promoted") > self.promoted)
+            self.promoted = None
+
+    def stop(self):
+        for pid in {self.master, self.proc.pid}:
+            if alive(pid):
+                PROCS.stop_tree(pid)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+# ---------------------------------------------------------------- load
+
+
+class Load:
+    """bench_load: CLIENTS connections, every request counted, no retries."""
+
+    def __init__(self, port, keep_alive, max_s=300):
+        mode = "keep-alive" if keep_alive else "close"
+        self.p = PROCS.spawn([LOAD, str(port), str(CLIENTS), mode, str(max_s)], stdin=subprocess.PIPE, out=subprocess.PIPE)
+
+    def finish(self):
+        out, _ = self.p.communicate(timeout=60)  # closes its stdin: the signal to stop
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def wrk(port, seconds):
+    r = run(["wrk", "-t2", f"-c{CLIENTS}", f"-d{seconds}s", f"http://127.0.0.1:{port}/"], timeout=seconds + 30)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", r.stdout)
+    return float(m.group(1)) if m else None, bool(errors)
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+class Results:
+    """rows[scenario] = {(figure, peer): [values per round]} in insertion order."""
+
+    def __init__(self):
+        self.rows = {}
+        self.notes = {}
+        self.elapsed = {}
+
+    def add(self, scenario, figure, peer, value):
+        self.rows.setdefault(scenario, {}).setdefault((figure, peer), []).append(value)
+        log(f"  {scenario}: {figure} / {peer} = {value}")
+
+    def note(self, scenario, text):
+        self.notes.setdefault(scenario, []).append(text)
+
+
+def rotated(items, k):
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.rounds = args.rounds or (1 if args.quick else 5)
+        self.work = tempfile.mkdtemp(prefix="appvisor-bench-run.")
+        self.res = Results()
+        self.failures = 0
+
+    def scenario(self, key, title, budget_s, body):
+        if self.args.only and key not in self.args.only.split(","):
+            return
+        log(f"{key}: {title}")
+        self.current = key
+        t0 = time.monotonic()
+        deadline = t0 + budget_s
+        done = 0
+        for r in range(self.rounds):
+            # A round that would end past the bound (at the pace so far) is not started.
+            pace = (time.monotonic() - t0) / done if done else 0
+            if time.monotonic() + pace > deadline:
+                self.res.note(key, f"cut after {done} of {self.rounds} rounds by its time bound ({budget_s} s)")
+                break
+            try:
+                body(r, deadline)
+            except Exception as e:  # a peer that fails is reported, the run goes on
+                self.failures += 1
+                self.res.note(key, f"round {r + 1}: {type(e).__name__}: {e}")
+                log(f"  {key} round {r + 1} failed: {e}")
+            finally:
+                PROCS.cleanup()
+            done += 1
+        self.res.elapsed[key] = time.monotonic() - t0
+
+    def with_peer(self, peer, fn, label=None, serving_timeout=60):
+        """Starts `peer`, runs `fn(peer)`, stops it; a failure is noted against
+        this peer only, and the scenario goes on with the next one."""
+        try:
+            peer.start()
+            peer.wait_serving(serving_timeout)
+            return fn(peer)
+        except Exception as e:
+            self.failures += 1
+            key = self.current
+            self.res.note(key, f"{label or peer.name}: {type(e).__name__}: {e}")
+            log(f"  {key} {label or peer.name} failed: {e}")
+        finally:
+            try:
+                peer.stop()
+            except Exception as e:
+                log(f"  stopping {peer.name}: {e}")
+            PROCS.cleanup()
+
+    # 1. restarts under load
+    def s1(self, r, deadline):
+        n = 1 if self.quick else 2  # restarts per round and mode: 20 per kind over 5 rounds
+        kinds = [(Appvisor, "appvisor recycle", {}), (Pm2, "pm2 reload (cluster)", {"mode": "cluster"}),
+                 (Pm2, "pm2 restart (fork)", {}), (Supervisord, "supervisorctl restart", {}),
+                 (Uwsgi, "uWSGI chain reload", {}), (Uwsgi, "uWSGI touch-reload", {}),
+                 (Gunicorn, "gunicorn HUP", {}), (Gunicorn, "gunicorn USR2+WINCH+QUIT", {"daemon": True})]
+        for cls, kind, opts in rotated(kinds, r):
+            if time.monotonic() > deadline:
+                break
+
+            def measure(peer):
+                for keep_alive in ((True,) if self.quick else (True, False)):
+                    mode = "keep-alive" if keep_alive else "no keep-alive"
+                    load = Load(peer.port, keep_alive)
+                    time.sleep(0.3)
+                    took = []
+                    for _ in range(n):
+                        old = peer.events.live_ready()
+                        t0 = time.monotonic()
+                        peer.restart(kind)
+                        peer.wait_replaced(old, timeout=30)
+                        took.append(time.monotonic() - t0)
+                        peer.settle()
+                        time.sleep(0.2)
+                    rep = load.finish()
+                    self.res.add("1", f"failed requests per restart, {mode}", kind, rep["failed"] / n)
+                    self.res.add("1", f"slowest request, {mode} (ms)", kind, round(rep["max_ms"], 1))
+                    if keep_alive:
+                        self.res.add("1", "restart → every worker replaced (ms)", kind, round(statistics.median(took) * 1000))
+
+            self.with_peer(cls(self.work, **opts), measure, kind)
+
+    # 2. file change -> new worker
+    def s2(self, r, deadline):
+        kinds = [(Appvisor, "appvisor watch (default debounce 200 ms)", "watch"),
+                 (Pm2, "PM2 watch", "watch"), (Uwsgi, "uWSGI touch-reload", "watch"),
+                 (Uwsgi, "uWSGI fs-reload", "fs_reload")]
+        for cls, kind, key in rotated(kinds, r):
+            watched = os.path.join(self.work, f"watched-{r}-{cls.name}-{key}.txt")
+            with open(watched, "w") as f:
+                f.write("0\n")
+            peer = cls(self.work, **{key: watched})
+            if cls is Appvisor or cls is Pm2:
+                # The watched file lives in the peer's own dir (paths are relative there).
+                peer.opts[key] = os.path.join(peer.dir, "watched.txt")
+                watched = peer.opts[key]
+                with open(watched, "w") as f:
+                    f.write("0\n")
+
+            def measure(peer, watched=watched, kind=kind):
+                time.sleep(1.5)  # let the watchers settle (uWSGI's 1 s tick, chokidar's set-up)
+                old = peer.events.live_ready()
+                t0 = time.time()
+                with open(watched, "w") as f:
+                    f.write(f"{t0}\n")
+                pid, ready = wait_for(f"{kind}: a new worker", 20, lambda: peer.events.first_after("ready", t0, old))
+                startup = peer.events.startup_of(pid) or 0
+                self.res.add("2", "change → new worker serving, minus its own startup (ms)", kind, round((ready - t0 - startup) * 1000))
+                self.res.add("2", "change → new worker serving (ms)", kind, round((ready - t0) * 1000))
+
+            self.with_peer(peer, measure, kind)
+
+    # 3. memory limit crossed -> recycle started
+    def s3(self, r, deadline):
+        peers = [(Appvisor, "appvisor private_memory (1 s check)", 15), (Pm2, "PM2 max_memory_restart", 40),
+                 (Uwsgi, "uWSGI reload-on-rss", 15), (Supervisord, "supervisord + memmon (TICK_5)", 15)]
+        if self.quick:
+            peers = [(c, k, min(b, 8)) for c, k, b in peers]
+        if self.quick and r == 0:
+            self.res.note("3", "--quick: PM2 ran with PM2_WORKER_INTERVAL=2000 (by default it checks every 30 s)")
+        for cls, kind, bound in rotated(peers, r):
+            # --quick: under load only (PM2's 30 s check would dominate the smoke test).
+            for under_load in ((True,) if self.quick else (False, True)):
+                if time.monotonic() > deadline:
+                    return
+
+                def measure(peer, under_load=under_load, kind=kind, bound=bound):
+                    # Without keep-alive: uWSGI's sync workers each hold one kept-alive
+                    # connection for as long as it lasts, and /grow would wait behind them.
+                    load = Load(peer.port, False) if under_load else None
+                    time.sleep(0.5)
+                    answer = http_get(peer.port, f"/grow?mb={GROW_MB}", timeout=30)
+                    t_cross = time.time()
+                    pid = int(re.search(r"pid=(\d+)", answer).group(1))
+                    try:
+                        t = wait_for("recycle", bound, lambda: (not alive(pid) and time.time())
+                                     or ((x := peer.events.first_after("start", t_cross)) and x[1]), step=0.005)
+                        value = round((t - t_cross) * 1000)
+                    except TimeoutError:
+                        value = None
+                    if load:
+                        load.finish()
+                    label = "under load" if under_load else "idle"
+                    self.res.add("3", f"limit crossed → recycle started, {label} (ms)", kind, value)
+
+                extra = {"worker_interval_ms": 2000} if self.quick and cls is Pm2 else {}
+                self.with_peer(cls(self.work, memory=True, **extra), measure, kind)
+
+    # 4. kill -9 of a worker
+    def s4(self, r, deadline):
+        peers = [(Appvisor, "appvisor", {}), (Pm2, "PM2 (cluster)", {"mode": "cluster"}), (Supervisord, "supervisord", {}),
+                 (Uwsgi, "uWSGI", {}), (Gunicorn, "gunicorn", {})]
+        for cls, kind, opts in rotated(peers, r):
+
+            def measure(peer, kind=kind):
+                load = Load(peer.port, True)
+                time.sleep(0.3)
+                victim = sorted(peer.events.live_ready())[0]
+                t0 = time.time()
+                os.kill(victim, signal.SIGKILL)
+                pid, ready = wait_for("a new worker", 30, lambda: peer.events.first_after("ready", t0, {victim}), step=0.005)
+                time.sleep(0.3)
+                rep = load.finish()
+                startup = peer.events.startup_of(pid) or 0
+                self.res.add("4", "kill -9 → replacement serving (ms)", kind, round((ready - t0) * 1000))
+                self.res.add("4", "… minus the app's own startup (ms)", kind, round((ready - t0 - startup) * 1000))
+                self.res.add("4", "failed requests (4 clients, keep-alive)", kind, rep["failed"])
+
+            self.with_peer(cls(self.work, **opts), measure, kind)
+
+    # 5. footprint: all peers at once, idle, 1 app x 4 workers
+    def s5(self, r, deadline):
+        window = 5 if self.quick else 20
+        peers = [(Appvisor, "appvisor"), (Pm2, "PM2 (fork)"), (Supervisord, "supervisord"), (Uwsgi, "uWSGI"), (Gunicorn, "gunicorn")]
+        started = []
+        try:
+            for cls, kind in peers:
+                p = cls(self.work, workers=4)
+                p.start()
+                started.append((p, kind))
+            for p, _ in started:
+                p.wait_serving()
+            time.sleep(2)  # start-up work settles
+            sup = {kind: p.supervisor_pids() for p, kind in started}
+            before = {kind: cpu_ns(pids) for kind, pids in sup.items()}
+            t0 = time.monotonic()
+            time.sleep(window)
+            span = time.monotonic() - t0
+            for p, kind in started:
+                used = cpu_used(before[kind], cpu_ns(sup[kind]))
+                names = ", ".join(f"{comm(q)} (pid {q})" for q in sup[kind])
+                self.res.add("5", "RSS of the main supervisor process (MiB)", kind, round(rss_kib(p.root_pid()) / 1024, 1))
+                self.res.add("5", "PSS of all its own processes (MiB)", kind, round(sum(pss_kib(q) for q in sup[kind]) / 1024, 1))
+                self.res.add("5", f"supervisor idle CPU over {window} s, all threads (%)", kind, round(used / 1e9 / span * 100, 4))
+                if r == 0:
+                    self.res.note("5", f"{kind}: the supervisor's processes: {names}")
+        finally:
+            for p, _ in started:
+                p.stop()
+
+    # 6. cost as the work grows
+    def s6(self, r, deadline):
+        window = 3 if self.quick else 5
+        scales = [1, 5] if self.quick else [1, 10, 50]
+        peers = [(Appvisor, "appvisor"), (Pm2, "PM2"), (Supervisord, "supervisord")]
+        for apps in scales:
+            if time.monotonic() > deadline:
+                return
+            started = []
+            try:
+                for cls, kind in rotated(peers, r):
+                    p = cls(self.work, workers=4, apps=apps, command=[SLEEP, "100000"])
+                    p.start()
+                    started.append((p, kind))
+                for p, kind in started:
+                    wait_for(f"{kind}: {apps * 4} workers", 120,
+                             lambda p=p: sum(1 for q in descendants(p.root_pid()) if comm(q) == "sleep") >= apps * 4, step=0.1)
+                time.sleep(1.5)
+                sup = {kind: p.supervisor_pids() for p, kind in started}
+                before = {kind: cpu_ns(pids) for kind, pids in sup.items()}
+                t0 = time.monotonic()
+                time.sleep(window)
+                span = time.monotonic() - t0
+                for p, kind in started:
+                    used = cpu_used(before[kind], cpu_ns(sup[kind]))
+                    self.res.add("6", f"{apps} × 4: PSS of the supervisor's processes (MiB)", kind, round(sum(pss_kib(q) for q in sup[kind]) / 1024, 1))
+                    self.res.add("6", f"{apps} × 4: idle CPU over {window} s (%)", kind, round(used / 1e9 / span * 100, 4))
+                    took = []
+                    for _ in range(1 if self.quick else 3):
+                        t = time.monotonic()
+                        p.status()
+                        took.append(time.monotonic() - t)
+                    self.res.add("6", f"{apps} × 4: `status` latency (ms)", kind, round(statistics.median(took) * 1000))
+            finally:
+                for p, _ in started:
+                    p.stop()
+                PROCS.cleanup()
+        # Recycle time of one app as its workers grow (the real app, 300 ms startup).
+        peers = [(Appvisor, "appvisor recycle", {}), (Pm2, "pm2 reload (cluster)", {"mode": "cluster"}),
+                 (Supervisord, "supervisorctl restart", {})]
+        for workers in ([1, 4] if self.quick else [1, 8, 32]):
+            for cls, kind, opts in rotated(peers, r):
+                if time.monotonic() > deadline:
+                    return
+
+                def measure(peer, kind=kind, workers=workers):
+                    old = peer.events.live_ready()
+                    t0 = time.monotonic()
+                    peer.recycle()
+                    peer.wait_replaced(old, timeout=120)
+                    peer.settle()
+                    self.res.add("6", f"recycle of one app, {workers} worker{'s' if workers > 1 else ''} → all replaced (ms)", kind,
+                                 round((time.monotonic() - t0) * 1000))
+
+                self.with_peer(cls(self.work, workers=workers, **opts), measure, kind, serving_timeout=180)
+
+    # 7. throughput through the supervisor vs the app alone
+    def s7(self, r, deadline):
+        seconds = 2 if self.quick else 3
+        pairs = [("appvisor (app.py, 2 workers)", Appvisor, {}, APP_PY, 2),
+                 ("PM2 cluster (app.js, 1 worker)", Pm2, {"mode": "cluster"}, APP_JS, 1)]
+        for kind, cls, opts, app, workers in rotated(pairs, r):
+            alone_port = free_port()
+            ev = Events(os.path.join(self.work, f"alone-{r}-{workers}"))
+            interp = PY if app.endswith(".py") else "node"
+            env = {"BENCH_PORT": str(alone_port), "BENCH_EVENTS": ev.path, "BENCH_STARTUP_MS": str(STARTUP_MS)}
+            procs = [PROCS.spawn([interp, app], env=env) for _ in range(workers)]
+            wait_for("the app alone", 30, lambda: len(ev.live_ready()) >= workers)
+            peer = cls(self.work, workers=workers, **opts)
+
+            def measure(peer, alone_port=alone_port, kind=kind):
+                a, b = [], []
+                for _ in range(1 if self.quick else 2):
+                    a.append(wrk(alone_port, seconds)[0])
+                    b.append(wrk(peer.port, seconds)[0])
+                a = statistics.median([x for x in a if x])
+                b = statistics.median([x for x in b if x])
+                self.res.add("7", "app alone (req/s)", kind, round(a))
+                self.res.add("7", "through the supervisor (req/s)", kind, round(b))
+                self.res.add("7", "through the supervisor ÷ alone", kind, round(b / a, 3))
+
+            try:
+                self.with_peer(peer, measure, kind)
+            finally:
+                for p in procs:
+                    PROCS.stop_tree(p.pid)
+
+    def s8(self):
+        """bench/store/run.sh (the store's own benchmark, kept by its owners), once
+        per persistence mode; its tables go into the document as they are."""
+        if self.args.only and "8" not in self.args.only.split(","):
+            return None
+        script = os.path.join(ROOT, "bench", "store", "run.sh")
+        if self.quick:
+            runs = [{"PERSIST": "no", "ROUNDS": "1", "N": "20000", "MEMORY": "0"}]
+        else:
+            r = str(self.rounds)
+            runs = [{"PERSIST": "no", "ROUNDS": r, "MEMORY": "1"},
+                    {"PERSIST": "everysec", "ROUNDS": r, "MEMORY": "0"}]
+        log("8: the store against redis-server (bench/store/run.sh)")
+        t0 = time.monotonic()
+        parts = []
+        for env in runs:
+            command = " ".join(f"{k}={v}" for k, v in env.items()) + " bench/store/run.sh"
+            try:
+                out = run(["bash", script], env=env, timeout=900).stdout
+            except Exception as e:
+                self.failures += 1
+                out = f"failed: {e}\n"
+            parts.append(f"`{command}`:\n{out.rstrip()}\n")
+        self.res.elapsed["8"] = time.monotonic() - t0
+        return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- report
+
+TITLES = {
+    "1": "1. Failed requests and the slowest request during restarts under load",
+    "2": "2. File change → new worker serving",
+    "3": "3. Memory limit crossed → recycle started",
+    "4": "4. kill -9 of a worker",
+    "5": "5. Footprint: 1 app × 4 workers, idle",
+    "6": "6. Cost as the work grows",
+    "7": "7. Throughput through the supervisor vs the app alone",
+}
+
+EXPLAIN = {
+    "1": "2 workers of the same app (`app.py`, 300 ms startup; PM2 cluster mode runs `app.js`), 4 clients of `bench_load` "
+         "with and without keep-alive, every request counted, no retries. Each round makes {n} restarts of each kind per mode; "
+         "a restart counts as done when every worker has been replaced by one that wrote its `ready` line. "
+         "Lower is better; ratio = appvisor recycle ÷ the peer.",
+    "2": "The watched file is rewritten; the figure is the moment the first new worker can serve (its own `ready` line) minus "
+         "the moment of the write, minus that worker's own startup (its `start` → `ready`). Each peer with its default delay "
+         "(appvisor's debounce is 200 ms, PM2's chokidar has none of its own, uWSGI's touch-reload polls once a second).",
+    "3": f"A worker allocates {GROW_MB} MiB (over a limit of {MEM_LIMIT_MB} MiB) on `/grow`; the figure is the time from the "
+         "answer to the first sign of a recycle: a new worker process started, or the fat worker gone. 'idle': no other "
+         "request; 'under load': 4 clients without keep-alive. '—': no recycle within the bound (15 s; 40 s for PM2, which checks every 30 s; uWSGI checks only after a request).",
+    "4": "One of 2 workers is killed with SIGKILL under load (4 keep-alive clients); the figure is the time until its "
+         "replacement can serve, and the requests that failed meanwhile.",
+    "5": "All peers at once, each with the same app × 4 workers, measured over the same idle window: RSS of the "
+         "supervisor's own processes (not the workers; appvisor: the supervisor and its guard, with the embedded store "
+         "inside), and their CPU time (all threads, `/proc/PID/task/*/schedstat`).",
+    "6": "N apps × 4 workers, each worker `sleep` (a process that costs nothing, so the supervisor's cost is what is "
+         "measured; appvisor uses `ready = \"delay:300ms\"`), the three supervisors at once; `status` is "
+         "`appvisor status`, `pm2 ls`, `supervisorctl status` (wall time of the command, as a user waits for it). "
+         "Then one app of 1, 8 and 32 workers of the real app: restart command → every worker replaced "
+         "(appvisor and PM2 replace one worker at a time, supervisord stops all then starts all).",
+    "7": "`wrk -t2 -c4` (keep-alive), 3 s, median of 2 alternated runs per round, against the app alone and under the "
+         "supervisor in the same round. PM2's cluster mode passes each connection through its master.",
+}
+
+
+def fmt(v):
+    if v is None:
+        return "—"
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:,.4g}" if abs(v) < 10 else f"{v:,.1f}"
+    return f"{int(v):,}"
+
+
+def ratio(a, b):
+    if a is None or b is None:
+        return "—"
+    if b == 0:
+        return "= (0 and 0)" if a == 0 else "∞"
+    return f"{a / b:.2f}×"
+
+
+def median(vals):
+    v = [x for x in vals if x is not None]
+    if not v:
+        return None
+    return statistics.median(v)
+
+
+def render(bench, meta, store_md):
+    res = bench.res
+    out = []
+    out.append("<!-- bench/run: begin (written by bench/run; edits inside are overwritten) -->")
+    out.append("## Side by side: appvisor and its peers in one run (`bench/run`)\n")
+    out.append(f"Written by `{meta['command']}` on {meta['date']}. Machine: {meta['machine']}. "
+               f"Load average at start {meta['load_start']}, at end {meta['load_end']}. "
+               f"{bench.rounds} round(s), peers alternated round by round; each cell is min / **median** / max over the rounds; "
+               f"the ratio is appvisor's median ÷ the peer's median. Whole run: {meta['elapsed']}.\n")
+    if meta.get("provisional"):
+        out.append(f"**Provisional**: {meta['provisional']}\n")
+    out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".\n")
+    for key in ("1", "2", "3", "4", "5", "6", "7"):
+        rows = res.rows.get(key)
+        if not rows and key not in res.notes:
+            continue
+        out.append(f"### {TITLES[key]}\n")
+        out.append(EXPLAIN[key].format(n=1 if bench.quick else 2) + f" ({res.elapsed.get(key, 0):.0f} s)\n")
+        out.append("| figure | supervisor | min | median | max | appvisor ÷ peer |")
+        out.append("|---|---|---|---|---|---|")
+        figures = {}
+        for (figure, peer), vals in (rows or {}).items():
+            figures.setdefault(figure, []).append((peer, vals))
+        for figure, entries in figures.items():
+            mine = next((median(v) for p, v in entries if p.startswith("appvisor")), None)
+            for peer, vals in entries:
+                present = [x for x in vals if x is not None]
+                lo = min(present) if present else None
+                hi = max(present) if present else None
+                missing = len(vals) - len(present)
+                med = median(vals)
+                cell_med = f"**{fmt(med)}**" + (f" ({missing} of {len(vals)} —)" if missing else "")
+                # Absolute req/s of different apps (app.py, app.js) are not compared.
+                rt = "" if peer.startswith("appvisor") or figure.endswith("(req/s)") else ratio(mine, med)
+                out.append(f"| {figure} | {peer} | {fmt(lo)} | {cell_med} | {fmt(hi)} | {rt} |")
+        out.append("")
+        for n in res.notes.get(key, []):
+            out.append(f"- {n}")
+        if res.notes.get(key):
+            out.append("")
+    if store_md is not None:
+        out.append("### 8. Store: embedded vs redis-server\n")
+        out.append(store_md.strip() + f"\n\n({res.elapsed.get('8', 0):.0f} s)\n")
+    out.append("<!-- bench/run: end -->")
+    return "\n".join(out) + "\n"
+
+
+def write_doc(path, block):
+    """Replaces the bench/run block of `path` (or appends it; or makes the file)."""
+    begin, end = "<!-- bench/run: begin", "<!-- bench/run: end -->"
+    text = open(path).read() if os.path.exists(path) else ""
+    if begin in text and end in text:
+        i = text.index(begin)
+        j = text.index(end) + len(end)
+        text = text[:i] + block.rstrip("\n") + text[j:]
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text else "") + block
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def versions():
+    def first_line(cmd, env=None):
+        try:
+            r = run(cmd, env=env, timeout=60, check=False)
+            return (r.stdout.strip() or r.stderr.strip()).splitlines()[0]
+        except Exception as e:
+            return f"? ({e})"
+
+    v = {
+        "appvisor": first_line([APPVISOR, "--version"]).replace("appvisor ", ""),
+        # From its package.json: any `pm2` command, even -v, starts a daemon.
+        "PM2": json.load(open(os.path.join(ROOT, "bench", ".node", "node_modules", "pm2", "package.json")))["version"],
+        "Node": first_line(["node", "--version"]),
+        "supervisord": first_line([os.path.join(VENV_BIN, "supervisord"), "--version"]),
+        "superlance": first_line([PY, "-c", "import importlib.metadata as m; print(m.version('superlance'))"]),
+        "uWSGI": first_line([os.path.join(VENV_BIN, "uwsgi"), "--version"]),
+        "gunicorn": first_line([os.path.join(VENV_BIN, "gunicorn"), "--version"]).replace("gunicorn (version ", "").rstrip(")"),
+        "Python": first_line([PY, "--version"]).replace("Python ", ""),
+        "redis-server": re.sub(r".*v=(\S+).*", r"\1", first_line(["redis-server", "--version"])),
+        "wrk": re.sub(r"^wrk (\S+).*", r"\1", first_line(["wrk", "-v"])),
+    }
+    return v
+
+
+def machine():
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Linux {platform.release()}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1 round, fewer requests: the smoke test (≤ 3 min)")
+    ap.add_argument("--rounds", type=int, help="rounds per scenario (default 5; 1 with --quick)")
+    ap.add_argument("--out", help="the document to write (default docs/BENCHMARKS.md; with --quick target/bench-run-quick.md)")
+    ap.add_argument("--only", help="comma-separated scenario numbers, e.g. 1,4")
+    ap.add_argument("--install-seconds", type=float, default=None)
+    args = ap.parse_args()
+    for tool in (APPVISOR, LOAD, PY, PM2):
+        if not os.path.exists(tool):
+            sys.exit(f"bench/run: {tool} is missing; run bench/run (it installs and builds) rather than this file")
+
+    atexit.register(PROCS.cleanup)
+
+    def on_signal(signo, _frame):
+        PROCS.cleanup()
+        sys.exit(128 + signo)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    t0 = time.monotonic()
+    load_start = open("/proc/loadavg").read().split()[:3]
+    bench = Bench(args)
+    meta = {
+        "command": " ".join(["bench/run"] + [a for i, a in enumerate(sys.argv[1:], 1)
+                                             if "--install-seconds" not in (a, sys.argv[i - 1])]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "load_start": " ".join(load_start),
+        "versions": versions(),
+    }
+    q = args.quick
+    # Time bounds (s): together ≤ 18 min, so that with the store's ~2 min the whole
+    # run stays within 20 min; on a busy machine scenarios get fewer rounds (noted).
+    bench.scenario("1", TITLES["1"], 120 if q else 300, bench.s1)
+    bench.scenario("2", TITLES["2"], 40 if q else 75, bench.s2)
+    bench.scenario("3", TITLES["3"], 120 if q else 200, bench.s3)
+    bench.scenario("4", TITLES["4"], 30 if q else 75, bench.s4)
+    bench.scenario("5", TITLES["5"], 30 if q else 120, bench.s5)
+    bench.scenario("6", TITLES["6"], 90 if q else 240, bench.s6)
+    bench.scenario("7", TITLES["7"], 30 if q else 75, bench.s7)
+    store_md = bench.s8()
+    load_end = open("/proc/loadavg").read().split()[:3]
+    meta["load_end"] = " ".join(load_end)
+    elapsed = time.monotonic() - t0
+    meta["elapsed"] = f"{elapsed / 60:.1f} min" + (f" (+ {args.install_seconds:.0f} s installing peers)" if args.install_seconds else "")
+    if max(float(load_start[0]), float(load_end[0])) > (os.cpu_count() or 1) * 0.75:
+        meta["provisional"] = (f"the machine was busy (load average {meta['load_start']} → {meta['load_end']} on "
+                               f"{os.cpu_count()} cores): absolute figures and latencies are inflated; compare ratios only.")
+    block = render(bench, meta, store_md)
+    out = args.out or (os.path.join(ROOT, "target", "bench-run-quick.md") if q else os.path.join(ROOT, "docs", "BENCHMARKS.md"))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    write_doc(out, block)
+    print(block)
+    log(f"written to {out} in {elapsed:.0f} s")
+    shutil.rmtree(bench.work, ignore_errors=True)
+    # The smoke test's verdict: every round ran, and every scenario asked for has
+    # appvisor's figures and at least one peer's.
+    missing = [k for k in TITLES if (not args.only or k in args.only.split(","))
+               and len({peer for _, peer in bench.res.rows.get(k, {})}) < 2]
+    if bench.failures or missing:
+        log(f"bench/run: {bench.failures} round(s) failed; scenarios without figures: {', '.join(missing) or 'none'}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,6 +30,9 @@ pub(crate) struct RawSupervisor {
     pub state_dir: Option<Sp<String>>,
     pub log_max_size: Option<Sp<RawSize>>,
     pub log_keep: Option<Sp<i64>>,
+    pub sample_interval: Option<Sp<RawDuration>>,
+    pub history_max_size: Option<Sp<RawSize>>,
+    pub history_retention: Option<Sp<RawDuration>>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -32,6 +32,21 @@ impl Config {
         writeln!(o, "state_dir = {}", q(&s.state_dir.to_string_lossy()))?;
         writeln!(o, "log_max_size = {}", q(&format_size(s.log_max_size)))?;
         writeln!(o, "log_keep = {}", s.log_keep)?;
+        writeln!(
+            o,
+            "sample_interval = {}",
+            q(&format_duration(s.sample_interval))
+        )?;
+        writeln!(
+            o,
+            "history_max_size = {}",
+            q(&format_size(s.history_max_size))
+        )?;
+        writeln!(
+            o,
+            "history_retention = {}",
+            q(&format_duration(s.history_retention))
+        )?;
         writeln!(o)?;
         writeln!(o, "[store]")?;
         match &self.store.backend {

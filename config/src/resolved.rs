@@ -38,6 +38,15 @@ pub struct SupervisorConfig {
     pub log_max_size: u64,
     /// Rotated log files kept per app (`log_keep`, default 5).
     pub log_keep: u32,
+    /// Every worker's memory, CPU time and requests are sampled this often into the
+    /// app's history (`sample_interval`, default 1 s; 100 ms to 1 h).
+    pub sample_interval: Duration,
+    /// The history files of one app never take more than this on disk: past it the
+    /// oldest are deleted (`history_max_size`, default `"64MiB"`, at least 1 MiB).
+    pub history_max_size: u64,
+    /// History older than this is deleted (`history_retention`, default 7 days,
+    /// at least 1 h).
+    pub history_retention: Duration,
 }
 
 /// `[store]`: where session state lives.

@@ -23,6 +23,9 @@ fn minimal_config_gets_every_default() {
     assert_eq!(config.supervisor.state_dir, dir.join(".appvisor"));
     assert_eq!(config.supervisor.log_max_size, 10 << 20);
     assert_eq!(config.supervisor.log_keep, 5);
+    assert_eq!(config.supervisor.sample_interval, secs(1));
+    assert_eq!(config.supervisor.history_max_size, 64 << 20);
+    assert_eq!(config.supervisor.history_retention, secs(7 * 86_400));
     assert_eq!(
         config.store.backend,
         StoreBackend::Embedded(EmbeddedStore {
@@ -348,4 +351,20 @@ fn store_password_is_redacted_in_the_dump() {
         dumped.contains("redis://app:(redacted)@127.0.0.1:6379/0"),
         "{dumped}"
     );
+}
+
+#[test]
+fn history_keys_are_read() {
+    let text = "[supervisor]\nsample_interval = \"250ms\"\nhistory_max_size = \"8MiB\"\nhistory_retention = \"2d\"\n";
+    let config = appvisor_config::parse(text, Path::new("/tmp/appvisor.toml")).unwrap();
+    assert_eq!(
+        config.supervisor.sample_interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(config.supervisor.history_max_size, 8 << 20);
+    assert_eq!(config.supervisor.history_retention, secs(2 * 86_400));
+    // `check` prints them, and what it prints reads back the same.
+    let again =
+        appvisor_config::parse(&config.to_toml_string(), Path::new("/tmp/appvisor.toml")).unwrap();
+    assert_eq!(again.supervisor, config.supervisor);
 }

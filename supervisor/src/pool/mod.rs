@@ -52,6 +52,7 @@ mod deadlines;
 mod handle;
 mod job;
 mod process;
+mod sample;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -83,6 +84,7 @@ use deadlines::sleep_until_opt;
 pub use handle::{PoolHandle, Reply};
 use job::{Pending, RecycleJob};
 pub use process::{OsProcessTable, ProcessTable, SpawnRequest, SpawnedWorker};
+pub use sample::HistoryInfo;
 pub use status::{AppRunState, AppStatus, LastRecycle, WorkerRunState, WorkerStatus};
 use worker::{Entry, Phase, Retire, Slot, Worker};
 
@@ -111,6 +113,10 @@ pub enum PoolCommand {
     Status {
         reply: oneshot::Sender<AppStatus>,
     },
+    /// Where the app's history is and the limits in force (`history` requests).
+    HistoryInfo {
+        reply: oneshot::Sender<sample::HistoryInfo>,
+    },
     /// Stop every worker and end the pool's task.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -128,6 +134,9 @@ pub struct PoolContext {
     /// Extra environment for workers (the store URL, session settings).
     pub extra_env: Vec<(String, String)>,
     pub config_generation: u64,
+    /// `[supervisor] sample_interval`, and where the app's history is recorded.
+    pub sample_interval: Duration,
+    pub history: Option<crate::history::recorder::RecorderSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +181,7 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         cgroups: Default::default(),
         markers: Default::default(),
     };
-    let (pool, inbox, handle) = Pool::new(
+    let (mut pool, inbox, handle) = Pool::new(
         app,
         sockets,
         ctx.events,
@@ -180,6 +189,18 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         ctx.config_generation,
         Box::new(table),
     );
+    let recorder = ctx.history.and_then(|spec| {
+        spec.open(crate::history::now_ms())
+            .map_err(|e| {
+                tracing::warn!(
+                    "Cannot open the history of app {:?} in {} ({e}); its workers are sampled for `status` but nothing is recorded.",
+                    spec.app,
+                    spec.dir.display()
+                )
+            })
+            .ok()
+    });
+    pool.sampler = sample::Sampler::new(ctx.sample_interval, recorder);
     tokio::spawn(pool.run(inbox));
     handle
 }
@@ -250,6 +271,7 @@ impl Pool {
             idle_cpu_mark: HashMap::new(),
             config_generation,
             wake_task: None,
+            sampler: sample::Sampler::new(appvisor_config::DEFAULT_SAMPLE_INTERVAL, None),
         };
         let inbox = Inbox {
             commands: rx,
@@ -304,6 +326,8 @@ struct Pool {
     idle_cpu_mark: HashMap<i32, u64>,
     config_generation: u64,
     wake_task: Option<tokio::task::JoinHandle<()>>,
+    /// Every worker sampled each `sample_interval` into the app's history.
+    sampler: sample::Sampler,
 }
 
 impl Pool {
@@ -411,6 +435,9 @@ impl Pool {
             },
             PoolCommand::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            PoolCommand::HistoryInfo { reply } => {
+                let _ = reply.send(self.history_info());
             }
             PoolCommand::Shutdown { done } => {
                 self.shutdown_waiter = Some(done);

@@ -39,6 +39,8 @@ pub(super) struct FakeState {
     /// Spawns fail (e.g. the command does not exist).
     pub(super) spawn_fails: bool,
     pub(super) memory: HashMap<i32, MemorySample>,
+    /// How often the pool read a worker's memory (`/proc` reads, for real).
+    pub(super) memory_reads: usize,
     pub(super) http_ok: bool,
     pub(super) wake: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -163,7 +165,9 @@ impl ProcessTable for Fake {
     fn release(&mut self, _pgid: i32) {}
 
     fn memory(&mut self, pid: i32) -> Option<MemorySample> {
-        Some(self.state().memory.get(&pid).copied().unwrap_or_default())
+        let mut st = self.state();
+        st.memory_reads += 1;
+        Some(st.memory.get(&pid).copied().unwrap_or_default())
     }
 
     fn cpu_ticks(&mut self, _pid: i32) -> Option<u64> {

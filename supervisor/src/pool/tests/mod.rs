@@ -11,6 +11,7 @@
 mod fake;
 mod lifecycle;
 mod recycle;
+mod sample;
 mod triggers;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,1 @@
+//! `appvisor tune`.

@@ -413,20 +413,17 @@ async fn history(
     };
     let since_s = since_s.unwrap_or(3600).clamp(1, MAX_HISTORY_S);
     let max_points = max_points.unwrap_or(240).clamp(1, MAX_HISTORY_POINTS);
-    let events = state.events.path().to_path_buf();
-    let interval = info.sample_interval.as_secs_f64();
-    let name = app.clone();
+    let ask = crate::history::query::Ask {
+        app: app.clone(),
+        dir,
+        events: state.events.path().to_path_buf(),
+        limits: info.limits,
+        sample_interval_s: info.sample_interval.as_secs_f64(),
+        since_s,
+        max_points,
+    };
     let read = tokio::task::spawn_blocking(move || {
-        crate::history::query::answer(
-            &name,
-            &dir,
-            &events,
-            info.limits,
-            interval,
-            since_s,
-            max_points,
-            crate::history::now_ms(),
-        )
+        crate::history::query::answer(ask, crate::history::now_ms())
     })
     .await;
     match read {

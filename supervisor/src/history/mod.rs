@@ -8,6 +8,7 @@
 //! - [`query`] — reads a window back (full resolution for the last hour, buckets
 //!   before), thins it to `max_points`, and joins the restart log's marks: the
 //!   control socket's `history` answer ([`wire`]).
+//! - [`fit`] — medians and the Theil–Sen line `tune` fits.
 //! - [`tune`] — `appvisor tune`: levels, leak rates, limits fired, recommendations
 //!   and `--what-if`, from the files directly (the supervisor may be stopped).
 //! - [`wire`] — the `history` reply shared with `appvisor top` and metrics.
@@ -19,6 +20,7 @@
 //! the files, which the kernel's page cache keeps warm.
 
 pub mod file;
+pub mod fit;
 pub mod query;
 pub mod recorder;
 pub mod tune;

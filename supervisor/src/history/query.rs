@@ -86,18 +86,32 @@ pub fn limits_of(app: &AppConfig) -> HistoryLimits {
     }
 }
 
-/// One window answered for the control socket. `dir` is the app's history, `events`
-/// the restart log.
-pub fn answer(
-    app: &str,
-    dir: &Path,
-    events: &Path,
-    limits: HistoryLimits,
-    sample_interval_s: f64,
-    since_s: u64,
-    max_points: u32,
-    now_ms: u64,
-) -> io::Result<HistoryReply> {
+/// One `history` request, resolved by the control server.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub app: String,
+    /// The app's history directory.
+    pub dir: PathBuf,
+    /// The restart log.
+    pub events: PathBuf,
+    pub limits: HistoryLimits,
+    pub sample_interval_s: f64,
+    pub since_s: u64,
+    pub max_points: u32,
+}
+
+/// One window answered for the control socket, ending at `now_ms`.
+pub fn answer(ask: Ask, now_ms: u64) -> io::Result<HistoryReply> {
+    let Ask {
+        app,
+        dir,
+        events,
+        limits,
+        sample_interval_s,
+        since_s,
+        max_points,
+    } = ask;
+    let (app, dir, events) = (app.as_str(), dir.as_path(), events.as_path());
     let from_ms = now_ms.saturating_sub(since_s.saturating_mul(1000));
     let loaded = load(dir, from_ms, now_ms)?;
     let points = thin(&loaded.records, from_ms, now_ms, max_points.max(1));

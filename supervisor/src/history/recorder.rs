@@ -129,6 +129,8 @@ pub struct Recorder {
     total: u64,
     warned_bound: bool,
     failing: bool,
+    /// Ticks since the directory was last checked (a deleted state dir).
+    unchecked: u32,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -205,6 +207,7 @@ impl Recorder {
             total,
             warned_bound: false,
             failing: false,
+            unchecked: 0,
         };
         r.prune(now_ms);
         Ok(r)
@@ -238,6 +241,19 @@ impl Recorder {
 
     /// Appends one tick: `samples` taken at `now_ms`.
     pub fn record(&mut self, now_ms: u64, samples: &[Sample]) {
+        // Once a minute at 1 s: if the state dir was deleted, the open files are
+        // unlinked; start new segments (the directory is made again on the way).
+        self.unchecked += 1;
+        if self.unchecked >= 60 {
+            self.unchecked = 0;
+            if !self.dir.is_dir() {
+                for tier in [&mut self.full, &mut self.coarse] {
+                    tier.file = None;
+                    tier.segments.clear();
+                }
+                self.total = 0;
+            }
+        }
         self.buf.clear();
         for s in samples {
             Rec {

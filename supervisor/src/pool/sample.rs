@@ -7,7 +7,9 @@
 //! (generation, phase, requests) and costs no task or channel of its own; it sleeps
 //! while the app has no worker. When the memory check has the same interval, the
 //! sampler snaps onto its deadline and the check uses the tick's sample, so `/proc`
-//! is read once per worker per tick.
+//! is read once per worker per tick. Apps without a memory limit get the cheap
+//! sample (`procfs::sample_tree_light`: O(1) files, private estimated as resident
+//! minus shared); apps with one get the exact figure their limit is checked against.
 
 use super::*;
 use crate::history::file::{PHASE_DRAINING, PHASE_SERVING, PHASE_STARTING};
@@ -72,9 +74,19 @@ impl Pool {
         self.sampler
             .last
             .retain(|pid, _| self.workers.contains_key(pid));
+        // Exact private memory (smaps_rollup) only where a limit is checked against
+        // it; else the cheap estimate (see `procfs::sample_tree_light`).
+        let rc = &self.app.recycle;
+        let exact = rc.private_memory.is_some()
+            || rc.memory_hard_limit.is_some()
+            || rc.rss.is_some()
+            || rc.virtual_memory.is_some();
         for (pid, _, _) in pids {
-            let memory = self.table.memory(pid);
-            let cpu_s = self.table.cpu_ticks(pid).map(|t| t as f64 / hz);
+            let (memory, ticks) = match self.table.sample(pid, exact) {
+                Some((m, t)) => (Some(m), t),
+                None => (None, None),
+            };
+            let cpu_s = ticks.map(|t| t as f64 / hz);
             self.sampler.last.insert(
                 pid,
                 LastSample {

@@ -470,6 +470,85 @@ impl Recorder {
     }
 }
 
+/// One tick on its way to the writer thread.
+type Tick = (u64, Vec<Sample>);
+
+/// Ticks that may wait for the writer (a minute at 1 s and more).
+const QUEUE: usize = 256;
+
+/// The recorder on a thread of its own, fed through a bounded queue: an append that
+/// waits for the disk (a burst of file creations on the same filesystem can hold one
+/// for hundreds of milliseconds) must never stall the pool's runtime thread, whose
+/// timers (the file watcher's debounce among them) would then fire late. A full
+/// queue drops ticks, with one warning.
+pub struct RecorderThread {
+    tx: Option<std::sync::mpsc::SyncSender<Tick>>,
+    dir: PathBuf,
+    app: String,
+    dropped: u64,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RecorderThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecorderThread({})", self.dir.display())
+    }
+}
+
+impl RecorderThread {
+    pub fn start(mut rec: Recorder) -> io::Result<RecorderThread> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Tick>(QUEUE);
+        let (dir, app) = (rec.dir.clone(), rec.app.clone());
+        let thread = std::thread::Builder::new()
+            .name("history".into())
+            .spawn(move || {
+                while let Ok((now_ms, samples)) = rx.recv() {
+                    rec.record(now_ms, &samples);
+                }
+                // `rec` drops here: the open buckets are written.
+            })?;
+        Ok(RecorderThread {
+            tx: Some(tx),
+            dir,
+            app,
+            dropped: 0,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Queues one tick; never blocks.
+    pub fn record(&mut self, now_ms: u64, samples: Vec<Sample>) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send((now_ms, samples)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                self.dropped += 1;
+                if self.dropped == 1 {
+                    tracing::warn!(
+                        "The history of app {:?} cannot be written as fast as it is sampled (the disk of {} is stalled); ticks are dropped until it catches up.",
+                        self.app,
+                        self.dir.display()
+                    );
+                }
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+impl Drop for RecorderThread {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for Recorder {
     fn drop(&mut self) {
         self.flush(super::now_ms());

@@ -191,6 +191,7 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
     );
     let recorder = ctx.history.and_then(|spec| {
         spec.open(crate::history::now_ms())
+            .and_then(crate::history::recorder::RecorderThread::start)
             .map_err(|e| {
                 tracing::warn!(
                     "Cannot open the history of app {:?} in {} ({e}); its workers are sampled for `status` but nothing is recorded.",

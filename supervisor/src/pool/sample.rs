@@ -13,7 +13,7 @@
 
 use super::*;
 use crate::history::file::{PHASE_DRAINING, PHASE_SERVING, PHASE_STARTING};
-use crate::history::recorder::{Recorder, Sample};
+use crate::history::recorder::{RecorderThread, Sample};
 
 /// A sample taken by the memory check this long after the tick reuses it.
 const REUSE: Duration = Duration::from_millis(20);
@@ -30,12 +30,12 @@ pub(super) struct LastSample {
 pub(super) struct Sampler {
     pub(super) interval: Duration,
     pub(super) next: Option<Instant>,
-    pub(super) recorder: Option<Recorder>,
+    pub(super) recorder: Option<RecorderThread>,
     pub(super) last: HashMap<i32, LastSample>,
 }
 
 impl Sampler {
-    pub(super) fn new(interval: Duration, recorder: Option<Recorder>) -> Sampler {
+    pub(super) fn new(interval: Duration, recorder: Option<RecorderThread>) -> Sampler {
         Sampler {
             interval,
             next: Some(Instant::now() + interval),
@@ -117,7 +117,7 @@ impl Pool {
             });
         }
         if let Some(r) = self.sampler.recorder.as_mut() {
-            r.record(crate::history::now_ms(), &samples);
+            r.record(crate::history::now_ms(), samples);
         }
     }
 

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::history::file::{self as hfile, Kind};
-use crate::history::recorder::{Bounds, Recorder};
+use crate::history::recorder::{Bounds, Recorder, RecorderThread};
 use crate::trigger::memory::MemorySample;
 
 fn mib(n: u64) -> MemorySample {
@@ -31,7 +31,8 @@ async fn start_recording(
             max_bytes: 64 << 20,
             retention: Duration::from_secs(86_400),
         };
-        Recorder::open("web", d, bounds, crate::history::now_ms()).unwrap()
+        RecorderThread::start(Recorder::open("web", d, bounds, crate::history::now_ms()).unwrap())
+            .unwrap()
     });
     pool.sampler = super::super::sample::Sampler::new(interval, recorder);
     let events = pool.events.subscribe();
@@ -116,9 +117,19 @@ async fn each_tick_is_recorded() {
     for _ in 0..4 {
         h.advance(Duration::from_millis(500)).await;
     }
-    let segs = hfile::list(&dir).unwrap();
-    let full = segs.iter().find(|s| s.kind == Kind::Full).unwrap();
-    let recs = hfile::read_segment(full, 0, u64::MAX).unwrap().records;
+    // The writer is a thread of its own: wait (in real time) for its appends.
+    let read = || {
+        let segs = hfile::list(&dir).unwrap();
+        let full = segs.iter().find(|s| s.kind == Kind::Full)?;
+        Some(hfile::read_segment(full, 0, u64::MAX).unwrap().records)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let recs = loop {
+        match read() {
+            Some(r) if r.len() >= 8 || std::time::Instant::now() > deadline => break r,
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
     assert_eq!(recs.len(), 8, "2 workers × 4 ticks");
     let w1: Vec<_> = recs.iter().filter(|r| r.pid == pids[1]).collect();
     assert!(w1

@@ -49,7 +49,10 @@ use toml::de::DeTable;
 
 pub use diagnostic::{Annotated, ConfigError, Excerpt, Location, Problem};
 pub use duration::{format_duration, parse_duration, InvalidDuration};
-pub use resolve::{DEFAULT_WATCH_IGNORE, DEFAULT_WATCH_PATHS, MAX_UNIX_PATH};
+pub use resolve::{
+    DEFAULT_HISTORY_MAX_SIZE, DEFAULT_HISTORY_RETENTION, DEFAULT_SAMPLE_INTERVAL,
+    DEFAULT_WATCH_IGNORE, DEFAULT_WATCH_PATHS, MAX_UNIX_PATH,
+};
 pub use resolved::*;
 pub use size::{format_size, parse_size, InvalidSize};
 

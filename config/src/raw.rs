@@ -35,6 +35,9 @@ pub(crate) struct RawSupervisor {
     pub memory_pressure: Option<Sp<RawMemoryPressure>>,
     pub metrics: Option<Sp<String>>,
     pub metrics_public: Option<Sp<bool>>,
+    pub sample_interval: Option<Sp<RawDuration>>,
+    pub history_max_size: Option<Sp<RawSize>>,
+    pub history_retention: Option<Sp<RawDuration>>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -72,6 +72,21 @@ impl Config {
         if s.metrics_public {
             writeln!(o, "metrics_public = true")?;
         }
+        writeln!(
+            o,
+            "sample_interval = {}",
+            q(&format_duration(s.sample_interval))
+        )?;
+        writeln!(
+            o,
+            "history_max_size = {}",
+            q(&format_size(s.history_max_size))
+        )?;
+        writeln!(
+            o,
+            "history_retention = {}",
+            q(&format_duration(s.history_retention))
+        )?;
         writeln!(o)?;
         writeln!(o, "[store]")?;
         match &self.store.backend {

@@ -18,7 +18,7 @@ use crate::diagnostic::{app_label, closest, field_label, ConfigError, Location, 
 use crate::duration::{format_duration, parse_duration};
 use crate::raw::*;
 use crate::resolved::*;
-use crate::size::parse_size;
+use crate::size::{format_size, parse_size};
 
 /// Watched by default, mirroring what ASP.NET restarts an app for. `<code_dir>/**`
 /// is added to these.
@@ -55,6 +55,13 @@ pub const DEFAULT_WATCH_IGNORE: &[&str] = &[
 /// The longest path a unix socket can have: `sun_path` holds 108 bytes including
 /// the terminating NUL. The supervisor checks its own socket paths against it too.
 pub const MAX_UNIX_PATH: usize = 107;
+
+/// `[supervisor] sample_interval` when not set.
+pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// `[supervisor] history_max_size` when not set: 64 MiB per app.
+pub const DEFAULT_HISTORY_MAX_SIZE: u64 = 64 << 20;
+/// `[supervisor] history_retention` when not set: 7 days.
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 
 pub(crate) struct Resolver<'a> {
     file: &'a Path,
@@ -217,6 +224,7 @@ impl<'a> Resolver<'a> {
         );
         let memory_pressure = self.memory_pressure(raw.and_then(|r| r.memory_pressure.as_ref()));
         let (metrics, metrics_public) = self.metrics(&sc, raw);
+        let (sample_interval, history_max_size, history_retention) = self.history(&sc, raw);
         SupervisorConfig {
             state_dir,
             log_max_size,
@@ -226,6 +234,9 @@ impl<'a> Resolver<'a> {
             memory_pressure,
             metrics,
             metrics_public,
+            sample_interval,
+            history_max_size,
+            history_retention,
         }
     }
 
@@ -403,6 +414,71 @@ impl<'a> Resolver<'a> {
             span,
             owner: "the metrics endpoint ([supervisor] metrics)".into(),
         });
+    }
+
+    /// `sample_interval`, `history_max_size`, `history_retention` of `[supervisor]`.
+    fn history(&mut self, sc: &Scope, raw: Option<&RawSupervisor>) -> (Duration, u64, Duration) {
+        let mut interval = self.duration(
+            sc,
+            "sample_interval",
+            raw.and_then(|r| r.sample_interval.as_ref()),
+            DEFAULT_SAMPLE_INTERVAL,
+            true,
+        );
+        let bounds = Duration::from_millis(100)..=Duration::from_secs(3600);
+        if !bounds.contains(&interval) {
+            let span = raw
+                .and_then(|r| r.sample_interval.as_ref())
+                .map(|r| r.span());
+            self.report(
+                span,
+                sc.field("sample_interval"),
+                format!(
+                    "{} is out of range; sample_interval must be from 100ms to 1h (default \"1s\")",
+                    format_duration(interval)
+                ),
+            );
+            interval = DEFAULT_SAMPLE_INTERVAL;
+        }
+        let raw_size = raw.and_then(|r| r.history_max_size.as_ref());
+        let mut max_size = self.size(
+            sc,
+            "history_max_size",
+            raw_size,
+            DEFAULT_HISTORY_MAX_SIZE,
+            true,
+        );
+        if max_size < 1 << 20 {
+            self.report(
+                raw_size.map(|r| r.span()),
+                sc.field("history_max_size"),
+                format!(
+                    "{} is too small; history_max_size must be at least \"1MiB\" (default \"64MiB\")",
+                    format_size(max_size)
+                ),
+            );
+            max_size = DEFAULT_HISTORY_MAX_SIZE;
+        }
+        let raw_keep = raw.and_then(|r| r.history_retention.as_ref());
+        let mut keep = self.duration(
+            sc,
+            "history_retention",
+            raw_keep,
+            DEFAULT_HISTORY_RETENTION,
+            true,
+        );
+        if keep < Duration::from_secs(3600) {
+            self.report(
+                raw_keep.map(|r| r.span()),
+                sc.field("history_retention"),
+                format!(
+                    "{} is too short; history_retention must be at least 1h (default \"7d\")",
+                    format_duration(keep)
+                ),
+            );
+            keep = DEFAULT_HISTORY_RETENTION;
+        }
+        (interval, max_size, keep)
     }
 
     fn store(&mut self, raw: Option<&Sp<RawStore>>, claimed: &mut Vec<Claimed>) -> StoreConfig {

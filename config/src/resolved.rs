@@ -57,6 +57,15 @@ pub struct SupervisorConfig {
     pub metrics: Option<SocketAddr>,
     /// `metrics_public = true`: a non-loopback `metrics` address is allowed.
     pub metrics_public: bool,
+    /// Every worker's memory, CPU time and requests are sampled this often into the
+    /// app's history (`sample_interval`, default 1 s; 100 ms to 1 h).
+    pub sample_interval: Duration,
+    /// The history files of one app never take more than this on disk: past it the
+    /// oldest are deleted (`history_max_size`, default `"64MiB"`, at least 1 MiB).
+    pub history_max_size: u64,
+    /// History older than this is deleted (`history_retention`, default 7 days,
+    /// at least 1 h).
+    pub history_retention: Duration,
 }
 
 /// `[supervisor] memory_pressure`: graceful recycling before the kernel's OOM killer

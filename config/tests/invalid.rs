@@ -767,3 +767,49 @@ fn metrics_address_cannot_be_an_apps_address() {
         &["metrics endpoint", "line 2"],
     );
 }
+
+#[test]
+fn history_keys_out_of_range_are_named() {
+    let cases = [
+        (
+            "sample_interval = \"0s\"",
+            "supervisor.sample_interval",
+            "longer than zero",
+        ),
+        (
+            "sample_interval = \"10ms\"",
+            "supervisor.sample_interval",
+            "from 100ms to 1h",
+        ),
+        (
+            "sample_interval = \"2h\"",
+            "supervisor.sample_interval",
+            "from 100ms to 1h",
+        ),
+        (
+            "history_max_size = \"100KiB\"",
+            "supervisor.history_max_size",
+            "at least \"1MiB\"",
+        ),
+        (
+            "history_max_size = \"lots\"",
+            "supervisor.history_max_size",
+            "",
+        ),
+        (
+            "history_retention = \"30m\"",
+            "supervisor.history_retention",
+            "at least 1h",
+        ),
+    ];
+    for (line, field, words) in cases {
+        let text = format!("[supervisor]\n{line}\n");
+        let err = parse(&text, Path::new("/etc/appvisor.toml")).unwrap_err();
+        let problems = err.problems();
+        assert_eq!(problems.len(), 1, "{line}: {err}");
+        let p = &problems[0];
+        assert_eq!(p.location.map(|l| l.line), Some(2), "{line}");
+        assert_eq!(p.field.as_deref(), Some(format!("field {field}").as_str()));
+        assert!(p.message.contains(words), "{line}: {}", p.message);
+    }
+}

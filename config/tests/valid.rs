@@ -25,6 +25,9 @@ fn minimal_config_gets_every_default() {
     assert_eq!(config.supervisor.log_keep, 5);
     assert_eq!(config.supervisor.events_max_size, 16 << 20);
     assert_eq!(config.supervisor.events_keep, 5);
+    assert_eq!(config.supervisor.sample_interval, secs(1));
+    assert_eq!(config.supervisor.history_max_size, 64 << 20);
+    assert_eq!(config.supervisor.history_retention, secs(7 * 86_400));
     assert_eq!(
         config.store.backend,
         StoreBackend::Embedded(EmbeddedStore {
@@ -422,4 +425,20 @@ fn percentages_resolve_against_the_memory_base() {
         again.supervisor.memory_pressure,
         config.supervisor.memory_pressure
     );
+}
+
+#[test]
+fn history_keys_are_read() {
+    let text = "[supervisor]\nsample_interval = \"250ms\"\nhistory_max_size = \"8MiB\"\nhistory_retention = \"2d\"\n";
+    let config = appvisor_config::parse(text, Path::new("/tmp/appvisor.toml")).unwrap();
+    assert_eq!(
+        config.supervisor.sample_interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(config.supervisor.history_max_size, 8 << 20);
+    assert_eq!(config.supervisor.history_retention, secs(2 * 86_400));
+    // `check` prints them, and what it prints reads back the same.
+    let again =
+        appvisor_config::parse(&config.to_toml_string(), Path::new("/tmp/appvisor.toml")).unwrap();
+    assert_eq!(again.supervisor, config.supervisor);
 }

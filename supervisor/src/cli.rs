@@ -1,4 +1,4 @@
-//! The command line: `appvisor run | check | init | status | top | recycle | start | stop | events | logs | reload | shutdown | completions`.
+//! The command line: `appvisor run | check | init | status | top | recycle | start | stop | events | logs | tune | reload | shutdown | completions`.
 //!
 //! Every command finds the supervisor through the config file (`-c FILE`, default
 //! `./appvisor.toml`): the state dir it names holds the control socket. So
@@ -120,6 +120,23 @@ pub enum Command {
         /// Refresh interval in milliseconds.
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
+    },
+    /// Recycle limits recommended from an app's recorded history; `--what-if` replays
+    /// a proposed limit against it.
+    ///
+    /// Example: `appvisor tune web --since 24h --what-if 'private_memory = "300MiB"'`
+    Tune {
+        app: String,
+        /// How far back to look, e.g. `1h`, `24h`, `7d`.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// The report as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// A setting of `[app.recycle]` to replay against the history, e.g.
+        /// 'private_memory = "300MiB"' (several separated by commas).
+        #[arg(long, value_name = "SETTING")]
+        what_if: Option<String>,
     },
     /// Re-read the config file (as SIGHUP does).
     Reload,
@@ -302,6 +319,27 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
             &config_path(&cli.config, &None),
             Request::Stop { app },
         )?),
+        Command::Tune {
+            app,
+            since,
+            json,
+            what_if,
+        } => {
+            let since = appvisor_config::parse_duration(&since)
+                .map_err(|e| anyhow::anyhow!("--since {since}: {e}"))?;
+            if since.is_zero() {
+                anyhow::bail!("--since must be longer than zero, e.g. --since 24h");
+            }
+            let args = crate::history::tune::TuneArgs {
+                app,
+                since,
+                json,
+                what_if,
+            };
+            let report = crate::history::tune::run(&config_path(&cli.config, &None), &args)?;
+            write!(std::io::stdout(), "{report}")?;
+            Ok(0)
+        }
         Command::Reload => finish(call(&config_path(&cli.config, &None), Request::Reload)?),
         Command::Top { interval_ms } => {
             let path = config_path(&cli.config, &None);

@@ -38,6 +38,17 @@ pub enum Request {
     Stop {
         app: String,
     },
+    /// Recorded samples of an app's workers, with the restart log's marks:
+    /// `{"cmd":"history","app":"site","since_s":3600,"max_points":240}`.
+    History {
+        app: String,
+        /// How far back, seconds (default one hour).
+        #[serde(default)]
+        since_s: Option<u64>,
+        /// At most this many points per worker generation (default 240).
+        #[serde(default)]
+        max_points: Option<u32>,
+    },
     /// Stream events as they happen.
     Follow,
     /// Re-read the config file now (as SIGHUP does).
@@ -59,6 +70,8 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<SupervisorStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<crate::history::wire::HistoryReply>,
 }
 
 impl Response {
@@ -360,11 +373,67 @@ async fn dispatch(req: Request, state: &ControlState) -> Response {
                     .unwrap_or_else(|_| Err("the supervisor is shutting down".into())),
             )
         }
+        Request::History {
+            app,
+            since_s,
+            max_points,
+        } => match pool(state, &app) {
+            Err(r) => *r,
+            Ok(h) => history(state, h, app, since_s, max_points).await,
+        },
         Request::Shutdown => {
             let _ = state.daemon.send(DaemonRequest::Shutdown);
             Response::from_reply(Ok("shutting down".into()))
         }
         Request::Follow => unreachable!("handled by the caller"),
+    }
+}
+
+/// Longest window a `history` request may ask for (the longest retention is
+/// whatever the config says; a year is past any of them).
+const MAX_HISTORY_S: u64 = 366 * 86_400;
+/// Most points per worker generation in one `history` reply.
+const MAX_HISTORY_POINTS: u32 = 10_000;
+
+/// Reads the app's history off the runtime thread (the files may be megabytes).
+async fn history(
+    state: &ControlState,
+    pool: PoolHandle,
+    app: String,
+    since_s: Option<u64>,
+    max_points: Option<u32>,
+) -> Response {
+    let Some(info) = pool.history_info().await else {
+        return Response::error(format!("{app}: the app is being removed"));
+    };
+    let Some(dir) = info.dir else {
+        return Response::error(format!(
+            "{app}: no history is recorded (its directory could not be made; the supervisor's log says why)"
+        ));
+    };
+    let since_s = since_s.unwrap_or(3600).clamp(1, MAX_HISTORY_S);
+    let max_points = max_points.unwrap_or(240).clamp(1, MAX_HISTORY_POINTS);
+    let ask = crate::history::query::Ask {
+        app: app.clone(),
+        dir,
+        events: state.events.path().to_path_buf(),
+        limits: info.limits,
+        sample_interval_s: info.sample_interval.as_secs_f64(),
+        since_s,
+        max_points,
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        crate::history::query::answer(ask, crate::history::now_ms())
+    })
+    .await;
+    match read {
+        Ok(Ok(reply)) => Response {
+            ok: true,
+            history: Some(reply),
+            ..Default::default()
+        },
+        Ok(Err(e)) => Response::error(format!("{app}: cannot read its history: {e}")),
+        Err(e) => Response::error(format!("{app}: reading its history failed: {e}")),
     }
 }
 

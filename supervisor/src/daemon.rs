@@ -414,6 +414,17 @@ impl Shared {
         )
         .with_context(|| format!("cannot open the log of app {:?}", app.name))?
         .with_events(self.events.clone());
+        let sv = &config.supervisor;
+        let history = crate::history::recorder::app_dir(&self.paths.dir, &app.name);
+        let bounds = crate::history::recorder::Bounds {
+            max_bytes: sv.history_max_size,
+            retention: sv.history_retention,
+        };
+        let history = crate::history::recorder::RecorderSpec {
+            app: app.name.clone(),
+            dir: history,
+            bounds,
+        };
         Ok(PoolContext {
             run_dir: self.paths.run(),
             events: self.events.clone(),
@@ -422,6 +433,8 @@ impl Shared {
             log,
             extra_env,
             config_generation,
+            sample_interval: sv.sample_interval,
+            history: Some(history),
         })
     }
 }

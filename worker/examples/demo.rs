@@ -23,6 +23,8 @@
 //! - `DEMO_IGNORE_SIGTERM=1` — swallow SIGTERM (SIGINT/SIGQUIT still drain)
 //!   and spawn a grandchild `sleep 1000` that ignores SIGTERM too (kill tests)
 //! - `DEMO_LEAK_MB_PER_SEC=N` — grow private memory by N MiB a second
+//! - `DEMO_LEAK_KB_PER_REQUEST=N` — keep N KiB more private memory per request
+//!   served (a leak that follows traffic)
 //! - `DEMO_NO_WATCHDOG=1` — never send watchdog pings
 //! - `DEMO_THREADS=N` — use a multi-threaded runtime with N threads
 //!   (default: one thread)
@@ -48,6 +50,13 @@ use tokio::signal::unix::{signal, SignalKind};
 static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 const MIB: usize = 1024 * 1024;
+
+/// `DEMO_LEAK_KB_PER_REQUEST`, read once.
+static LEAK_PER_REQUEST: std::sync::LazyLock<Option<usize>> = std::sync::LazyLock::new(|| {
+    env_number("DEMO_LEAK_KB_PER_REQUEST")
+        .filter(|&k| k > 0)
+        .map(|k| k as usize)
+});
 
 fn main() {
     // The SDK reports through `tracing`; an app chooses where that goes. Here:
@@ -179,6 +188,9 @@ async fn respond(
     worker: Arc<Worker>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(kib) = *LEAK_PER_REQUEST {
+        leak(kib * 1024);
+    }
     let path = req.uri().path();
     let query = |key: &str| -> Option<u64> {
         req.uri()

@@ -57,6 +57,15 @@ pub struct HistoryPoint {
     /// Requests served since the worker started.
     pub requests: u64,
     pub uptime_s: f64,
+    /// The highest resident and virtual size in the bucket (what a limit on them
+    /// would have seen), bytes.
+    #[serde(default)]
+    pub rss_max: u64,
+    #[serde(default)]
+    pub virtual_max: u64,
+    /// Samples this point stands for (1 at full resolution).
+    #[serde(default)]
+    pub samples: u32,
 }
 
 /// A lifecycle event placed on the time axis.
@@ -72,4 +81,7 @@ pub struct HistoryMark {
     pub worker: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// The event's detail in words (`private_memory 301.2 MiB > limit 300.0 MiB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }

@@ -34,6 +34,7 @@ impl Pool {
             self.next_memory_check.filter(|_| running),
             self.next_probe.filter(|_| running && !self.probe_in_flight),
             idle,
+            self.sample_deadline(),
         ];
         workers.chain(slots).chain(app).flatten().min()
     }
@@ -124,6 +125,10 @@ impl Pool {
             if t <= now {
                 self.on_schedule(at);
             }
+        }
+        // Before the memory check: it reuses this tick's sample.
+        if self.sample_deadline().is_some_and(|t| t <= now) {
+            self.sample_tick(now);
         }
         if self.next_memory_check.is_some_and(|t| t <= now) {
             self.next_memory_check = Some(now + self.app.recycle.memory_check_interval);

@@ -67,6 +67,11 @@ impl PoolHandle {
         self.ask(|reply| PoolCommand::Status { reply }).await
     }
 
+    /// Where the app's history is, and its limits (`None` if the pool is gone).
+    pub async fn history_info(&self) -> Option<super::HistoryInfo> {
+        self.ask(|reply| PoolCommand::HistoryInfo { reply }).await
+    }
+
     pub async fn shutdown(&self) {
         let _ = self.ask(|done| PoolCommand::Shutdown { done }).await;
     }

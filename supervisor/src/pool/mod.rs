@@ -55,6 +55,7 @@ mod deadlines;
 mod handle;
 mod job;
 mod process;
+mod sample;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -87,6 +88,7 @@ use deadlines::sleep_until_opt;
 pub use handle::{PoolHandle, Reply};
 use job::{Pending, RecycleJob};
 pub use process::{OsProcessTable, ProcessTable, SpawnRequest, SpawnedWorker};
+pub use sample::HistoryInfo;
 pub use status::{AppRunState, AppStatus, LastRecycle, WorkerRunState, WorkerStatus};
 use worker::{Entry, Phase, Retire, Slot, Worker};
 
@@ -115,6 +117,10 @@ pub enum PoolCommand {
     Status {
         reply: oneshot::Sender<AppStatus>,
     },
+    /// Where the app's history is and the limits in force (`history` requests).
+    HistoryInfo {
+        reply: oneshot::Sender<sample::HistoryInfo>,
+    },
     /// Stop every worker and end the pool's task.
     Shutdown {
         done: oneshot::Sender<()>,
@@ -141,6 +147,9 @@ pub struct PoolContext {
     /// Extra environment for workers (the store URL, session settings).
     pub extra_env: Vec<(String, String)>,
     pub config_generation: u64,
+    /// `[supervisor] sample_interval`, and where the app's history is recorded.
+    pub sample_interval: Duration,
+    pub history: Option<crate::history::recorder::RecorderSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +195,7 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         markers: Default::default(),
         oom: Default::default(),
     };
-    let (pool, inbox, handle) = Pool::new(
+    let (mut pool, inbox, handle) = Pool::new(
         app,
         sockets,
         ctx.events,
@@ -194,6 +203,19 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
         ctx.config_generation,
         Box::new(table),
     );
+    let recorder = ctx.history.and_then(|spec| {
+        spec.open(crate::history::now_ms())
+            .and_then(crate::history::recorder::RecorderThread::start)
+            .map_err(|e| {
+                tracing::warn!(
+                    "Cannot open the history of app {:?} in {} ({e}); its workers are sampled for `status` but nothing is recorded.",
+                    spec.app,
+                    spec.dir.display()
+                )
+            })
+            .ok()
+    });
+    pool.sampler = sample::Sampler::new(ctx.sample_interval, recorder);
     tokio::spawn(pool.run(inbox));
     handle
 }
@@ -265,6 +287,7 @@ impl Pool {
             config_generation,
             wake_task: None,
             memory_start: HashMap::new(),
+            sampler: sample::Sampler::new(appvisor_config::DEFAULT_SAMPLE_INTERVAL, None),
         };
         let inbox = Inbox {
             commands: rx,
@@ -322,6 +345,8 @@ struct Pool {
     /// Each worker's private bytes when it became ready (`app_memory` and memory
     /// pressure recycle the one that grew most since).
     memory_start: HashMap<i32, u64>,
+    /// Every worker sampled each `sample_interval` into the app's history.
+    sampler: sample::Sampler,
 }
 
 impl Pool {
@@ -433,6 +458,9 @@ impl Pool {
             },
             PoolCommand::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            PoolCommand::HistoryInfo { reply } => {
+                let _ = reply.send(self.history_info());
             }
             PoolCommand::Shutdown { done } => {
                 self.shutdown_waiter = Some(done);

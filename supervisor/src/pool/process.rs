@@ -88,6 +88,14 @@ pub trait ProcessTable: Send + 'static {
     fn memory(&mut self, pid: i32) -> Option<MemorySample>;
     /// CPU time of `pid` in clock ticks.
     fn cpu_ticks(&mut self, pid: i32) -> Option<u64>;
+    /// The history sampler's figures of `pid`'s tree: memory and CPU ticks. `exact`:
+    /// the private figure a memory limit is checked against (what [`Self::memory`]
+    /// reads); otherwise the real table may estimate it from cheaper files.
+    fn sample(&mut self, pid: i32, exact: bool) -> Option<(MemorySample, Option<u64>)> {
+        let _ = exact;
+        let memory = self.memory(pid)?;
+        Some((memory, self.cpu_ticks(pid)))
+    }
     fn ticks_per_second(&self) -> f64;
     /// Resident memory of `pid`, for `appvisor status`.
     fn rss(&self, pid: i32) -> Option<u64>;
@@ -260,6 +268,28 @@ impl ProcessTable for OsProcessTable {
     fn oom_kill(&mut self, pid: i32) -> Option<String> {
         let watch = self.oom.lock().unwrap().get(&pid).cloned()?;
         watch.verdict(pid)
+    }
+
+    fn sample(&mut self, pid: i32, exact: bool) -> Option<(MemorySample, Option<u64>)> {
+        if exact {
+            return Some((self.memory(pid)?, self.cpu_ticks(pid)));
+        }
+        // The worker's cgroup lists its whole tree in one small file.
+        let procs: Option<Vec<Pid>> = self
+            .cgroups
+            .lock()
+            .unwrap()
+            .get(&pid)
+            .and_then(|dir| std::fs::read_to_string(dir.join("cgroup.procs")).ok())
+            .map(|text| {
+                text.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .map(Pid::from_raw)
+                    .collect()
+            });
+        let (memory, ticks) =
+            crate::procfs::sample_tree_light(Pid::from_raw(pid), procs.as_deref()).ok()?;
+        Some((memory, Some(ticks)))
     }
 
     fn ticks_per_second(&self) -> f64 {

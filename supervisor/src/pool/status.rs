@@ -179,7 +179,8 @@ impl Pool {
         let mut workers: Vec<WorkerStatus> = self
             .workers
             .values()
-            .map(|w| WorkerStatus {
+            .map(|w| (w, self.last_sample(w.pid)))
+            .map(|(w, last)| WorkerStatus {
                 worker: w.slot,
                 pid: w.pid,
                 generation: w.generation,
@@ -190,10 +191,10 @@ impl Pool {
                 },
                 uptime_ms: (now - w.started).as_millis() as u64,
                 rss: self.table.rss(w.pid),
-                // Filled from the history sampler's last sample (issue 9).
-                private: None,
-                virtual_memory: None,
-                cpu_s: None,
+                // The history sampler's last sample.
+                private: last.and_then(|s| s.memory).map(|m| m.private),
+                virtual_memory: last.and_then(|s| s.memory).map(|m| m.virtual_),
+                cpu_s: last.and_then(|s| s.cpu_s),
                 requests: w.requests,
                 status: w.status.clone(),
                 cgroup: w.cgroup.clone(),

@@ -118,7 +118,7 @@ impl Pool {
             .map(|w| w.pid)
             .collect();
         for pid in pids {
-            let Some(sample) = self.table.memory(pid) else {
+            let Some(sample) = self.memory_for_check(pid) else {
                 continue;
             };
             match memory::check(&sample, &self.app.recycle) {

@@ -343,6 +343,7 @@ fn the_chart_prefers_the_recorded_history_and_its_limits() {
             reason: Some("private_memory".into()),
             worker: Some(0),
             generation: Some(7),
+            detail: None,
         }],
     });
     let d = m.chart().expect("a chart");

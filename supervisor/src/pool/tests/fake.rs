@@ -41,6 +41,8 @@ pub(super) struct FakeState {
     pub(super) memory: HashMap<i32, MemorySample>,
     /// Workers the kernel's OOM killer "killed": the record `oom_kill` answers.
     pub(super) oom: HashMap<i32, String>,
+    /// How often the pool read a worker's memory (`/proc` reads, for real).
+    pub(super) memory_reads: usize,
     pub(super) http_ok: bool,
     pub(super) wake: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -165,7 +167,9 @@ impl ProcessTable for Fake {
     fn release(&mut self, _pgid: i32) {}
 
     fn memory(&mut self, pid: i32) -> Option<MemorySample> {
-        Some(self.state().memory.get(&pid).copied().unwrap_or_default())
+        let mut st = self.state();
+        st.memory_reads += 1;
+        Some(st.memory.get(&pid).copied().unwrap_or_default())
     }
 
     fn oom_kill(&mut self, pid: i32) -> Option<String> {

@@ -12,6 +12,7 @@ mod fake;
 mod lifecycle;
 mod memory_pressure;
 mod recycle;
+mod sample;
 mod triggers;
 
 use std::sync::atomic::{AtomicU32, Ordering};

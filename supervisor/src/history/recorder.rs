@@ -1,0 +1,738 @@
+//! The recorder: one per app, owned by its pool, fed one tick of samples at a time.
+//!
+//! Each tick appends one full record per worker to the current full segment (one
+//! `write` for the whole tick) and folds the samples into per-worker one-minute
+//! buckets; a bucket whose minute is over (or whose worker is gone) is appended to
+//! the current coarse segment. Full segments last [`FULL_SEGMENT_MS`] and are kept
+//! for [`FULL_WINDOW_MS`] (the last hour at full resolution); coarse ones last
+//! [`COARSE_SEGMENT_MS`] and are kept for `history_retention`. When the app's files
+//! pass `history_max_size`, the oldest segments go first (coarse, then full), with
+//! one warning: the size bound wins over the retention.
+//!
+//! In memory it keeps only the open files, the list of segments (a few dozen) and
+//! one bucket per live worker: nothing grows with the hours recorded. Reads go to
+//! the files ([`super::query`]).
+//!
+//! A write that fails (disk full) is cut back to the last whole record, and the
+//! error is logged once until writing works again, as `events.jsonl` does.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file::{self, Kind, Rec, Segment, BUCKET_MS};
+
+/// A full segment covers this long before the next one starts.
+pub const FULL_SEGMENT_MS: u64 = 5 * 60_000;
+/// Full resolution is kept this long.
+pub const FULL_WINDOW_MS: u64 = 3_600_000;
+/// A coarse segment covers this long.
+pub const COARSE_SEGMENT_MS: u64 = 6 * 3_600_000;
+
+/// One worker's figures at one tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    pub worker: u32,
+    pub generation: u64,
+    pub pid: i32,
+    pub phase: u8,
+    pub private: u64,
+    pub rss: u64,
+    pub virtual_: u64,
+    pub cpu_ms: u64,
+    pub requests: u64,
+    pub uptime_ms: u64,
+}
+
+/// Limits of one recorder (from `[supervisor]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub max_bytes: u64,
+    pub retention: Duration,
+}
+
+struct Tier {
+    segment_ms: u64,
+    /// Oldest first; the last one is being written when `file` is open.
+    segments: VecDeque<Segment>,
+    file: Option<File>,
+}
+
+/// A worker's bucket being filled.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    start_ms: u64,
+    sum_private: u128,
+    sum_rss: u128,
+    sum_virtual: u128,
+    rec: Rec,
+}
+
+impl Bucket {
+    fn new(start_ms: u64, s: &Sample) -> Bucket {
+        Bucket {
+            start_ms,
+            sum_private: 0,
+            sum_rss: 0,
+            sum_virtual: 0,
+            rec: Rec {
+                t_ms: start_ms,
+                worker: s.worker,
+                generation: s.generation,
+                pid: s.pid,
+                private_min: u64::MAX,
+                width_ms: BUCKET_MS,
+                ..Rec::default()
+            },
+        }
+    }
+
+    fn add(&mut self, s: &Sample) {
+        let r = &mut self.rec;
+        r.count += 1;
+        self.sum_private += s.private as u128;
+        self.sum_rss += s.rss as u128;
+        self.sum_virtual += s.virtual_ as u128;
+        r.private_min = r.private_min.min(s.private);
+        r.private_max = r.private_max.max(s.private);
+        r.rss_max = r.rss_max.max(s.rss);
+        r.virtual_max = r.virtual_max.max(s.virtual_);
+        r.phase = s.phase;
+        r.cpu_ms = s.cpu_ms;
+        r.requests = s.requests;
+        r.uptime_ms = s.uptime_ms;
+    }
+
+    fn finish(&self) -> Rec {
+        let n = self.rec.count.max(1) as u128;
+        Rec {
+            private: (self.sum_private / n) as u64,
+            rss: (self.sum_rss / n) as u64,
+            virtual_: (self.sum_virtual / n) as u64,
+            ..self.rec
+        }
+    }
+}
+
+/// See the module docs.
+pub struct Recorder {
+    app: String,
+    dir: PathBuf,
+    bounds: Bounds,
+    full: Tier,
+    coarse: Tier,
+    buckets: HashMap<i32, Bucket>,
+    buf: Vec<u8>,
+    /// Bytes of every segment, kept up to date on each write and delete.
+    total: u64,
+    warned_bound: bool,
+    failing: bool,
+    /// Ticks since the directory was last checked (a deleted state dir).
+    unchecked: u32,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Recorder({})", self.dir.display())
+    }
+}
+
+/// Where and how to open one app's recorder (the pool opens it when it starts).
+#[derive(Debug, Clone)]
+pub struct RecorderSpec {
+    pub app: String,
+    pub dir: PathBuf,
+    pub bounds: Bounds,
+}
+
+impl RecorderSpec {
+    pub fn open(&self, now_ms: u64) -> io::Result<Recorder> {
+        Recorder::open(&self.app, &self.dir, self.bounds, now_ms)
+    }
+}
+
+/// `<state_dir>/history/<app>`.
+pub fn app_dir(state_dir: &Path, app: &str) -> PathBuf {
+    state_dir.join("history").join(app)
+}
+
+impl Recorder {
+    /// Opens the app's history in `dir` (created 0700 if missing): cuts the torn
+    /// tail of any segment a crash left (a warning names it), and applies retention
+    /// and the size bound at once. New segments start with the first tick.
+    pub fn open(app: &str, dir: &Path, bounds: Bounds, now_ms: u64) -> io::Result<Recorder> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let mut full = Tier {
+            segment_ms: FULL_SEGMENT_MS,
+            segments: VecDeque::new(),
+            file: None,
+        };
+        let mut coarse = Tier {
+            segment_ms: COARSE_SEGMENT_MS,
+            segments: VecDeque::new(),
+            file: None,
+        };
+        let mut total = 0;
+        for mut seg in file::list(dir)? {
+            if let Some(len) = file::whole_length(&seg)? {
+                tracing::warn!(
+                    "The history file {} ended with a partial record ({} bytes, an append cut short by a crash); cut back to its last whole record.",
+                    seg.path.display(),
+                    seg.bytes - len
+                );
+                let f = std::fs::OpenOptions::new().write(true).open(&seg.path)?;
+                f.set_len(len)?;
+                seg.bytes = len;
+            }
+            total += seg.bytes;
+            match seg.kind {
+                Kind::Full => full.segments.push_back(seg),
+                Kind::Coarse => coarse.segments.push_back(seg),
+            }
+        }
+        let mut r = Recorder {
+            app: app.to_string(),
+            dir: dir.to_path_buf(),
+            bounds,
+            full,
+            coarse,
+            buckets: HashMap::new(),
+            buf: Vec::new(),
+            total,
+            warned_bound: false,
+            failing: false,
+            unchecked: 0,
+        };
+        r.prune(now_ms);
+        Ok(r)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes of history on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.total
+    }
+
+    /// Heap bytes this recorder holds (its buffers, bucket table and segment list):
+    /// what the benchmark reports per worker.
+    pub fn heap_bytes(&self) -> usize {
+        let seg = std::mem::size_of::<Segment>();
+        let segs: usize = self
+            .full
+            .segments
+            .iter()
+            .chain(&self.coarse.segments)
+            .map(|s| seg + s.path.as_os_str().len())
+            .sum();
+        self.buf.capacity()
+            + self.buckets.capacity() * (std::mem::size_of::<(i32, Bucket)>() + 8)
+            + segs
+            + self.dir.as_os_str().len()
+    }
+
+    /// Appends one tick: `samples` taken at `now_ms`.
+    pub fn record(&mut self, now_ms: u64, samples: &[Sample]) {
+        // Once a minute at 1 s: if the state dir was deleted, the open files are
+        // unlinked; start new segments (the directory is made again on the way).
+        self.unchecked += 1;
+        if self.unchecked >= 60 {
+            self.unchecked = 0;
+            if !self.dir.is_dir() {
+                for tier in [&mut self.full, &mut self.coarse] {
+                    tier.file = None;
+                    tier.segments.clear();
+                }
+                self.total = 0;
+            }
+        }
+        self.buf.clear();
+        for s in samples {
+            Rec {
+                t_ms: now_ms,
+                worker: s.worker,
+                generation: s.generation,
+                pid: s.pid,
+                phase: s.phase,
+                count: 1,
+                private: s.private,
+                rss: s.rss,
+                virtual_: s.virtual_,
+                cpu_ms: s.cpu_ms,
+                requests: s.requests,
+                uptime_ms: s.uptime_ms,
+                ..Rec::default()
+            }
+            .encode(Kind::Full, &mut self.buf);
+        }
+        let buf = std::mem::take(&mut self.buf);
+        self.append(Kind::Full, now_ms, &buf);
+        self.buf = buf;
+
+        // Buckets: a finished minute, or a worker gone, closes its bucket.
+        let minute = now_ms - now_ms % BUCKET_MS;
+        let mut closed: Vec<Rec> = Vec::new();
+        self.buckets.retain(|pid, b| {
+            let live = samples.iter().any(|s| s.pid == *pid);
+            if b.start_ms != minute || !live {
+                closed.push(b.finish());
+                false
+            } else {
+                true
+            }
+        });
+        for s in samples {
+            self.buckets
+                .entry(s.pid)
+                .or_insert_with(|| Bucket::new(minute, s))
+                .add(s);
+        }
+        self.write_buckets(now_ms, &mut closed);
+        self.prune(now_ms);
+    }
+
+    /// Writes the buckets still open (at shutdown: a partial minute is still its
+    /// min, max and mean).
+    pub fn flush(&mut self, now_ms: u64) {
+        let mut open: Vec<Rec> = self.buckets.drain().map(|(_, b)| b.finish()).collect();
+        self.write_buckets(now_ms, &mut open);
+    }
+
+    fn write_buckets(&mut self, now_ms: u64, recs: &mut [Rec]) {
+        if recs.is_empty() {
+            return;
+        }
+        recs.sort_by_key(|r| (r.t_ms, r.worker, r.generation));
+        let mut buf = Vec::with_capacity(recs.len() * file::COARSE_LEN);
+        for r in recs.iter() {
+            r.encode(Kind::Coarse, &mut buf);
+        }
+        self.append(Kind::Coarse, now_ms, &buf);
+    }
+
+    fn tier(&mut self, kind: Kind) -> &mut Tier {
+        match kind {
+            Kind::Full => &mut self.full,
+            Kind::Coarse => &mut self.coarse,
+        }
+    }
+
+    /// Appends `bytes` (whole records) to the current segment of `kind`, starting a
+    /// new segment when the current one is old enough (or none is open).
+    fn append(&mut self, kind: Kind, now_ms: u64, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let dir = self.dir.clone();
+        let tier = self.tier(kind);
+        let rotate = match (&tier.file, tier.segments.back()) {
+            (Some(_), Some(seg)) => {
+                now_ms >= seg.start_ms + tier.segment_ms || now_ms < seg.start_ms
+            }
+            _ => true,
+        };
+        let mut added = 0u64;
+        let mut result = Ok(());
+        if rotate {
+            tier.file = None;
+            let mut start = now_ms;
+            // Names are unique even if two segments start in the same millisecond.
+            while tier.segments.iter().any(|s| s.start_ms == start) {
+                start += 1;
+            }
+            let path = file::segment_path(&dir, kind, start);
+            // The state dir may have been deleted and made again meanwhile.
+            let opened = std::fs::create_dir_all(&dir).and_then(|_| open_segment(&path, kind));
+            match opened {
+                Ok(f) => {
+                    tier.file = Some(f);
+                    tier.segments.push_back(Segment {
+                        kind,
+                        start_ms: start,
+                        path,
+                        bytes: file::HEADER_LEN as u64,
+                    });
+                    added += file::HEADER_LEN as u64;
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        if let (Some(f), Some(seg)) = (tier.file.as_mut(), tier.segments.back_mut()) {
+            match f.write_all(bytes) {
+                Ok(()) => {
+                    seg.bytes += bytes.len() as u64;
+                    added += bytes.len() as u64;
+                }
+                Err(e) => {
+                    // Whole records or nothing: cut back what went half-way.
+                    let _ = f.set_len(seg.bytes);
+                    result = Err(e);
+                }
+            }
+        }
+        self.total += added;
+        match result {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!(
+                    "Writing the history of app {:?} works again ({}).",
+                    self.app,
+                    self.dir.display()
+                );
+            }
+            Ok(()) => {}
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::error!(
+                    "Cannot write the history of app {:?} in {} ({e}); samples are lost until it works again (free some disk space).",
+                    self.app,
+                    self.dir.display()
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Retention, then the size bound.
+    fn prune(&mut self, now_ms: u64) {
+        let keep_ms = self.bounds.retention.as_millis() as u64;
+        let mut freed = 0;
+        for (tier, window) in [
+            (&mut self.full, FULL_WINDOW_MS),
+            (&mut self.coarse, keep_ms),
+        ] {
+            // A segment ends where the next begins; the last one is current.
+            while tier.segments.len() >= 2 && tier.segments[1].start_ms + window <= now_ms {
+                let seg = tier.segments.pop_front().unwrap();
+                freed += seg.bytes;
+                let _ = std::fs::remove_file(&seg.path);
+            }
+            // With no file open (after a restart), the last one is old too.
+            if tier.file.is_none() {
+                if let Some(last) = tier.segments.back() {
+                    if last.start_ms + tier.segment_ms + window <= now_ms {
+                        let seg = tier.segments.pop_back().unwrap();
+                        freed += seg.bytes;
+                        let _ = std::fs::remove_file(&seg.path);
+                    }
+                }
+            }
+        }
+        self.total -= freed.min(self.total);
+        while self.total > self.bounds.max_bytes {
+            // Oldest coarse data first, then the oldest full data; never the segment
+            // being written unless it alone is over the bound.
+            let victim = if self.coarse.segments.len() > 1
+                || (self.coarse.file.is_none() && !self.coarse.segments.is_empty())
+            {
+                Kind::Coarse
+            } else if self.full.segments.len() > 1
+                || (self.full.file.is_none() && !self.full.segments.is_empty())
+            {
+                Kind::Full
+            } else {
+                // Only the two open segments are left: close the bigger one, so the
+                // next append starts afresh and this one can go.
+                let big = if self.full.segments.back().map(|s| s.bytes)
+                    >= self.coarse.segments.back().map(|s| s.bytes)
+                {
+                    Kind::Full
+                } else {
+                    Kind::Coarse
+                };
+                self.tier(big).file = None;
+                big
+            };
+            let tier = self.tier(victim);
+            let Some(seg) = tier.segments.pop_front() else {
+                break;
+            };
+            let _ = std::fs::remove_file(&seg.path);
+            self.total -= seg.bytes.min(self.total);
+            if !self.warned_bound {
+                self.warned_bound = true;
+                tracing::warn!(
+                    "The history of app {:?} reached history_max_size ({} MiB); its oldest {} samples were deleted before history_retention. Raise [supervisor] history_max_size to keep more.",
+                    self.app,
+                    self.bounds.max_bytes >> 20,
+                    victim.prefix()
+                );
+            }
+        }
+    }
+}
+
+/// One tick on its way to the writer thread.
+type Tick = (u64, Vec<Sample>);
+
+/// Ticks that may wait for the writer (a minute at 1 s and more).
+const QUEUE: usize = 256;
+
+/// The recorder on a thread of its own, fed through a bounded queue: an append that
+/// waits for the disk (a burst of file creations on the same filesystem can hold one
+/// for hundreds of milliseconds) must never stall the pool's runtime thread, whose
+/// timers (the file watcher's debounce among them) would then fire late. A full
+/// queue drops ticks, with one warning.
+pub struct RecorderThread {
+    tx: Option<std::sync::mpsc::SyncSender<Tick>>,
+    dir: PathBuf,
+    app: String,
+    dropped: u64,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RecorderThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecorderThread({})", self.dir.display())
+    }
+}
+
+impl RecorderThread {
+    pub fn start(mut rec: Recorder) -> io::Result<RecorderThread> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Tick>(QUEUE);
+        let (dir, app) = (rec.dir.clone(), rec.app.clone());
+        let thread = std::thread::Builder::new()
+            .name("history".into())
+            .spawn(move || {
+                while let Ok((now_ms, samples)) = rx.recv() {
+                    rec.record(now_ms, &samples);
+                }
+                // `rec` drops here: the open buckets are written.
+            })?;
+        Ok(RecorderThread {
+            tx: Some(tx),
+            dir,
+            app,
+            dropped: 0,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Queues one tick; never blocks.
+    pub fn record(&mut self, now_ms: u64, samples: Vec<Sample>) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send((now_ms, samples)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                self.dropped += 1;
+                if self.dropped == 1 {
+                    tracing::warn!(
+                        "The history of app {:?} cannot be written as fast as it is sampled (the disk of {} is stalled); ticks are dropped until it catches up.",
+                        self.app,
+                        self.dir.display()
+                    );
+                }
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+impl Drop for RecorderThread {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush(super::now_ms());
+    }
+}
+
+fn open_segment(path: &Path, kind: Kind) -> io::Result<File> {
+    let mut f = crate::state_dir::open_append(path)?;
+    f.write_all(&file::header(kind))?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    pub(crate) fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "appvisor-history-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn dir_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    }
+
+    fn samples(workers: u32, t_s: u64) -> Vec<Sample> {
+        (0..workers)
+            .map(|w| Sample {
+                worker: w,
+                generation: 1,
+                pid: 100 + w as i32,
+                phase: file::PHASE_SERVING,
+                private: (100 << 20) + t_s * 1024,
+                rss: 120 << 20,
+                virtual_: 1 << 30,
+                cpu_ms: t_s * 10,
+                requests: t_s * 5,
+                uptime_ms: t_s * 1000,
+            })
+            .collect()
+    }
+
+    const T0: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn a_week_of_samples_stays_within_the_size_bound_and_the_retention() {
+        let dir = temp_dir("week");
+        let bounds = Bounds {
+            max_bytes: 2 << 20,
+            retention: Duration::from_secs(7 * 86_400),
+        };
+        let mut r = Recorder::open("web", &dir, bounds, T0).unwrap();
+        // 8 days, 4 workers, one sample every 10 s (a compressed week: the bound
+        // and the retention are what is checked, not the rate).
+        let step = 10_000;
+        let end = T0 + 8 * 86_400_000;
+        let mut t = T0;
+        let mut checks = 0;
+        let mut peak_heap = 0;
+        while t < end {
+            r.record(t, &samples(4, (t - T0) / 1000));
+            if (t - T0).is_multiple_of(3_600_000) {
+                let on_disk = dir_bytes(&dir);
+                assert_eq!(on_disk, r.disk_bytes(), "the recorder's count is the truth");
+                assert!(on_disk <= bounds.max_bytes, "{on_disk} bytes at {t}");
+                peak_heap = peak_heap.max(r.heap_bytes());
+                checks += 1;
+            }
+            t += step;
+        }
+        assert!(checks > 190);
+        // Full resolution only for the last hour (plus the segment being written).
+        let segs = file::list(&dir).unwrap();
+        let oldest_full = segs.iter().find(|s| s.kind == Kind::Full).unwrap();
+        assert!(oldest_full.start_ms + FULL_WINDOW_MS + FULL_SEGMENT_MS >= t);
+        // The bound (2 MiB, about 3.5 days of buckets here) is hit before 7 days: the oldest went.
+        let oldest_coarse = segs.iter().find(|s| s.kind == Kind::Coarse).unwrap();
+        assert!(oldest_coarse.start_ms > T0 + 86_400_000);
+        // Memory does not grow with the hours recorded.
+        assert!(peak_heap < 16 << 10, "{peak_heap} bytes of heap");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retention_deletes_old_coarse_segments() {
+        let dir = temp_dir("retention");
+        let bounds = Bounds {
+            max_bytes: 64 << 20,
+            retention: Duration::from_secs(86_400),
+        };
+        let mut r = Recorder::open("web", &dir, bounds, T0).unwrap();
+        let mut t = T0;
+        while t < T0 + 3 * 86_400_000 {
+            r.record(t, &samples(1, (t - T0) / 1000));
+            t += 60_000;
+        }
+        let segs = file::list(&dir).unwrap();
+        let oldest = segs.iter().find(|s| s.kind == Kind::Coarse).unwrap();
+        assert!(
+            oldest.start_ms + COARSE_SEGMENT_MS + 86_400_000 >= t,
+            "{segs:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn buckets_hold_min_max_and_mean_and_close_when_the_worker_goes() {
+        let dir = temp_dir("buckets");
+        let bounds = Bounds {
+            max_bytes: 64 << 20,
+            retention: Duration::from_secs(86_400),
+        };
+        let mut r = Recorder::open("web", &dir, bounds, T0).unwrap();
+        let base = T0 - T0 % BUCKET_MS;
+        for (i, mib) in [10u64, 30, 20].iter().enumerate() {
+            let mut s = samples(1, i as u64)[0];
+            s.private = mib << 20;
+            r.record(base + i as u64 * 1000, &[s]);
+        }
+        // The worker is gone at the next tick: its bucket is written.
+        r.record(base + 3000, &[]);
+        let segs = file::list(&dir).unwrap();
+        let coarse = segs.iter().find(|s| s.kind == Kind::Coarse).unwrap();
+        let read = file::read_segment(coarse, 0, u64::MAX).unwrap();
+        assert_eq!(read.records.len(), 1);
+        let b = read.records[0];
+        assert_eq!((b.count, b.t_ms, b.width_ms), (3, base, BUCKET_MS));
+        assert_eq!(
+            (b.private_min, b.private, b.private_max),
+            (10 << 20, 20 << 20, 30 << 20)
+        );
+        let full = segs.iter().find(|s| s.kind == Kind::Full).unwrap();
+        assert_eq!(
+            file::read_segment(full, 0, u64::MAX).unwrap().records.len(),
+            3
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_back_when_the_history_is_opened_again() {
+        let dir = temp_dir("torn");
+        let bounds = Bounds {
+            max_bytes: 64 << 20,
+            retention: Duration::from_secs(86_400),
+        };
+        {
+            let mut r = Recorder::open("web", &dir, bounds, T0).unwrap();
+            r.record(T0, &samples(2, 0));
+        }
+        let full = file::list(&dir)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.kind == Kind::Full)
+            .unwrap();
+        // A crash half-way through the next append.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&full.path)
+            .unwrap();
+        f.write_all(&[7u8; 20]).unwrap();
+        drop(f);
+        let mut r = Recorder::open("web", &dir, bounds, T0 + 1000).unwrap();
+        let len = std::fs::metadata(&full.path).unwrap().len();
+        assert_eq!(len, (file::HEADER_LEN + 2 * file::FULL_LEN) as u64);
+        r.record(T0 + 1000, &samples(2, 1));
+        let again = file::list(&dir).unwrap();
+        let read: usize = again
+            .iter()
+            .filter(|s| s.kind == Kind::Full)
+            .map(|s| file::read_segment(s, 0, u64::MAX).unwrap().records.len())
+            .sum();
+        assert_eq!(read, 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

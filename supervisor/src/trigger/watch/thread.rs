@@ -168,7 +168,23 @@ impl WatchThread {
             let deadline = burst.as_ref().map(|b| b.deadline(debounce, self.max_wait));
             if let Some(d) = deadline {
                 if now >= d {
-                    let b = burst.take().expect("a deadline implies a burst");
+                    // Quiet means nothing queued either: a thread woken late (a busy
+                    // machine) may find events that arrived before the deadline still
+                    // unread. Read them first; they move the deadline.
+                    let pending = self.wait(Some(Duration::ZERO));
+                    if pending.control && !self.take_control() {
+                        return;
+                    }
+                    if pending.events {
+                        if !self.read_events(&mut burst, &mut raw) {
+                            return;
+                        }
+                        let moved = burst.as_ref().map(|b| b.deadline(debounce, self.max_wait));
+                        if moved.is_some_and(|m| m > d) {
+                            continue;
+                        }
+                    }
+                    let Some(b) = burst.take() else { continue };
                     tracing::debug!(
                         app = %self.app,
                         paths = b.dirty.len(),
@@ -192,61 +208,68 @@ impl WatchThread {
             if woken.control && !self.take_control() {
                 return;
             }
-            if woken.events {
-                let Some(watches) = self.watches.as_mut() else {
-                    continue;
-                };
-                if let Err(e) = watches.read(&mut raw) {
-                    let detail = format!("app `{}`: reading inotify events: {e}", self.app);
-                    if !self.send(WatchDecision::Warning { detail }) {
-                        return;
-                    }
+            if woken.events && !self.read_events(&mut burst, &mut raw) {
+                return;
+            }
+        }
+    }
+
+    /// Reads what inotify has queued into `burst`. Returns false when the thread must
+    /// stop (the handle is gone).
+    fn read_events(&mut self, burst: &mut Option<Burst>, raw: &mut Vec<Raw>) -> bool {
+        let Some(watches) = self.watches.as_mut() else {
+            return true;
+        };
+        if let Err(e) = watches.read(raw) {
+            let detail = format!("app `{}`: reading inotify events: {e}", self.app);
+            if !self.send(WatchDecision::Warning { detail }) {
+                return false;
+            }
+        }
+        let at = Instant::now();
+        // Once per batch: even a disabled `debug!` costs a little per event.
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        for r in raw.drain(..) {
+            match r {
+                Raw::Overflow => {
+                    tracing::debug!(app = %self.app, "inotify queue overflowed: a full rescan follows");
+                    burst.get_or_insert_with(|| Burst::new(at)).overflowed(at)
                 }
-                let at = Instant::now();
-                // Once per batch: even a disabled `debug!` costs a little per event.
-                let debug = tracing::enabled!(tracing::Level::DEBUG);
-                for r in raw.drain(..) {
-                    match r {
-                        Raw::Overflow => {
-                            tracing::debug!(app = %self.app, "inotify queue overflowed: a full rescan follows");
-                            burst.get_or_insert_with(|| Burst::new(at)).overflowed(at)
+                Raw::Seen { rel, flags } => {
+                    if rel.as_os_str().is_empty()
+                        || !self.matcher.is_relevant(&rel, flags.structural())
+                    {
+                        if debug
+                            && self.ignored_logged.len() < IGNORED_LOGGED
+                            && self.ignored_logged.insert(rel.clone())
+                        {
+                            tracing::debug!(
+                                app = %self.app,
+                                path = %rel.display(),
+                                "ignored path: no watch glob matches it, or an ignore \
+                                 glob does (its further events are not logged)"
+                            );
                         }
-                        Raw::Seen { rel, flags } => {
-                            if rel.as_os_str().is_empty()
-                                || !self.matcher.is_relevant(&rel, flags.structural())
-                            {
-                                if debug
-                                    && self.ignored_logged.len() < IGNORED_LOGGED
-                                    && self.ignored_logged.insert(rel.clone())
-                                {
-                                    tracing::debug!(
-                                        app = %self.app,
-                                        path = %rel.display(),
-                                        "ignored path: no watch glob matches it, or an ignore \
-                                         glob does (its further events are not logged)"
-                                    );
-                                }
-                                continue;
-                            }
-                            if debug {
-                                tracing::debug!(
-                                    app = %self.app,
-                                    path = %rel.display(),
-                                    event = %flags,
-                                    "changed"
-                                );
-                            }
-                            if flags.structural() {
-                                self.follow_structure(&rel, flags);
-                            }
-                            burst
-                                .get_or_insert_with(|| Burst::new(at))
-                                .add(rel, flags, at);
-                        }
+                        continue;
                     }
+                    if debug {
+                        tracing::debug!(
+                            app = %self.app,
+                            path = %rel.display(),
+                            event = %flags,
+                            "changed"
+                        );
+                    }
+                    if flags.structural() {
+                        self.follow_structure(&rel, flags);
+                    }
+                    burst
+                        .get_or_insert_with(|| Burst::new(at))
+                        .add(rel, flags, at);
                 }
             }
         }
+        true
     }
 
     /// Sleeps until inotify has events, the handle has something to say, or `timeout`

@@ -36,10 +36,10 @@
 //!     with the work, so throughput grows with the clients.
 //!
 //!   A sync on the runtime's thread holds up its other tasks (in the supervisor,
-//!   the pools) for as long as the disk takes. One slower than
-//!   [`SLOW_INLINE_SYNC`], or a failure, leaves the syncs to the writer thread for
-//!   [`INLINE_PAUSE`], so a slow or failing disk costs them at most one such wait
-//!   a second; a failed write is handed back to the thread, which retries it.
+//!   the pools) for as long as the disk takes. While syncs take longer than
+//!   [`SLOW_INLINE_SYNC`] on average (a moving average of the last few, whoever
+//!   made them) the writer thread makes them all; after a failure it does for
+//!   [`INLINE_PAUSE`] and retries the failed write or sync each second.
 //!
 //! Whoever writes holds the open file ([`LogFile`], a lock taken before the
 //! queue's), so records reach the file in the order they were queued.
@@ -91,13 +91,12 @@ const WAKE_BYTES: usize = 256 * 1024;
 pub(crate) const MAX_BACKLOG: u64 = 16 * 1024 * 1024;
 /// Snapshot bytes written between two looks at the queue during a rewrite.
 const REWRITE_CHUNK: usize = 1 << 20;
-/// `always`: a write and sync on the runtime's thread that took longer than this
-/// leaves the syncs to the writer thread for [`INLINE_PAUSE`]. An SSD syncs a
-/// small append in 0.1–2 ms; a spinning disk, or one shared with heavy writers,
-/// takes 5–50 ms, which the supervisor's other tasks should not wait for at
-/// every write.
+/// `always`: while syncs take longer than this on average, the writer thread
+/// makes them all, never the runtime's thread. An SSD syncs a small append in
+/// 0.1–2 ms; a spinning disk, or one shared with heavy writers, takes 5–50 ms,
+/// which the supervisor's other tasks should not wait for at every write.
 const SLOW_INLINE_SYNC: Duration = Duration::from_millis(5);
-/// How long the writer thread keeps the syncs after a slow or failed one.
+/// How long the writer thread keeps the syncs after a failed one.
 const INLINE_PAUSE: Duration = Duration::from_secs(1);
 
 /// A keyspace snapshot: every live entry and its app.
@@ -141,9 +140,13 @@ struct LogFile {
     unsynced: bool,
     last_sync: Instant,
     health: Health,
-    /// `always`: the writer thread keeps the syncs until then (the last one on the
-    /// runtime's thread was slow, or failed).
+    /// `always`: the writer thread keeps the syncs until then (one on the
+    /// runtime's thread failed).
     inline_paused_until: Option<Instant>,
+    /// How long a sync takes: a moving average over the last ~8 (each new one
+    /// weighs 1/8), so one slow sync (the first of a new file takes tens of
+    /// milliseconds) sends the next few to the writer thread, not all of them.
+    sync_time: Duration,
     /// The buffer the kicker swaps in for the queue's records, kept for reuse.
     spare: Vec<u8>,
 }
@@ -214,7 +217,9 @@ impl Shared {
     /// as durable.
     fn sync(&self, log: &mut LogFile) -> std::io::Result<()> {
         log.last_sync = Instant::now();
-        match log.file.as_ref().ok_or_else(closed)?.sync_data() {
+        let synced = log.file.as_ref().ok_or_else(closed)?.sync_data();
+        log.sync_time = log.sync_time - log.sync_time / 8 + log.last_sync.elapsed() / 8;
+        match synced {
             Ok(()) => {
                 log.unsynced = false;
                 log.health.recovered(&self.status, &self.path);
@@ -277,6 +282,7 @@ impl LogWriter {
                 last_sync: Instant::now(),
                 health: Health::default(),
                 inline_paused_until: None,
+                sync_time: Duration::ZERO,
                 spare: Vec::new(),
             }),
             status,
@@ -388,8 +394,8 @@ impl LogWriter {
     /// `always`: writes and syncs every queued record on the caller's thread,
     /// without waiting for anyone: false (nothing done) if the writer thread
     /// holds the file, has a rewrite or a stop to do, or keeps the syncs for now
-    /// after a slow or failed one, or if the log is failing. A failure here is
-    /// handed to the writer thread (true: nothing more to do).
+    /// (they are slow, or one failed), or if the log is failing. A failure here
+    /// is handed to the writer thread (true: nothing more to do).
     fn sync_here(&self) -> bool {
         let shared = &*self.shared;
         let mut log = match shared.log.try_lock() {
@@ -399,6 +405,7 @@ impl LogWriter {
         };
         let now = Instant::now();
         if log.inline_paused_until.is_some_and(|until| now < until)
+            || log.sync_time > SLOW_INLINE_SYNC
             || shared.status.failed.load(Ordering::Relaxed)
         {
             return false;
@@ -424,17 +431,16 @@ impl LogWriter {
                     Ok(())
                 }
             });
-        let took = now.elapsed();
         match result {
             Ok(()) => {
                 data.clear();
                 log.spare = data;
-                if took > SLOW_INLINE_SYNC {
+                if log.sync_time > SLOW_INLINE_SYNC {
                     tracing::debug!(
-                        "a write and sync of {} took {took:?}: the log's thread syncs for the next {INLINE_PAUSE:?}",
-                        shared.path.display()
+                        "syncs of {} take {:?} on average: the log's thread makes them until they are faster",
+                        shared.path.display(),
+                        log.sync_time
                     );
-                    log.inline_paused_until = Some(Instant::now() + INLINE_PAUSE);
                 }
             }
             Err(_) => {
@@ -811,10 +817,18 @@ mod tests {
             .expect("the writer thread syncs what was left to it");
         assert_eq!(std::fs::read(&path).unwrap().len() as u64, seq2);
 
-        // After a slow sync the thread keeps the syncs for a while.
-        writer.shared.lock_log().inline_paused_until = Some(Instant::now() + INLINE_PAUSE);
+        // Slow syncs, or one that failed: the thread keeps the syncs.
         writer.submit(&mut b"*1\r\n$4\r\nPING\r\n".to_vec());
+        writer.shared.lock_log().sync_time = SLOW_INLINE_SYNC * 2;
         assert!(!writer.sync_here());
+        {
+            let mut log = writer.shared.lock_log();
+            log.sync_time = Duration::ZERO;
+            log.inline_paused_until = Some(Instant::now() + INLINE_PAUSE);
+        }
+        assert!(!writer.sync_here());
+        writer.shared.lock_log().inline_paused_until = None;
+        assert!(writer.sync_here(), "fast again: synced here");
         writer.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -233,11 +233,30 @@ pub fn event_ms(e: &Event) -> Option<u64> {
 /// first, read backwards from the end only as far as `from_ms`. A missing log has
 /// none; lines that are not events are skipped.
 pub fn read_events(path: &Path, app: &str, from_ms: u64, to_ms: u64) -> io::Result<Vec<Event>> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
+    // The restart log rotates (`events.jsonl.1` …): newest file first, each read
+    // backwards, until a line older than the window.
+    let mut out = Vec::new();
+    for opened in crate::rotation::files_oldest_first(path)?.into_iter().rev() {
+        let mut older = Vec::new();
+        let reached_start = read_events_backwards(opened.file, app, from_ms, to_ms, &mut older)?;
+        older.append(&mut out);
+        out = older;
+        if reached_start {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// One file of the set, read from its end: its events of `app` in the window, oldest
+/// first, appended to `out`. True when a line older than the window was met.
+fn read_events_backwards(
+    mut f: File,
+    app: &str,
+    from_ms: u64,
+    to_ms: u64,
+    events: &mut Vec<Event>,
+) -> io::Result<bool> {
     let mut pos = f.seek(SeekFrom::End(0))?;
     const CHUNK: u64 = 256 * 1024;
     let mut carry: Vec<u8> = Vec::new();
@@ -284,7 +303,8 @@ pub fn read_events(path: &Path, app: &str, from_ms: u64, to_ms: u64) -> io::Resu
         carry = head;
     }
     out.reverse();
-    Ok(out)
+    events.append(&mut out);
+    Ok(done)
 }
 
 /// The time of an event line without parsing the rest (it is the first field).

@@ -75,7 +75,7 @@ use crate::reason::RecycleReason;
 use crate::sd_notify::NotifyMessage;
 use crate::sockets::BoundSocket;
 use crate::trigger::memory::{self, MemoryVerdict};
-use crate::trigger::schedule::{self, JitterRng};
+use crate::trigger::schedule::{self, JitterRng, ScheduleTimer};
 use crate::trigger::watch::{AppWatcher, WatchDecision};
 
 use crash::Failure;
@@ -293,7 +293,8 @@ struct Pool {
     /// Bumped on reconfigure, so a watcher started for old settings is dropped.
     watcher_epoch: u64,
     rng: JitterRng,
-    next_schedule: Option<(Instant, jiff::Zoned)>,
+    /// `schedule`: `None` when the app has no times of day.
+    next_schedule: Option<ScheduleTimer>,
     next_memory_check: Option<Instant>,
     next_probe: Option<Instant>,
     probe_in_flight: bool,

@@ -197,7 +197,8 @@ impl Pool {
             next_schedule: self
                 .next_schedule
                 .as_ref()
-                .map(|(_, at)| at.strftime("%Y-%m-%d %H:%M").to_string()),
+                .and_then(ScheduleTimer::next_fire)
+                .map(|at| at.strftime("%Y-%m-%d %H:%M").to_string()),
         }
     }
 }

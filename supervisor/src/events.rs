@@ -106,6 +106,9 @@ pub enum EventKind {
     ConfigRejected,
     /// The state dir was deleted while running and made again.
     StateDirRecreated,
+    /// Without a cgroup: processes a worker started left its process group and
+    /// outlive it (`detail` names their pids); nothing could kill them.
+    Escaped,
 }
 
 impl EventKind {
@@ -132,6 +135,7 @@ impl EventKind {
             EventKind::ConfigReloaded => "config_reloaded",
             EventKind::ConfigRejected => "config_rejected",
             EventKind::StateDirRecreated => "state_dir_recreated",
+            EventKind::Escaped => "escaped",
         }
     }
 }

@@ -229,6 +229,7 @@ impl Pool {
             spawn_seq: 0,
             crashes: VecDeque::new(),
             total_crashes: 0,
+            escaped: BTreeSet::new(),
             recycles: 0,
             last_recycle: None,
             start_waiters: Vec::new(),
@@ -279,6 +280,9 @@ struct Pool {
     spawn_seq: u64,
     crashes: VecDeque<Instant>,
     total_crashes: u64,
+    /// Pids that escaped a worker without a cgroup (issue 12), shown by `status`
+    /// while they run.
+    escaped: BTreeSet<i32>,
     recycles: u64,
     last_recycle: Option<LastRecycle>,
     start_waiters: Vec<oneshot::Sender<Reply>>,

@@ -21,6 +21,10 @@ pub struct AppStatus {
     /// The next `schedule` recycle (local time).
     #[serde(default)]
     pub next_schedule: Option<String>,
+    /// Processes that escaped a worker without a cgroup and still run
+    /// (`escaped` events tell which worker started them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escaped: Vec<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,6 +203,12 @@ impl Pool {
                 .as_ref()
                 .and_then(ScheduleTimer::next_fire)
                 .map(|at| at.strftime("%Y-%m-%d %H:%M").to_string()),
+            escaped: self
+                .escaped
+                .iter()
+                .copied()
+                .filter(|&pid| self.table.alive(pid))
+                .collect(),
         }
     }
 }

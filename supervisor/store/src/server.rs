@@ -381,6 +381,7 @@ pub(crate) async fn start(
                 .try_into()
                 .unwrap_or(usize::MAX),
             output: AtomicU64::new(0),
+            input: AtomicU64::new(0),
         },
         limits: FrameLimits {
             max_bulk,

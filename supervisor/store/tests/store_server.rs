@@ -1583,6 +1583,58 @@ mod hardening {
         );
     }
 
+    /// Requests read ahead and not run yet are memory too: a client that writes
+    /// a large pipeline while its replies wait makes the store hold it, so it
+    /// counts against max_memory (INFO's mem_clients_normal shows it, as
+    /// Redis's does) until the requests have run.
+    #[test]
+    fn requests_read_ahead_count_against_max_memory() {
+        let dir = TempDir::new("inmem");
+        let server = Server::start(StoreOptions {
+            max_memory: Some(5_000_000),
+            ..options(dir.path())
+        });
+        let sock = server.sock();
+        let mut writer = Raw::login(&sock, SHOP);
+        assert_eq!(writer.call(&["SET", "a", &"v".repeat(1_000_000)]), "+OK");
+        let mut pipeliner = Raw::login(&sock, SHOP);
+        // Two 1 MB replies make the store pause running this client's requests
+        // (about 2 MB wait, under the limit with the data); then 8 MB of
+        // requests with small replies, read ahead while it waits.
+        pipeliner.send(&["GET", "a"]);
+        pipeliner.send(&["GET", "a"]);
+        let key = "k".repeat(1000);
+        let exists = format!("*2\r\n$6\r\nEXISTS\r\n${}\r\n{key}\r\n", key.len());
+        const PIPELINED: usize = 8000;
+        pipeliner.send_bytes(exists.repeat(PIPELINED).as_bytes());
+        wait_until(
+            "a write refused while the pipeline waits to run",
+            Duration::from_secs(10),
+            || writer.call(&["SET", "x", "1"]).starts_with("-OOM"),
+        );
+        let info = writer.call(&["INFO", "memory"]);
+        let clients: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("mem_clients_normal:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("mem_clients_normal in INFO");
+        assert!(
+            clients > 4_000_000,
+            "the read-ahead is not counted: mem_clients_normal:{clients}"
+        );
+        for _ in 0..2 {
+            assert_eq!(pipeliner.reply().len(), 1_000_001);
+        }
+        for _ in 0..PIPELINED {
+            assert_eq!(pipeliner.reply(), ":0");
+        }
+        wait_until(
+            "writes accepted once the pipeline has run",
+            Duration::from_secs(10),
+            || writer.call(&["SET", "x", "1"]) == "+OK",
+        );
+    }
+
     /// Defect 5: max_memory has a default when `[store]` sets none.
     #[test]
     fn max_memory_has_a_default() {

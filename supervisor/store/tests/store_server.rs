@@ -937,6 +937,54 @@ mod persistence {
             .as_millis() as u64
     }
 
+    /// Issue 12, "the state dir deleted": the store's directory is removed under
+    /// it and made again (the supervisor does that); `restore_files` binds the
+    /// sockets again and writes the log again from memory, so redis-cli reaches
+    /// it on both sockets, a connection open across the deletion goes on, and
+    /// the next start loads every key — those written before the deletion too.
+    #[test]
+    fn a_deleted_directory_gets_its_sockets_and_log_back() {
+        let dir = TempDir::new("rmdir");
+        let server = Server::start(persistent_options(dir.path(), Persist::EverySec));
+        let sock = server.sock();
+        let mut open = Raw::login(&sock, SHOP);
+        for i in 0..100 {
+            assert_eq!(open.call(&["SET", &format!("k{i}"), "before"]), "+OK");
+        }
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        assert_eq!(
+            server.handle.restore_files().unwrap(),
+            [
+                "its socket",
+                "the apps' sockets",
+                "its log (rewritten from memory)"
+            ]
+        );
+        assert_eq!(open.call(&["SET", "after", "1"]), "+OK");
+        assert_eq!(cli(&sock, Some(SHOP), &["GET", "k7"]), "before");
+        let app_sock = dir.path().join("apps/shop.sock");
+        assert_eq!(cli(&app_sock, None, &["GET", "after"]), "1");
+        wait_until("the log written again", Duration::from_secs(10), || {
+            dir.path().join("store.aof").exists()
+        });
+        assert!(
+            server.handle.restore_files().unwrap().is_empty(),
+            "nothing is missing any more"
+        );
+        assert_eq!(open.call(&["SET", "later", "2"]), "+OK");
+        drop(open);
+        server.stop();
+
+        let server = Server::start(persistent_options(dir.path(), Persist::EverySec));
+        assert_eq!(server.handle.load_report().keys, 102);
+        let sock = server.sock();
+        assert_eq!(
+            cli(&sock, Some(SHOP), &["MGET", "k0", "k99", "after", "later"]),
+            "before\nbefore\n1\n2"
+        );
+    }
+
     #[test]
     fn data_survives_a_restart_with_absolute_ttls() {
         let dir = TempDir::new("aof");

@@ -168,7 +168,12 @@ impl Load {
                                 r.failed += 1;
                                 let mut errs = errors.lock().unwrap();
                                 if errs.len() < 5 {
-                                    errs.push(e);
+                                    // When, to match it with events.jsonl.
+                                    let at = std::time::SystemTime::now()
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .unwrap_or_default()
+                                        .as_millis();
+                                    errs.push(format!("{e} (at unix ms {at})"));
                                 }
                             }
                         }

@@ -437,6 +437,7 @@ mod tests {
             ConfigReloaded,
             ConfigRejected,
             StateDirRecreated,
+            Escaped,
         ] {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.as_str()));

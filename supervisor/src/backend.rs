@@ -140,6 +140,25 @@ impl Backend {
         }
     }
 
+    /// The state dir was deleted and made again: the embedded store's sockets are
+    /// bound again and its log rewritten from memory. What came back, in words
+    /// (a failure is logged, and named, and the supervisor goes on).
+    pub fn restore_files(&self) -> Vec<String> {
+        let Backend::Embedded { handle, .. } = self else {
+            return Vec::new();
+        };
+        match handle.restore_files() {
+            Ok(restored) => restored
+                .into_iter()
+                .map(|what| format!("the store's {}", what.trim_start_matches("its ")))
+                .collect(),
+            Err(e) => {
+                tracing::error!("The session store's files cannot be made again: {e}");
+                vec![format!("not the store's files ({e})")]
+            }
+        }
+    }
+
     /// The environment a worker of `app` gets for its sessions.
     pub fn env_for(&self, app: &str) -> Vec<(String, String)> {
         let url = match self {

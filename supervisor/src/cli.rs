@@ -702,6 +702,14 @@ fn write_status(out: &mut impl Write, s: &SupervisorStatus) -> std::io::Result<(
         for limit in &app.memory_limits {
             writeln!(out, "  memory limit: {limit}")?;
         }
+        if !app.escaped.is_empty() {
+            let pids: Vec<String> = app.escaped.iter().map(i32::to_string).collect();
+            writeln!(
+                out,
+                "  escaped: pids {} left their workers' process groups and still run (no cgroup to kill them)",
+                pids.join(" ")
+            )?;
+        }
         if app.workers.is_empty() {
             continue;
         }

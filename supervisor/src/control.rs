@@ -145,6 +145,14 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// clients cannot use up the supervisor's fds.
 pub const MAX_CONNECTIONS: usize = 128;
 
+/// How long a connection may take to send a whole request line (from the connect,
+/// or from the previous reply). A client that connects and sends nothing, or
+/// trickles a line byte by byte, would otherwise hold one of the
+/// [`MAX_CONNECTIONS`] slots for ever; past this it gets an error line and is
+/// hung up on. `events --follow` is not bound by it once its request is read: it
+/// then only listens.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve(listener: UnixListener, state: ControlState) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -213,9 +221,10 @@ fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
     ))
 }
 
-/// One request line, at most [`MAX_LINE`] bytes (newline excluded). `Ok(None)` at
-/// the end of the stream; `Err(None)` for a line that is too long.
-async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+/// One request line, at most [`MAX_LINE`] bytes (newline excluded; a `\r` before
+/// it is dropped too). `Ok(None)` at the end of the stream; `Err(())` for a line
+/// that is too long.
+pub(crate) async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
 ) -> io::Result<Result<Option<String>, ()>> {
     use tokio::io::AsyncReadExt;
@@ -243,7 +252,18 @@ async fn handle(stream: UnixStream, state: ControlState) -> io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r);
     loop {
-        let line = match read_request(&mut reader).await? {
+        let Ok(read) = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut reader)).await
+        else {
+            let refusal = Response::error(format!(
+                "no request line within {} s; closing the connection",
+                REQUEST_TIMEOUT.as_secs()
+            ));
+            write_line(&mut w, &refusal).await?;
+            w.shutdown().await?;
+            drain(&mut reader).await;
+            return Ok(());
+        };
+        let line = match read? {
             Ok(Some(line)) => line,
             Ok(None) => return Ok(()),
             Err(()) => {

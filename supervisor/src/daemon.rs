@@ -360,8 +360,10 @@ fn watch_removal(dir: &Path, lock: &Path) -> Option<crate::state_dir::RemovalWat
 
 /// Makes the state dir again after it was deleted under a running supervisor: the
 /// directory (0700) with `logs/` and `run/`, the lock, the event log and the
-/// control socket (re-bound; the old server task is replaced by the caller). Then a
-/// `state_dir_recreated` warning event, the first line of the new event log.
+/// control socket (re-bound; the old server task is replaced by the caller), the
+/// embedded store's sockets and log (rewritten from memory), and the running
+/// workers' notify sockets (bound again at the paths they were started with).
+/// Then a `state_dir_recreated` warning event, the first line of the new event log.
 fn restore_state_dir(
     paths: &StatePaths,
     trusted: &Path,
@@ -381,8 +383,19 @@ fn restore_state_dir(
     let listener = control::bind(&control_path)
         .with_context(|| format!("cannot bind the control socket {}", control_path.display()))?;
     let task = tokio::spawn(control::serve(listener, control_state.clone()));
+    // The store keeps every key in memory: its log is written again from there.
+    let mut restored = control_state.store.lock().unwrap().restore_files();
+    let notify = crate::sd_notify::rebind_missing();
+    if notify > 0 {
+        restored.push(format!("{notify} running workers' notify sockets"));
+    }
+    let restored = if restored.is_empty() {
+        String::new()
+    } else {
+        format!(", and {}", restored.join(", "))
+    };
     events.emit(Event::new("-", EventKind::StateDirRecreated).detail(format!(
-        "the state dir {} was deleted while the supervisor ran; made again (0700) with its lock, event log and control socket. Earlier events, the store's log and the apps' log files that were in it are gone",
+        "the state dir {} was deleted while the supervisor ran; made again (0700) with its lock, event log and control socket{restored}. Earlier events and the apps' log files that were in it are gone",
         paths.dir.display()
     )));
     Ok((lock, task))

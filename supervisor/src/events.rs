@@ -120,6 +120,9 @@ pub enum EventKind {
     LogWriteFailed,
     /// The log file takes lines again; the detail says how many were dropped.
     LogWriteResumed,
+    /// Without a cgroup: processes a worker started left its process group and
+    /// outlive it (`detail` names their pids); nothing could kill them.
+    Escaped,
 }
 
 impl EventKind {
@@ -148,6 +151,7 @@ impl EventKind {
             EventKind::StateDirRecreated => "state_dir_recreated",
             EventKind::LogWriteFailed => "log_write_failed",
             EventKind::LogWriteResumed => "log_write_resumed",
+            EventKind::Escaped => "escaped",
         }
     }
 
@@ -574,6 +578,7 @@ mod tests {
             StateDirRecreated,
             LogWriteFailed,
             LogWriteResumed,
+            Escaped,
         ] {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.as_str()));

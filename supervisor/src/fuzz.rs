@@ -1,13 +1,16 @@
 //! Bounded fuzzing of what the supervisor reads from others (issue 12): the
-//! sd_notify datagram parser (a worker writes it), a control request line (any
-//! local client), and `events.jsonl` (anyone who can edit the file).
+//! sd_notify datagram parser (a worker writes it), a control request line and
+//! the control socket's line reader (any local client), and `events.jsonl`
+//! (anyone who can edit the file).
 //!
 //! The house pattern of `appvisor-store`'s `fuzz` module: each target is a
 //! proptest run of [`cases`] inputs, `APPVISOR_FUZZ_CASES=N` sets the count,
 //! the plain `cargo test` runs a few thousand (about a second each,
 //! unoptimised) and `.ci/run` runs 100,000 of each, optimised (`cargo test
 //! --release -p appvisor --lib fuzz`: about 0.5 s, 0.5 s and 0.9 s for the
-//! three targets on this 2-core machine under load, plus the build). A failure
+//! three targets on this 2-core machine under load, plus the build; the line
+//! reader, whose cases carry 64 KiB lines read in chunks of 1 to 64 bytes, is
+//! the slowest: 20,000 cases took 10 s unoptimised, under load). A failure
 //! prints the shrunk input;
 //! anything found becomes a named regression test here. (None so far.)
 //!
@@ -302,6 +305,109 @@ fn control_request_nested_to_the_line_limit_is_refused() {
     line.push_str(&"[".repeat(crate::control::MAX_LINE - line.len()));
     assert!(serde_json::from_str::<Request>(&line).is_err());
     check_control(line.as_bytes()).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// The control socket's line reader (`control::read_request`)
+// ---------------------------------------------------------------------------
+
+/// A connection's whole input: short lines (requests and noise, with `\n`,
+/// `\r\n`, a lone `\r` or no end), and lines at the edge of
+/// [`MAX_LINE`](crate::control::MAX_LINE), where the reader must refuse exactly
+/// what is longer.
+fn stream_input() -> impl Strategy<Value = Vec<u8>> {
+    use crate::control::MAX_LINE;
+    const ENDS: &[&[u8]] = &[b"\n", b"\r\n", b"\r", b"", b"\n\n"];
+    let end = proptest::sample::select(ENDS);
+    let short = (
+        prop_oneof![
+            control_input(),
+            proptest::collection::vec(any::<u8>(), 0..8)
+        ],
+        end.clone(),
+    )
+        .prop_map(|(line, end)| [line, end.to_vec()].concat());
+    // A filler that is no line end, ASCII or not UTF-8 at all.
+    const FILLERS: &[u8] = &[b'x', b'[', 0xff];
+    let filler = proptest::sample::select(FILLERS);
+    let long = ((MAX_LINE - 3)..(MAX_LINE + 4), filler, end)
+        .prop_map(|(len, byte, end)| [vec![byte; len], end.to_vec()].concat());
+    proptest::collection::vec(prop_oneof![12 => short, 1 => long], 0..6)
+        .prop_map(|lines| lines.concat())
+}
+
+/// What the reader must return, computed plainly: lines split at `\n`, one
+/// `\r` before a `\n` dropped, a line longer than `MAX_LINE` a refusal that ends
+/// the connection, and the end of the input its end.
+fn expected_lines(input: &[u8]) -> (Vec<String>, bool) {
+    use crate::control::MAX_LINE;
+    let mut lines = Vec::new();
+    let mut rest = input;
+    while !rest.is_empty() {
+        let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let mut l = &rest[..i];
+                if l.last() == Some(&b'\r') {
+                    l = &l[..l.len() - 1];
+                }
+                (l, &rest[i + 1..])
+            }
+            None => (rest, &rest[rest.len()..]),
+        };
+        if line.len() > MAX_LINE {
+            return (lines, true);
+        }
+        lines.push(String::from_utf8_lossy(line).into_owned());
+        rest = next;
+    }
+    (lines, false)
+}
+
+/// Reads `input` through `read_request` as the connection does, with the bytes
+/// arriving in reads of `chunk` (the `BufReader`'s capacity), until the end or a
+/// refusal.
+fn check_stream(input: &[u8], chunk: usize) -> Result<(), TestCaseError> {
+    use crate::control::{read_request, MAX_LINE};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let (lines, refused) = rt.block_on(async {
+        let mut reader = tokio::io::BufReader::with_capacity(chunk, input);
+        let mut lines = Vec::new();
+        loop {
+            match read_request(&mut reader).await.expect("reading a slice") {
+                Ok(Some(line)) => lines.push(line),
+                Ok(None) => return (lines, false),
+                Err(()) => return (lines, true),
+            }
+        }
+    });
+    for line in &lines {
+        prop_assert!(!line.contains('\n'));
+        // Lossy UTF-8 turns each bad byte into a 3-byte U+FFFD at most.
+        prop_assert!(line.len() <= 3 * MAX_LINE);
+    }
+    let (want, want_refused) = expected_lines(input);
+    prop_assert_eq!(lines, want);
+    prop_assert_eq!(refused, want_refused);
+    Ok(())
+}
+
+#[test]
+fn fuzz_control_line_reader() {
+    let started = Instant::now();
+    // Each case may carry a few 64 KiB lines: fewer cases than the parsers.
+    let n = cases(2_000);
+    runner(n)
+        .run(
+            &(stream_input(), prop_oneof![Just(8 * 1024), 1usize..64]),
+            |(input, chunk)| check_stream(&input, chunk),
+        )
+        .unwrap();
+    eprintln!(
+        "fuzz_control_line_reader: {n} cases in {:?}",
+        started.elapsed()
+    );
 }
 
 // ---------------------------------------------------------------------------

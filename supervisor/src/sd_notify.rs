@@ -17,6 +17,13 @@
 //! Understood keys: `READY=1`, `STOPPING=1`, `WATCHDOG=1`, `STATUS=…`, and
 //! appvisor's own `X_APPVISOR_REQUESTS=<cumulative count>` and
 //! `X_APPVISOR_SESSIONS=<sessions handed off while draining>`. Others are ignored.
+//!
+//! A worker keeps the `NOTIFY_SOCKET` path it was started with, so when the state
+//! dir is deleted under a running supervisor, [`rebind_missing`] binds every
+//! forwarding socket whose file is gone again at the same path: running workers'
+//! `WATCHDOG=1`, request counts and `STOPPING=1` keep arriving (without it a
+//! watchdog app would be recycled for silence, and request limits would stop
+//! counting). Datagrams sent between the deletion and the rebind are lost.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -74,14 +81,81 @@ pub struct NotifySocket {
     pub env_value: String,
     path: Option<PathBuf>,
     socket: Option<UnixDatagram>,
+    /// Its entry in [`FORWARDING`], once [`NotifySocket::forward`] runs.
+    registered: Option<u64>,
 }
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
+        // The forwarding task holds the socket: it ends with its worker (the
+        // pool's receiver outlives every worker, so it would not end by itself).
+        if let Some(id) = self.registered.take() {
+            if let Some(f) = forwarding().remove(&id) {
+                f.task.abort();
+            }
+        }
         if let Some(p) = &self.path {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// Starts forwarding from one more socket to the same receiver.
+type Respawn = Box<dyn Fn(UnixDatagram) -> tokio::task::AbortHandle + Send>;
+
+/// A socket being forwarded: its task, and (bound to a path) what
+/// [`rebind_missing`] needs to bind it again and forward from the new one.
+struct Forwarder {
+    path: Option<PathBuf>,
+    respawn: Respawn,
+    task: tokio::task::AbortHandle,
+}
+
+static FORWARDING: std::sync::Mutex<std::collections::BTreeMap<u64, Forwarder>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn forwarding() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<u64, Forwarder>> {
+    FORWARDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Binds again, at the same path, every forwarded notify socket whose file is
+/// gone (the state dir was deleted and made again; its `run/` must exist).
+/// Returns how many were bound again; a failure is logged and the rest go on.
+pub fn rebind_missing() -> usize {
+    let mut rebound = 0;
+    for f in forwarding().values_mut() {
+        let Some(path) = f.path.as_ref().filter(|p| !p.exists()) else {
+            continue;
+        };
+        match bind_path(path).and_then(UnixDatagram::from_std) {
+            Ok(socket) => {
+                // The old socket has no name any more: nothing reaches it.
+                f.task.abort();
+                f.task = (f.respawn)(socket);
+                rebound += 1;
+            }
+            Err(e) => tracing::warn!(
+                "Cannot bind the notify socket {} again ({e}); its worker's messages are lost until it is replaced.",
+                path.display()
+            ),
+        }
+    }
+    rebound
+}
+
+/// A datagram socket bound at `path` (a stale file there replaced), owner-only,
+/// passing credentials, non-blocking.
+fn bind_path(path: &Path) -> io::Result<std::os::unix::net::UnixDatagram> {
+    let _ = std::fs::remove_file(path);
+    let s = std::os::unix::net::UnixDatagram::bind(path)?;
+    // Owner only, as every socket in the state dir: the worker runs as the
+    // supervisor's user. (Under `bind` the mode came from the umask: 0755.)
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    set_passcred(&s)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
 }
 
 use appvisor_config::MAX_UNIX_PATH as SUN_PATH_MAX;
@@ -105,26 +179,22 @@ impl NotifySocket {
         let path = dir.join(format!("{name}.sock"));
         let (socket, env_value, path) = if !force_abstract && path.as_os_str().len() <= SUN_PATH_MAX
         {
-            let _ = std::fs::remove_file(&path);
-            let s = std::os::unix::net::UnixDatagram::bind(&path)?;
-            // Owner only, as every socket in the state dir: the worker runs as the
-            // supervisor's user. (Under `bind` the mode came from the umask: 0755.)
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            let s = bind_path(&path)?;
             (s, path.display().to_string(), Some(path))
         } else {
             use std::os::linux::net::SocketAddrExt;
             let abstract_name = format!("appvisor/{}/{name}", std::process::id());
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name)?;
             let s = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
+            set_passcred(&s)?;
+            s.set_nonblocking(true)?;
             (s, format!("@{abstract_name}"), None)
         };
-        set_passcred(&socket)?;
-        socket.set_nonblocking(true)?;
         Ok(NotifySocket {
             env_value,
             path,
             socket: Some(UnixDatagram::from_std(socket)?),
+            registered: None,
         })
     }
 
@@ -140,6 +210,31 @@ impl NotifySocket {
         let Some(socket) = self.socket.take() else {
             return;
         };
+        let task = forward_from(socket, pgid, tag.clone(), tx.clone());
+        let respawn: Respawn =
+            Box::new(move |socket| forward_from(socket, pgid, tag.clone(), tx.clone()));
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.path.clone();
+        forwarding().insert(
+            id,
+            Forwarder {
+                path,
+                respawn,
+                task,
+            },
+        );
+        self.registered = Some(id);
+    }
+}
+
+/// The forwarding loop of one socket (see [`NotifySocket::forward`]).
+fn forward_from<T: Clone + Send + 'static>(
+    socket: UnixDatagram,
+    pgid: i32,
+    tag: T,
+    tx: mpsc::UnboundedSender<(T, NotifyMessage)>,
+) -> tokio::task::AbortHandle {
+    {
         tokio::spawn(async move {
             let mut buf = vec![0u8; MAX_DATAGRAM];
             let mut cmsg = cmsg_buffer();
@@ -165,7 +260,8 @@ impl NotifySocket {
                     return;
                 }
             }
-        });
+        })
+        .abort_handle()
     }
 }
 

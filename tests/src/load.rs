@@ -116,6 +116,19 @@ fn pid_of(body: &str) -> Option<i32> {
 impl Load {
     /// Starts `clients` threads hammering `GET path` on `port`.
     pub fn start(port: u16, clients: usize, keep_alive: bool, path: &str) -> Load {
+        Load::start_paced(port, clients, keep_alive, path, Duration::ZERO)
+    }
+
+    /// [`Load::start`], each client pausing `pause` after every request: a
+    /// steady load that leaves the machine room (the soak runs for half an
+    /// hour on a shared machine).
+    pub fn start_paced(
+        port: u16,
+        clients: usize,
+        keep_alive: bool,
+        path: &str,
+        pause: Duration,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok_so_far = Arc::new(AtomicU64::new(0));
         let threads = (0..clients)
@@ -136,6 +149,9 @@ impl Load {
                         let result =
                             c.and_then(|mut c| request(&mut c, &path, keep_alive).map(|x| (c, x)));
                         let took = t0.elapsed();
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
                         match result {
                             Ok((c, (body, close))) => {
                                 r.ok += 1;
@@ -152,7 +168,12 @@ impl Load {
                                 r.failed += 1;
                                 let mut errs = errors.lock().unwrap();
                                 if errs.len() < 5 {
-                                    errs.push(e);
+                                    // When, to match it with events.jsonl.
+                                    let at = std::time::SystemTime::now()
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .unwrap_or_default()
+                                        .as_millis();
+                                    errs.push(format!("{e} (at unix ms {at})"));
                                 }
                             }
                         }

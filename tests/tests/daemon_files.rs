@@ -572,3 +572,100 @@ fn a_deleted_state_dir_is_made_again() {
     );
     assert!(sv.stop().success());
 }
+
+/// `redis-cli` on the app's store socket: its output, trimmed.
+fn store_cli(sock: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-s")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("redis-cli (apt-get install redis-tools)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The requests `status` counts for worker `pid` (reported through its notify
+/// socket).
+fn requests_of(sv: &Supervisor, pid: i32) -> u64 {
+    sv.app("web")["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["pid"] == pid)
+        .and_then(|w| w["requests"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The state dir deleted, with the embedded store and a running worker: the
+/// store's socket comes back (redis-cli reaches every key), its log is written
+/// again from memory (a restarted supervisor loads every key, those from before
+/// the deletion too), and the running worker's notify socket is bound again at
+/// the path it was started with (its request counts still reach `status`).
+#[test]
+fn a_deleted_state_dir_gets_the_store_and_notify_sockets_back() {
+    let sb = Sandbox::new("rmstore");
+    let port = free_port();
+    sb.config(&demo_app("web", port));
+    let sv = sb.start();
+    let worker = sv.wait_running("web", 1)[0];
+    let state = sb.path(".appvisor");
+    let store = state.join("store/web.sock");
+    wait_until(Duration::from_secs(10), "the store's app socket", || {
+        (store_cli(&store, &["PING"]) == "PONG").then_some(())
+    });
+    for i in 0..50 {
+        assert_eq!(
+            store_cli(&store, &["SET", &format!("k{i}"), "before"]),
+            "OK"
+        );
+    }
+    assert_eq!(http_get(port, "/").unwrap().0, 200);
+    wait_until(Duration::from_secs(10), "the first request counted", || {
+        (requests_of(&sv, worker) >= 1).then_some(())
+    });
+
+    std::fs::remove_dir_all(&state).unwrap();
+    let recreated = sv.wait_event("state_dir_recreated", Duration::from_secs(10), |e| {
+        e["kind"] == "state_dir_recreated"
+    });
+    let detail = recreated["detail"].as_str().unwrap();
+    assert!(detail.contains("the store's socket"), "{detail}");
+    assert!(detail.contains("the store's log"), "{detail}");
+    assert!(
+        detail.contains("1 running workers' notify sockets"),
+        "{detail}"
+    );
+
+    // `status`, the store and the worker's notify socket all answer again.
+    assert!(sv.ok(&["status"]).contains("web"));
+    assert_eq!(store_cli(&store, &["GET", "k7"]), "before");
+    assert_eq!(store_cli(&store, &["SET", "after", "1"]), "OK");
+    let counted = requests_of(&sv, worker);
+    for _ in 0..5 {
+        assert_eq!(http_get(port, "/").unwrap().0, 200);
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "requests after the deletion counted through the notify socket",
+        || (requests_of(&sv, worker) >= counted + 5).then_some(()),
+    );
+    wait_until(Duration::from_secs(10), "the store's log again", || {
+        state.join("store.aof").exists().then_some(())
+    });
+    let out = sv.ok(&["recycle", "web"]);
+    assert!(out.contains("recycled 1 worker"), "{out}");
+    assert!(sv.stop().success());
+
+    // The next start loads every key from the rewritten log.
+    let sv = sb.start();
+    sv.wait_running("web", 1);
+    wait_until(Duration::from_secs(10), "the store again", || {
+        (store_cli(&store, &["PING"]) == "PONG").then_some(())
+    });
+    assert_eq!(store_cli(&store, &["DBSIZE"]), "51");
+    assert_eq!(
+        store_cli(&store, &["MGET", "k0", "k49", "after"]),
+        "before\nbefore\n1"
+    );
+    assert!(sv.stop().success());
+}

@@ -148,3 +148,40 @@ fn sv_stderr_says_no_cgroup(sb: &Sandbox) -> bool {
         .unwrap_or_default()
         .contains("Workers get no cgroup of their own")
 }
+
+/// Without cgroups, the escaped daemon is named where a user looks: an `escaped`
+/// event (worker, pid, the daemon's pid) and `appvisor status` (JSON and text)
+/// while it runs; once it is gone, `status` stops naming it.
+#[test]
+fn without_cgroups_an_event_and_status_name_the_escaped_pids() {
+    let sb = Sandbox::new("escevent");
+    escaper_app(&sb, free_port());
+    let sv = sb.start_with_env(&[("APPVISOR_CGROUPS", "off")]);
+    let worker = sv.wait_running("esc", 1)[0];
+    let daemon = daemon_of(&sb.dir, worker);
+    sv.ok(&["recycle", "esc"]);
+    let event = sv.wait_event("an escaped event", Duration::from_secs(10), |e| {
+        e["kind"] == "escaped" && e["app"] == "esc" && e["pid"] == worker
+    });
+    let detail = event["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("pids {daemon}")), "{detail}");
+    assert_eq!(sv.app("esc")["escaped"], serde_json::json!([daemon]));
+    let text = sv.ok(&["status"]);
+    assert!(
+        text.contains(&format!("escaped: pids {daemon} ")),
+        "status does not name {daemon}:\n{text}"
+    );
+
+    // Gone (here: killed by hand, as the event says to): no longer listed.
+    // SAFETY: kill with a pid this test's worker started.
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    wait_until(
+        Duration::from_secs(10),
+        "status to drop the dead pid",
+        || sv.app("esc")["escaped"].is_null().then_some(()),
+    );
+    let next = daemon_of(&sb.dir, sv.wait_running("esc", 1)[0]);
+    assert!(sv.stop().success());
+    // SAFETY: as above.
+    unsafe { libc::kill(next, libc::SIGKILL) };
+}

@@ -750,6 +750,7 @@ mod tests {
                 watch: None,
                 next_schedule: None,
                 memory_limits: vec![],
+                escaped: vec![],
             }],
             ..Snapshot::default()
         };

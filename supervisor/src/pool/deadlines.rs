@@ -30,7 +30,10 @@ impl Pool {
             .filter(|_| running && self.job.is_none())
             .map(|t| self.last_activity + t);
         let app = [
-            self.next_schedule.as_ref().map(|(t, _)| *t),
+            self.next_schedule
+                .as_ref()
+                .and_then(ScheduleTimer::deadline)
+                .map(Instant::from_std),
             self.next_memory_check.filter(|_| running),
             self.next_probe.filter(|_| running && !self.probe_in_flight),
             idle,
@@ -121,10 +124,13 @@ impl Pool {
                 self.on_crash_of_slot(slot, Failure::Startup);
             }
         }
-        if let Some((t, at)) = self.next_schedule.clone() {
-            if t <= now {
-                self.on_schedule(at);
-            }
+        if self
+            .next_schedule
+            .as_ref()
+            .and_then(ScheduleTimer::deadline)
+            .is_some_and(|t| Instant::from_std(t) <= now)
+        {
+            self.on_schedule_deadline(&jiff::Zoned::now(), now);
         }
         // Before the memory check: it reuses this tick's sample.
         if self.sample_deadline().is_some_and(|t| t <= now) {

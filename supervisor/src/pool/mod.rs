@@ -79,7 +79,7 @@ use crate::reason::RecycleReason;
 use crate::sd_notify::NotifyMessage;
 use crate::sockets::BoundSocket;
 use crate::trigger::memory::{self, MemoryVerdict};
-use crate::trigger::schedule::{self, JitterRng};
+use crate::trigger::schedule::{self, JitterRng, ScheduleTimer};
 use crate::trigger::watch::{AppWatcher, WatchDecision};
 
 pub use app_memory::{PressureCandidate, PressureOffer};
@@ -265,6 +265,7 @@ impl Pool {
             spawn_seq: 0,
             crashes: VecDeque::new(),
             total_crashes: 0,
+            escaped: BTreeSet::new(),
             recycles: 0,
             last_recycle: None,
             start_waiters: Vec::new(),
@@ -317,6 +318,9 @@ struct Pool {
     spawn_seq: u64,
     crashes: VecDeque<Instant>,
     total_crashes: u64,
+    /// Pids that escaped a worker without a cgroup (issue 12), shown by `status`
+    /// while they run.
+    escaped: BTreeSet<i32>,
     recycles: u64,
     last_recycle: Option<LastRecycle>,
     start_waiters: Vec<oneshot::Sender<Reply>>,
@@ -331,7 +335,8 @@ struct Pool {
     /// Bumped on reconfigure, so a watcher started for old settings is dropped.
     watcher_epoch: u64,
     rng: JitterRng,
-    next_schedule: Option<(Instant, jiff::Zoned)>,
+    /// `schedule`: `None` when the app has no times of day.
+    next_schedule: Option<ScheduleTimer>,
     next_memory_check: Option<Instant>,
     next_probe: Option<Instant>,
     probe_in_flight: bool,

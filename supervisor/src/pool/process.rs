@@ -82,8 +82,12 @@ pub trait ProcessTable: Send + 'static {
     /// `pgid` (daemons that left the group with `setsid` included).
     fn kill_group(&mut self, pgid: i32);
     /// The group `pgid` is gone: the guard need not kill it any more, and its
-    /// cgroup is removed.
-    fn release(&mut self, pgid: i32);
+    /// cgroup is removed. Returns the pids of processes it started that escaped
+    /// its group and outlive it — found only where it had no cgroup (with one,
+    /// they were killed with it).
+    fn release(&mut self, pgid: i32) -> Vec<i32>;
+    /// Whether `pid` still runs (an escaped process, for `status`).
+    fn alive(&self, pid: i32) -> bool;
     /// Memory of `pid`'s process tree; `None` if it cannot be read.
     fn memory(&mut self, pid: i32) -> Option<MemorySample>;
     /// CPU time of `pid` in clock ticks.
@@ -239,22 +243,32 @@ impl ProcessTable for OsProcessTable {
         }
     }
 
-    fn release(&mut self, pgid: i32) {
+    fn release(&mut self, pgid: i32) -> Vec<i32> {
         self.guard.release(pgid);
         self.oom.lock().unwrap().remove(&pgid);
         if let Some(dir) = self.cgroups.lock().unwrap().remove(&pgid) {
             crate::cgroup::remove_when_empty(dir);
         }
-        if let Some(marker) = self.markers.lock().unwrap().remove(&pgid) {
-            let escaped = crate::cgroup::escaped(pgid, &marker);
-            if !escaped.is_empty() {
-                tracing::warn!(
-                    worker = pgid,
-                    escaped = ?escaped,
-                    "Processes started by worker {pgid} left its process group and outlive it (no cgroup to kill them): pids {escaped:?}."
-                );
-            }
+        let Some(marker) = self.markers.lock().unwrap().remove(&pgid) else {
+            return Vec::new();
+        };
+        let escaped = crate::cgroup::escaped(pgid, &marker);
+        if !escaped.is_empty() {
+            tracing::warn!(
+                worker = pgid,
+                escaped = ?escaped,
+                "Processes started by worker {pgid} left its process group and outlive it (no cgroup to kill them): pids {escaped:?}."
+            );
         }
+        escaped
+    }
+
+    fn alive(&self, pid: i32) -> bool {
+        // A zombie is gone for this purpose: it holds no port and no file.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start());
+            !matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X'))
+        })
     }
 
     fn memory(&mut self, pid: i32) -> Option<MemorySample> {

@@ -25,6 +25,10 @@ pub struct AppStatus {
     /// `private_memory 128 MiB (25 % of 512 MiB, cgroup limit)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memory_limits: Vec<String>,
+    /// Processes that escaped a worker without a cgroup and still run
+    /// (`escaped` events tell which worker started them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escaped: Vec<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,7 +228,14 @@ impl Pool {
             next_schedule: self
                 .next_schedule
                 .as_ref()
-                .map(|(_, at)| at.strftime("%Y-%m-%d %H:%M").to_string()),
+                .and_then(ScheduleTimer::next_fire)
+                .map(|at| at.strftime("%Y-%m-%d %H:%M").to_string()),
+            escaped: self
+                .escaped
+                .iter()
+                .copied()
+                .filter(|&pid| self.table.alive(pid))
+                .collect(),
             memory_limits: self.memory_limits(),
         }
     }

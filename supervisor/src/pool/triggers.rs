@@ -84,13 +84,13 @@ impl Pool {
     /// Schedules, memory checks and the HTTP probe for the current settings.
     pub(super) fn arm_app_timers(&mut self) {
         let now = Instant::now();
-        self.next_schedule = None;
-        if !self.app.recycle.schedule.is_empty() {
-            let wall = jiff::Zoned::now();
-            if let Some(at) = schedule::next_schedule_fire(&wall, &self.app.recycle.schedule) {
-                self.next_schedule = Some((now + schedule::duration_until(&wall, &at), at));
-            }
-        }
+        self.next_schedule = (!self.app.recycle.schedule.is_empty()).then(|| {
+            ScheduleTimer::arm(
+                &self.app.recycle.schedule,
+                &jiff::Zoned::now(),
+                now.into_std(),
+            )
+        });
         let rc = &self.app.recycle;
         let memory = rc.private_memory.is_some()
             || rc.virtual_memory.is_some()
@@ -251,20 +251,22 @@ impl Pool {
         self.stop_all(StopCause::Idle);
     }
 
-    pub(super) fn on_schedule(&mut self, at: jiff::Zoned) {
-        let wall = jiff::Zoned::now();
-        if wall.timestamp() < at.timestamp() {
-            // The wall clock moved back while we slept: wait the rest.
-            self.next_schedule = Some((Instant::now() + schedule::duration_until(&wall, &at), at));
-            return;
+    /// The schedule's monotonic deadline passed; `wall` and `mono` are the clocks
+    /// read now (the seam a test jumps the wall clock through). [`ScheduleTimer`]
+    /// decides whether a time of day is due (once, whatever the wall clock did
+    /// meanwhile) and re-arms itself.
+    pub(super) fn on_schedule_deadline(&mut self, wall: &jiff::Zoned, mono: Instant) {
+        if let Some(at) = self
+            .next_schedule
+            .as_mut()
+            .and_then(|timer| timer.on_deadline(wall, mono.into_std()))
+        {
+            self.on_schedule(at);
         }
-        self.next_schedule =
-            schedule::next_schedule_fire(&wall, &self.app.recycle.schedule).map(|next| {
-                (
-                    Instant::now() + schedule::duration_until(&wall, &next),
-                    next,
-                )
-            });
+    }
+
+    /// A time of day `at` is due: recycle the app.
+    pub(super) fn on_schedule(&mut self, at: jiff::Zoned) {
         let reason = RecycleReason::Schedule {
             at: at.strftime("%H:%M").to_string(),
         };

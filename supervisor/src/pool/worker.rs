@@ -417,6 +417,29 @@ impl Pool {
         }
     }
 
+    /// Processes started by worker `pid` left its group and outlive it, and with no
+    /// cgroup nothing can kill them: an `escaped` event names them, and `status`
+    /// lists them while they run.
+    pub(super) fn on_escaped(&mut self, pid: i32, escaped: Vec<i32>) {
+        let pids = escaped
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut e = self.event(EventKind::Escaped);
+        if let Some(w) = self.workers.get(&pid) {
+            e = e.of_worker(w.slot, w.generation, pid);
+        }
+        e.detail = Some(format!(
+            "pids {pids} started by worker {pid} left its process group and outlive it; \
+             workers have no cgroup here, so nothing kills them: stop them yourself (`kill {pids}`)"
+        ));
+        self.emit(e);
+        let table = &self.table;
+        self.escaped.retain(|&p| table.alive(p));
+        self.escaped.extend(escaped);
+    }
+
     pub(super) fn on_exit(&mut self, exit: Exit) {
         let pid = exit.pid;
         // Before its cgroup goes: a SIGKILL nobody here sent may be the OOM killer's.
@@ -427,7 +450,10 @@ impl Pool {
         // Whatever the worker left in its group goes with it: an orphaned child
         // must not keep the port or the files busy.
         self.table.kill_group(pid);
-        self.table.release(pid);
+        let escaped = self.table.release(pid);
+        if !escaped.is_empty() {
+            self.on_escaped(pid, escaped);
+        }
         let Some(w) = self.workers.remove(&pid) else {
             return;
         };

@@ -51,6 +51,7 @@ fn app(name: &str, workers: Vec<WorkerStatus>) -> AppStatus {
         watch: None,
         next_schedule: None,
         memory_limits: vec![],
+        escaped: vec![],
     }
 }
 

@@ -92,6 +92,8 @@ where
     // Whole requests may wait in `rbuf` (a pass stopped early, or was paused).
     let mut runnable = false;
     let mut queued = QueuedOutput::new(&inner.state.output);
+    // Requests read and not run yet, counted the same way.
+    let mut read_ahead = QueuedOutput::new(&inner.state.input);
     // A connection that has not logged in is closed at this deadline.
     let mut auth_deadline = client
         .seat
@@ -130,6 +132,7 @@ where
             }
         }
         queued.set(wbuf.len());
+        read_ahead.set(rbuf.len());
         if client.overflowed() {
             // Its subscriber queue filled up while it did not read: as Redis
             // does with a pub/sub client past its output limit.
@@ -194,6 +197,7 @@ where
         }
     }
     drop(queued);
+    drop(read_ahead);
     let mut ks = inner.lock();
     client.detach(&mut ks);
 }
@@ -234,7 +238,8 @@ async fn next_push(inbox: Option<&mut tokio::sync::mpsc::Receiver<Push>>) -> Opt
 
 /// Reply bytes of one connection waiting for its client, counted in
 /// `ServerState::output` (against max_memory) until dropped, also when the
-/// connection's task is aborted.
+/// connection's task is aborted. The same for its requests read ahead, in
+/// `ServerState::input`.
 struct QueuedOutput<'a> {
     total: &'a AtomicU64,
     bytes: u64,

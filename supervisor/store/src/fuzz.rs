@@ -216,6 +216,7 @@ fn shared() -> Shared {
             tcp: None,
             max_output: MAX_OUTPUT,
             output: AtomicU64::new(0),
+            input: AtomicU64::new(0),
         },
         limits: FrameLimits {
             max_bulk: 512 + 64,

@@ -250,6 +250,13 @@ impl StoreHandle {
         &self.inner.load_report
     }
 
+    /// After its directory was deleted and made again: binds the missing
+    /// sockets again and rewrites a missing log from memory (every key). Returns
+    /// what was restored, in words (empty if nothing was missing).
+    pub fn restore_files(&self) -> Result<Vec<&'static str>, StoreError> {
+        self.inner.restore_files()
+    }
+
     /// Resolves once the store has shut down and its log is synced.
     pub async fn closed(&self) {
         self.inner.closed().await;

@@ -47,6 +47,11 @@ pub(crate) struct Server {
     closed: watch::Sender<bool>,
     pub load_report: LoadReport,
     runtime: tokio::runtime::Handle,
+    /// The accept loop of `unix_path`, replaced when the socket is bound again
+    /// ([`Server::restore_files`]).
+    main_accept: Mutex<Option<AbortHandle>>,
+    /// The log's path, when one is kept.
+    aof_path: Option<PathBuf>,
 }
 
 /// Slack over max_value_size that a bulk string may claim and still be read (and
@@ -381,6 +386,7 @@ pub(crate) async fn start(
                 .try_into()
                 .unwrap_or(usize::MAX),
             output: AtomicU64::new(0),
+            input: AtomicU64::new(0),
         },
         limits: FrameLimits {
             max_bulk,
@@ -402,6 +408,8 @@ pub(crate) async fn start(
         closed,
         load_report,
         runtime: tokio::runtime::Handle::current(),
+        main_accept: Mutex::new(None),
+        aof_path: aof_path.clone(),
     });
     inner.set_apps(&opts.apps)?;
     tracing::debug!(
@@ -423,7 +431,8 @@ pub(crate) async fn start(
         }
     );
 
-    tokio::spawn(accept_unix(inner.clone(), unix, None));
+    let accept = tokio::spawn(accept_unix(inner.clone(), unix, None)).abort_handle();
+    *inner.main_accept.lock().unwrap_or_else(|e| e.into_inner()) = Some(accept);
     if let Some(tcp) = tcp {
         tokio::spawn(accept_tcp(inner.clone(), tcp));
     }
@@ -446,6 +455,77 @@ pub(crate) async fn start(
         stopping.shut_down().await;
     });
     Ok(inner)
+}
+
+impl Server {
+    /// Puts back the files of a store whose directory was deleted under it (the
+    /// supervisor made the directory again): the main socket and the per-app
+    /// sockets are bound again where their files are missing (open connections
+    /// are untouched), and a missing log is written again from memory — a log
+    /// rewrite, which holds every key, so the next start loads them all.
+    /// Returns what was restored, in words.
+    pub fn restore_files(self: &Arc<Self>) -> Result<Vec<&'static str>, StoreError> {
+        let mut restored = Vec::new();
+        if !self.unix_path.exists() {
+            let listener = {
+                let _rt = self.runtime.enter();
+                bind_unix(&self.unix_path)?
+            };
+            let accept = self
+                .runtime
+                .spawn(accept_unix(self.clone(), listener, None))
+                .abort_handle();
+            let old = self
+                .main_accept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(accept);
+            if let Some(old) = old {
+                old.abort();
+            }
+            restored.push("its socket");
+        }
+        if let Some(dir) = &self.app_socket_dir {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Bind {
+                path: dir.clone(),
+                source,
+            })?;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            let gone = {
+                let mut sockets = self.app_sockets.lock().unwrap_or_else(|e| e.into_inner());
+                let before = sockets.len();
+                sockets.retain(|_, socket| {
+                    let there = socket.path.exists();
+                    if !there {
+                        socket.accept.abort();
+                    }
+                    there
+                });
+                before - sockets.len()
+            };
+            if gone > 0 {
+                let apps = self
+                    .credentials
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                self.sync_app_sockets(&apps)?;
+                restored.push("the apps' sockets");
+            }
+        }
+        if self.aof_path.as_ref().is_some_and(|p| !p.exists()) && self.shared.writer.is_some() {
+            // The writer appends to the unlinked file meanwhile; the rewrite
+            // renames a complete log into place and appends there from then on.
+            self.shared
+                .state
+                .log
+                .rewrite_requested
+                .store(true, Ordering::Relaxed);
+            self.shared.lock().alarm.notify.notify_one();
+            restored.push("its log (rewritten from memory)");
+        }
+        Ok(restored)
+    }
 }
 
 /// How long shutdown waits for aborted connections to unwind.

@@ -43,6 +43,9 @@ pub(crate) struct ServerState {
     /// Reply bytes queued for clients that have not read them yet: memory as
     /// much as the data is, so it counts against max_memory.
     pub output: AtomicU64,
+    /// Request bytes read ahead and not run yet (a pipeline written before its
+    /// replies are read): memory too, so they count against max_memory.
+    pub input: AtomicU64,
 }
 
 impl ServerState {
@@ -51,10 +54,11 @@ impl ServerState {
             return false;
         };
         let output = self.output.load(Ordering::Relaxed);
-        let over = ks.memory() as u64 + output > max;
+        let input = self.input.load(Ordering::Relaxed);
+        let over = ks.memory() as u64 + output + input > max;
         if over {
             tracing::debug!(
-                "refused a write: data holds {} bytes and {output} bytes of replies wait for their readers, over max_memory {max}",
+                "refused a write: data holds {} bytes, {output} bytes of replies wait for their readers and {input} bytes of requests wait to run, over max_memory {max}",
                 ks.memory(),
             );
         }

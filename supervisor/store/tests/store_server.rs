@@ -937,6 +937,54 @@ mod persistence {
             .as_millis() as u64
     }
 
+    /// Issue 12, "the state dir deleted": the store's directory is removed under
+    /// it and made again (the supervisor does that); `restore_files` binds the
+    /// sockets again and writes the log again from memory, so redis-cli reaches
+    /// it on both sockets, a connection open across the deletion goes on, and
+    /// the next start loads every key — those written before the deletion too.
+    #[test]
+    fn a_deleted_directory_gets_its_sockets_and_log_back() {
+        let dir = TempDir::new("rmdir");
+        let server = Server::start(persistent_options(dir.path(), Persist::EverySec));
+        let sock = server.sock();
+        let mut open = Raw::login(&sock, SHOP);
+        for i in 0..100 {
+            assert_eq!(open.call(&["SET", &format!("k{i}"), "before"]), "+OK");
+        }
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        assert_eq!(
+            server.handle.restore_files().unwrap(),
+            [
+                "its socket",
+                "the apps' sockets",
+                "its log (rewritten from memory)"
+            ]
+        );
+        assert_eq!(open.call(&["SET", "after", "1"]), "+OK");
+        assert_eq!(cli(&sock, Some(SHOP), &["GET", "k7"]), "before");
+        let app_sock = dir.path().join("apps/shop.sock");
+        assert_eq!(cli(&app_sock, None, &["GET", "after"]), "1");
+        wait_until("the log written again", Duration::from_secs(10), || {
+            dir.path().join("store.aof").exists()
+        });
+        assert!(
+            server.handle.restore_files().unwrap().is_empty(),
+            "nothing is missing any more"
+        );
+        assert_eq!(open.call(&["SET", "later", "2"]), "+OK");
+        drop(open);
+        server.stop();
+
+        let server = Server::start(persistent_options(dir.path(), Persist::EverySec));
+        assert_eq!(server.handle.load_report().keys, 102);
+        let sock = server.sock();
+        assert_eq!(
+            cli(&sock, Some(SHOP), &["MGET", "k0", "k99", "after", "later"]),
+            "before\nbefore\n1\n2"
+        );
+    }
+
     #[test]
     fn data_survives_a_restart_with_absolute_ttls() {
         let dir = TempDir::new("aof");
@@ -1642,6 +1690,58 @@ mod hardening {
         }
         wait_until(
             "writes accepted once the reader caught up",
+            Duration::from_secs(10),
+            || writer.call(&["SET", "x", "1"]) == "+OK",
+        );
+    }
+
+    /// Requests read ahead and not run yet are memory too: a client that writes
+    /// a large pipeline while its replies wait makes the store hold it, so it
+    /// counts against max_memory (INFO's mem_clients_normal shows it, as
+    /// Redis's does) until the requests have run.
+    #[test]
+    fn requests_read_ahead_count_against_max_memory() {
+        let dir = TempDir::new("inmem");
+        let server = Server::start(StoreOptions {
+            max_memory: Some(5_000_000),
+            ..options(dir.path())
+        });
+        let sock = server.sock();
+        let mut writer = Raw::login(&sock, SHOP);
+        assert_eq!(writer.call(&["SET", "a", &"v".repeat(1_000_000)]), "+OK");
+        let mut pipeliner = Raw::login(&sock, SHOP);
+        // Two 1 MB replies make the store pause running this client's requests
+        // (about 2 MB wait, under the limit with the data); then 8 MB of
+        // requests with small replies, read ahead while it waits.
+        pipeliner.send(&["GET", "a"]);
+        pipeliner.send(&["GET", "a"]);
+        let key = "k".repeat(1000);
+        let exists = format!("*2\r\n$6\r\nEXISTS\r\n${}\r\n{key}\r\n", key.len());
+        const PIPELINED: usize = 8000;
+        pipeliner.send_bytes(exists.repeat(PIPELINED).as_bytes());
+        wait_until(
+            "a write refused while the pipeline waits to run",
+            Duration::from_secs(10),
+            || writer.call(&["SET", "x", "1"]).starts_with("-OOM"),
+        );
+        let info = writer.call(&["INFO", "memory"]);
+        let clients: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("mem_clients_normal:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("mem_clients_normal in INFO");
+        assert!(
+            clients > 4_000_000,
+            "the read-ahead is not counted: mem_clients_normal:{clients}"
+        );
+        for _ in 0..2 {
+            assert_eq!(pipeliner.reply().len(), 1_000_001);
+        }
+        for _ in 0..PIPELINED {
+            assert_eq!(pipeliner.reply(), ":0");
+        }
+        wait_until(
+            "writes accepted once the pipeline has run",
             Duration::from_secs(10),
             || writer.call(&["SET", "x", "1"]) == "+OK",
         );

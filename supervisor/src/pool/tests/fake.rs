@@ -45,6 +45,10 @@ pub(super) struct FakeState {
     pub(super) memory_reads: usize,
     pub(super) http_ok: bool,
     pub(super) wake: Option<tokio::sync::oneshot::Sender<()>>,
+    /// What each worker leaves escaped when it exits (`release`).
+    pub(super) escaped: HashMap<i32, Vec<i32>>,
+    /// Escaped pids still running.
+    pub(super) escaped_alive: HashSet<i32>,
 }
 
 #[derive(Clone, Default)]
@@ -164,7 +168,13 @@ impl ProcessTable for Fake {
         self.exit(pgid, ExitStatus::Signal(9));
     }
 
-    fn release(&mut self, _pgid: i32) {}
+    fn release(&mut self, pgid: i32) -> Vec<i32> {
+        self.state().escaped.remove(&pgid).unwrap_or_default()
+    }
+
+    fn alive(&self, pid: i32) -> bool {
+        self.state().escaped_alive.contains(&pid)
+    }
 
     fn memory(&mut self, pid: i32) -> Option<MemorySample> {
         let mut st = self.state();

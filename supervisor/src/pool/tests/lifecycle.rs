@@ -180,3 +180,36 @@ async fn idle_timeout_stops_the_workers_and_a_connection_starts_them() {
     h.settle().await;
     assert_eq!(h.status().await.state, AppRunState::Running);
 }
+
+/// Without a cgroup, what a worker leaves behind when it exits (its process table
+/// finds it) is named in an `escaped` event, and `status` lists it while it runs.
+#[tokio::test(start_paused = true)]
+async fn escaped_pids_are_an_event_and_in_status_while_they_run() {
+    let mut h = serving(app(1)).await;
+    let worker = h.fake.spawned()[0];
+    {
+        let mut st = h.fake.state();
+        st.escaped.insert(worker, vec![9001, 9002]);
+        st.escaped_alive.extend([9001, 9002]);
+    }
+    assert!(h.status().await.escaped.is_empty());
+    h.fake.exit(worker, ExitStatus::Signal(9));
+    h.settle().await;
+    let e = h.last(EventKind::Escaped).clone();
+    assert_eq!((e.worker, e.pid), (Some(0), Some(worker)));
+    let detail = e.detail.unwrap();
+    assert!(detail.contains("pids 9001 9002"), "{detail}");
+    assert!(detail.contains(&format!("worker {worker}")), "{detail}");
+    assert_eq!(h.status().await.escaped, [9001, 9002]);
+
+    // One exits by itself: status stops listing it.
+    h.fake.state().escaped_alive.remove(&9001);
+    assert_eq!(h.status().await.escaped, [9002]);
+    // A worker that leaves nothing behind adds no event.
+    let n = h.count(EventKind::Escaped);
+    let next = h.fake.last_spawn();
+    h.fake.ready(next);
+    h.fake.exit(next, ExitStatus::Code(1));
+    h.settle().await;
+    assert_eq!(h.count(EventKind::Escaped), n);
+}

@@ -197,3 +197,66 @@ async fn a_schedule_fire_recycles_the_app() {
     }
     assert_eq!(recycle.unwrap().reason.as_deref(), Some("schedule"));
 }
+
+/// The pool's schedule runs on [`ScheduleTimer`]: its deadline fires only when the
+/// wall clock agrees (a clock stepped back waits the rest), fires once per time of
+/// day, and re-arms for the next day. The wall clock is passed in, as the timer's
+/// seam, because paused tokio time does not move it.
+#[tokio::test(start_paused = true)]
+async fn the_schedule_deadline_fires_once_through_the_timer() {
+    let mut a = app(1);
+    let in_an_hour = jiff::Zoned::now()
+        .checked_add(jiff::SignedDuration::from_secs(3600))
+        .unwrap();
+    a.recycle.schedule = vec![appvisor_config::TimeOfDay {
+        hour: in_an_hour.hour() as u8,
+        minute: in_an_hour.minute() as u8,
+        second: 0,
+    }];
+    let fake = Fake::default();
+    let (mut pool, _inbox, _handle) = new_pool(a, Vec::new(), &fake);
+    let mut events = pool.events.subscribe();
+    pool.arm_app_timers();
+    pool.start_all();
+    let old = fake.last_spawn();
+    pool.on_ready(old);
+    let timer = pool.next_schedule.clone().expect("a schedule is armed");
+    let at = timer.next_fire().unwrap().clone();
+    let deadline = Instant::from_std(timer.deadline().unwrap());
+
+    // The monotonic deadline passed but the wall clock was stepped back: no fire.
+    let behind = at.checked_sub(jiff::SignedDuration::from_secs(60)).unwrap();
+    pool.on_schedule_deadline(&behind, deadline);
+    assert_eq!(fake.spawned().len(), 1, "no recycle before the wall time");
+    let rearmed = pool.next_schedule.clone().unwrap();
+    assert_eq!(
+        rearmed.next_fire(),
+        Some(&at),
+        "still waiting for the same time"
+    );
+
+    // The wall time came: one recycle, and the next fire is tomorrow's.
+    let past = at.checked_add(jiff::SignedDuration::from_secs(1)).unwrap();
+    let later = Instant::from_std(rearmed.deadline().unwrap());
+    pool.on_schedule_deadline(&past, later);
+    assert_eq!(fake.spawned().len(), 2);
+    let next = pool.next_schedule.clone().unwrap();
+    assert_eq!(
+        next.next_fire().unwrap().date(),
+        at.date().tomorrow().unwrap()
+    );
+
+    // Waking again at the same moment fires nothing: the time fired once.
+    pool.on_schedule_deadline(&past, later);
+    assert_eq!(fake.spawned().len(), 2, "one time of day fires once");
+
+    pool.on_ready(fake.last_spawn());
+    let mut reasons = Vec::new();
+    while let Ok(line) = events.try_recv() {
+        let e: Event = serde_json::from_str(&line).unwrap();
+        if e.kind == EventKind::Recycle {
+            reasons.push(e.reason);
+        }
+    }
+    assert_eq!(reasons, [Some("schedule".to_owned())]);
+}

@@ -154,6 +154,10 @@ pub enum WatchError {
         show(*limit), suggest(*limit, 128)
     )]
     InstanceLimit { app: String, limit: Option<u64> },
+    /// `inotify_init` failed because the supervisor (EMFILE) or the system (ENFILE)
+    /// is out of file descriptors; `detail` is [`crate::fd_limit::explain`]'s words.
+    #[error("app `{app}`: cannot create an inotify instance: {detail}")]
+    Descriptors { app: String, detail: String },
     #[error("app `{app}`: cannot watch {}: {source}", path.display())]
     Inotify {
         app: String,

@@ -558,3 +558,43 @@ async fn special_files_are_skipped_and_the_watch_goes_on() {
         file_change(&["bin/app.dll"], 1, "modified")
     );
 }
+
+/// EMFILE from `inotify_init` is either the per-user instance limit or this
+/// process's fd limit; each is named as what it is, and ENFILE as the system's.
+#[test]
+fn inotify_init_failures_name_the_limit_that_was_hit() {
+    use super::watches::fds_exhausted;
+    // Out of fds: no fd even to list them, or at the soft limit.
+    assert!(fds_exhausted(None, 1024));
+    assert!(fds_exhausted(Some(1022), 1024));
+    // Far from the fd limit: the EMFILE was the instance limit.
+    assert!(!fds_exhausted(Some(40), 1024));
+
+    let descriptors = WatchError::Descriptors {
+        app: "shop".into(),
+        detail: crate::fd_limit::explain(&std::io::Error::from_raw_os_error(libc::EMFILE)),
+    }
+    .to_string();
+    assert!(descriptors.contains("`shop`"), "{descriptors}");
+    assert!(descriptors.contains("EMFILE"), "{descriptors}");
+    assert!(descriptors.contains("ulimit -n"), "{descriptors}");
+    assert!(!descriptors.contains("max_user_instances"), "{descriptors}");
+
+    // This test process has fds to spare: an EMFILE here is the instance limit.
+    let cwd = std::path::Path::new("/srv/shop");
+    let emfile =
+        super::watches::init_failure("shop", cwd, std::io::Error::from_raw_os_error(libc::EMFILE));
+    assert!(
+        matches!(emfile, WatchError::InstanceLimit { .. }),
+        "{emfile}"
+    );
+    assert!(
+        emfile.to_string().contains("max_user_instances"),
+        "{emfile}"
+    );
+    let enfile =
+        super::watches::init_failure("shop", cwd, std::io::Error::from_raw_os_error(libc::ENFILE));
+    assert!(matches!(enfile, WatchError::Descriptors { .. }), "{enfile}");
+    assert!(enfile.to_string().contains("ENFILE"), "{enfile}");
+    assert!(enfile.to_string().contains("fs.file-max"), "{enfile}");
+}

@@ -64,22 +64,57 @@ pub(crate) struct Watches {
     buf: Vec<u8>,
 }
 
+/// Names why `inotify_init` failed. EMFILE means two things there: this user's
+/// `fs.inotify.max_user_instances` is reached, or this process has no fd left
+/// (`RLIMIT_NOFILE`). Blaming the first for the second sends the user to raise the
+/// wrong limit, so the process's own fds are counted to tell them apart.
+pub(crate) fn init_failure(app: &str, cwd: &Path, e: io::Error) -> WatchError {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) if fds_exhausted(open_fds(), soft_fd_limit()) => {
+            WatchError::Descriptors {
+                app: app.to_owned(),
+                detail: crate::fd_limit::explain(&e),
+            }
+        }
+        Some(libc::EMFILE) => WatchError::InstanceLimit {
+            app: app.to_owned(),
+            limit: read_proc_limit("max_user_instances"),
+        },
+        Some(libc::ENFILE) => WatchError::Descriptors {
+            app: app.to_owned(),
+            detail: crate::fd_limit::explain(&e),
+        },
+        _ => WatchError::Inotify {
+            app: app.to_owned(),
+            path: cwd.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+/// This process's open fds (`None` when even listing them fails for want of one).
+fn open_fds() -> Option<usize> {
+    // The listing holds one fd itself; it is not counted.
+    std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count().saturating_sub(1))
+}
+
+fn soft_fd_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(soft, _)| soft)
+}
+
+/// Whether an EMFILE from `inotify_init` is this process's fd limit: no fd left to
+/// list them, or (allowing for fds another thread closed meanwhile) within a few of
+/// the soft limit.
+pub(crate) fn fds_exhausted(open: Option<usize>, soft_limit: u64) -> bool {
+    open.is_none_or(|n| n as u64 + 4 >= soft_limit)
+}
+
 impl Watches {
     pub fn new(app: &str, cwd: &Path) -> Result<Watches, WatchError> {
-        let inotify = Inotify::init().map_err(|e| {
-            if e.raw_os_error() == Some(libc::EMFILE) {
-                WatchError::InstanceLimit {
-                    app: app.to_owned(),
-                    limit: read_proc_limit("max_user_instances"),
-                }
-            } else {
-                WatchError::Inotify {
-                    app: app.to_owned(),
-                    path: cwd.to_path_buf(),
-                    source: e,
-                }
-            }
-        })?;
+        let inotify = Inotify::init().map_err(|e| init_failure(app, cwd, e))?;
         Ok(Watches {
             inotify,
             app: app.to_owned(),

@@ -48,7 +48,8 @@ pub(super) fn info(ctx: &mut Ctx<'_>, args: Args<'_>) {
             text,
             "# Memory\r\nused_memory:{used}\r\nused_memory_human:{:.2}M\r\nmem_clients_normal:{}\r\nmaxmemory:{}\r\nmaxmemory_policy:noeviction\r\n\r\n",
             used as f64 / (1024.0 * 1024.0),
-            server.output.load(Ordering::Relaxed),
+            // As Redis's: client buffers both ways, replies and requests.
+            server.output.load(Ordering::Relaxed) + server.input.load(Ordering::Relaxed),
             server.max_memory.unwrap_or(0),
         );
     }

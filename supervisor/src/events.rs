@@ -157,7 +157,7 @@ impl EventKind {
 
     /// Every kind, for `appvisor events --kind` to check a name against (and list
     /// the valid ones). A new kind goes here too: [`EventKind::as_str`] names it.
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::Started,
         EventKind::Ready,
         EventKind::Recycle,
@@ -180,6 +180,7 @@ impl EventKind {
         EventKind::StateDirRecreated,
         EventKind::LogWriteFailed,
         EventKind::LogWriteResumed,
+        EventKind::Escaped,
     ];
 
     /// The kind named `name` in `events.jsonl`.

@@ -27,6 +27,9 @@ pub(super) enum Op {
 
 #[derive(Default)]
 pub(super) struct FakeState {
+    /// The test's scratch dir (its `events.jsonl`), removed when the last clone of
+    /// the fake (the pool's or the test's) is dropped.
+    pub(super) scratch: Option<tempfile::TempDir>,
     pub(super) next_pid: i32,
     pub(super) ops: Vec<Op>,
     /// When each pid was spawned (paused clock).

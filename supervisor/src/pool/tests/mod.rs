@@ -15,7 +15,6 @@ mod recycle;
 mod sample;
 mod triggers;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -57,23 +56,23 @@ struct Harness {
     watch_tx: mpsc::UnboundedSender<WatchDecision>,
 }
 
-static DIRS: AtomicU32 = AtomicU32::new(0);
-
-fn event_log() -> EventLog {
-    let dir = std::env::temp_dir().join(format!(
-        "appvisor-pool-test-{}-{}",
-        std::process::id(),
-        DIRS.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    EventLog::open(&dir.join("events.jsonl")).unwrap()
+/// The restart log of a test's pool, in a scratch dir the fake keeps (and removes
+/// with it).
+fn event_log(fake: &Fake) -> EventLog {
+    let dir = tempfile::Builder::new()
+        .prefix("appvisor-pool-test-")
+        .tempdir()
+        .unwrap();
+    let log = EventLog::open(&dir.path().join("events.jsonl")).unwrap();
+    fake.state().scratch = Some(dir);
+    log
 }
 
 fn new_pool(app: AppConfig, sockets: Vec<BoundSocket>, fake: &Fake) -> (Pool, Inbox, PoolHandle) {
     Pool::new(
         app,
         sockets,
-        event_log(),
+        event_log(fake),
         Vec::new(),
         1,
         Box::new(fake.clone()),

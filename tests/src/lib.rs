@@ -60,6 +60,22 @@ pub fn worker_script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `rm -rf path` while a supervisor may be writing into it: a file created between
+/// `remove_dir_all`'s listing and its `rmdir` gives ENOTEMPTY, so it is tried again
+/// until the tree is gone (as a user's second `rm -rf` would).
+pub fn remove_tree(path: &Path) {
+    wait_until(
+        Duration::from_secs(10),
+        "the tree removed",
+        || match std::fs::remove_dir_all(path) {
+            Ok(()) => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => None,
+            Err(e) => panic!("rm -rf {}: {e}", path.display()),
+        },
+    )
+}
+
 /// Polls `cond` every 10 ms until it returns `Some`, or panics after `timeout`
 /// with `what` in the message.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {

@@ -540,7 +540,7 @@ fn a_deleted_state_dir_is_made_again() {
     let sv = sb.start();
     sv.wait_running("web", 1);
     let state = sb.path(".appvisor");
-    std::fs::remove_dir_all(&state).unwrap();
+    remove_tree(&state);
     wait_until(Duration::from_secs(10), "the control socket again", || {
         std::os::unix::net::UnixStream::connect(state.join("control.sock")).ok()
     });
@@ -624,7 +624,7 @@ fn a_deleted_state_dir_gets_the_store_and_notify_sockets_back() {
         (requests_of(&sv, worker) >= 1).then_some(())
     });
 
-    std::fs::remove_dir_all(&state).unwrap();
+    remove_tree(&state);
     let recreated = sv.wait_event("state_dir_recreated", Duration::from_secs(10), |e| {
         e["kind"] == "state_dir_recreated"
     });

@@ -530,7 +530,7 @@ fn a_deleted_log_file_is_made_again() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    std::fs::remove_dir_all(sb.path(".appvisor")).unwrap();
+    remove_tree(&sb.path(".appvisor"));
     wait_until(
         Duration::from_secs(20),
         "the state dir's log made again",

@@ -1323,7 +1323,7 @@ impl<'a> Resolver<'a> {
             None => DEFAULT_WATCH_PATHS
                 .iter()
                 .map(|s| s.to_string())
-                .chain(std::iter::once(format!("{code_dir}/**")))
+                .chain(std::iter::once(format!("{}/**", escape_glob(&code_dir))))
                 .collect(),
         };
         let mut ignore: Vec<String> = DEFAULT_WATCH_IGNORE.iter().map(|s| s.to_string()).collect();

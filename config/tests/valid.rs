@@ -442,3 +442,19 @@ fn history_keys_are_read() {
         appvisor_config::parse(&config.to_toml_string(), Path::new("/tmp/appvisor.toml")).unwrap();
     assert_eq!(again.supervisor, config.supervisor);
 }
+
+/// A `code_dir` with glob characters (`"["`) is watched as the literal directory:
+/// its default watch glob is escaped, so `check`'s dump loads again (it was
+/// `"[/**"`, an invalid glob; found by the config fuzz target in CI).
+#[test]
+fn a_code_dir_with_glob_characters_is_escaped_in_the_default_paths() {
+    let path = Path::new("/srv/site/appvisor.toml");
+    let text =
+        "[[app]]\nname = \"web\"\ncommand = [\"./server\"]\n[app.watch]\ncode_dir = \"[x]\"\n";
+    let config = appvisor_config::parse(text, path).expect("loads");
+    assert_eq!(config.apps[0].watch.paths.last().unwrap(), "\\[x\\]/**");
+    let dump = config.to_toml_string();
+    let again = appvisor_config::parse(&dump, path)
+        .unwrap_or_else(|e| panic!("the dump loads: {e}\n{dump}"));
+    assert_eq!(again.apps, config.apps);
+}

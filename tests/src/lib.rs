@@ -60,6 +60,55 @@ pub fn worker_script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A tmpfs mounted for one test (a small disk to fill), unmounted (lazily) when
+/// dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` at `dir`; `None` (with the reason printed) where
+    /// mounting is impossible — a failure when the environment variable `CI` is set
+    /// (CI runs as root).
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output();
+        let why = match out {
+            Ok(o) if o.status.success() => return Some(Tmpfs(dir.to_path_buf())),
+            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+            Err(e) => e.to_string(),
+        };
+        let msg = format!("cannot mount a tmpfs (root and CAP_SYS_ADMIN are needed): {why}");
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("skipped: {msg}");
+        None
+    }
+
+    /// Fills the file system to the last byte; returns the filler file.
+    pub fn fill(&self) -> PathBuf {
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write(&chunk).map(|n| n > 0).unwrap_or(false) {}
+        // Then byte by byte, until not even one fits in a page.
+        while f.write(&[0u8]).map(|n| n > 0).unwrap_or(false) {}
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// `rm -rf path` while a supervisor may be writing into it: a file created between
 /// `remove_dir_all`'s listing and its `rmdir` gives ENOTEMPTY, so it is tried again
 /// until the tree is gone (as a user's second `rm -rf` would).

@@ -197,54 +197,6 @@ fn events_reports_torn_lines_by_number() {
     );
 }
 
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` at `dir`; `None` (with the reason printed) where
-    /// mounting is impossible — a failure when the environment variable `CI` is set.
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output();
-        let why = match out {
-            Ok(o) if o.status.success() => return Some(Tmpfs(dir.to_path_buf())),
-            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-            Err(e) => e.to_string(),
-        };
-        let msg = format!("cannot mount a tmpfs (root and CAP_SYS_ADMIN are needed): {why}");
-        assert!(std::env::var_os("CI").is_none(), "{msg}");
-        eprintln!("skipped: {msg}");
-        None
-    }
-
-    /// Fills the file system; returns the filler file.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let p = self.0.join("filler");
-        let mut f = std::fs::File::create(&p).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write(&chunk).map(|n| n > 0).unwrap_or(false) {}
-        // Then byte by byte, until not even one fits in a page.
-        while f.write(&[0u8]).map(|n| n > 0).unwrap_or(false) {}
-        p
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// Defect 13, the writer: on a full disk an event is written whole or not at all
 /// (no torn line for the next one to be glued to), the error is logged once, not
 /// once per event, and writing recovers by itself when space returns.

@@ -543,53 +543,6 @@ fn a_deleted_log_file_is_made_again() {
     assert!(sv.stop().success());
 }
 
-/// A tmpfs mounted for one test, unmounted (lazily) when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// `None` (with the reason printed) where mounting is impossible — a failure
-    /// when the environment variable `CI` is set (CI runs as root).
-    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output();
-        let why = match out {
-            Ok(o) if o.status.success() => return Some(Tmpfs(dir.to_path_buf())),
-            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-            Err(e) => e.to_string(),
-        };
-        let msg = format!("cannot mount a tmpfs (root and CAP_SYS_ADMIN are needed): {why}");
-        assert!(std::env::var_os("CI").is_none(), "{msg}");
-        eprintln!("skipped: {msg}");
-        None
-    }
-
-    /// Fills the file system to the last byte; returns the filler file.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let p = self.0.join("filler");
-        let mut f = std::fs::File::create(&p).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write(&chunk).map(|n| n > 0).unwrap_or(false) {}
-        while f.write(&[0u8]).map(|n| n > 0).unwrap_or(false) {}
-        p
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// Bytes a process has written (`wchar` of `/proc/PID/io`).
 fn written(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/io"))

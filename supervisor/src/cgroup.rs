@@ -21,9 +21,10 @@
 //! controllers there later (memory/CPU accounting) stays possible.
 //!
 //! # Placement before exec
-//! The parent writes the child's pid into `cgroup.procs` between fork and exec,
-//! while the child waits on a pipe (see `spawn.rs`): the child allocates nothing,
-//! and the worker cannot fork before it is fenced in.
+//! The child is born in its cgroup (`clone3` with `CLONE_INTO_CGROUP`, see
+//! `spawn.rs`); where that is refused, the parent writes the child's pid into
+//! `cgroup.procs` between fork and exec while the child waits on a pipe. Either way
+//! the child allocates nothing, and the worker cannot fork before it is fenced in.
 //!
 //! # Removal
 //! Killing the cgroup (`cgroup.kill`) is asynchronous: the directory can only be

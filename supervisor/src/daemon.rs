@@ -193,6 +193,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         reaper: reaper.clone(),
         guard: guard.clone(),
     };
+    prune_removed_histories(&paths.dir, &config, &[]);
     let pools: Arc<Mutex<BTreeMap<String, PoolHandle>>> = Arc::default();
     for app in &config.apps {
         let env = backend.lock().unwrap().env_for(&app.name);
@@ -607,6 +608,10 @@ impl Live {
             );
         }
         self.config = new;
+        if !removed.is_empty() {
+            // Not the apps just removed: their pools may still be writing.
+            prune_removed_histories(&self.shared.paths.dir, &self.config, &removed);
+        }
         self.memory = memory;
         self.sockets = new_sockets;
         if pressure_changed || base_changed {
@@ -631,6 +636,36 @@ impl Live {
             summary.push_str(&n);
         }
         Ok(Some(summary))
+    }
+}
+
+/// [`crate::history::recorder::prune_unconfigured`] on a thread of its own (it
+/// reads directories and may delete files).
+fn prune_removed_histories(state_dir: &Path, config: &Config, also_keep: &[String]) {
+    let apps: Vec<String> = config
+        .apps
+        .iter()
+        .map(|a| a.name.clone())
+        .chain(also_keep.iter().cloned())
+        .collect();
+    let bounds = crate::history::recorder::Bounds {
+        max_bytes: config.supervisor.history_max_size,
+        retention: config.supervisor.history_retention,
+    };
+    let dir = state_dir.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("history-prune".into())
+        .spawn(move || {
+            let names: Vec<&str> = apps.iter().map(String::as_str).collect();
+            crate::history::recorder::prune_unconfigured(
+                &dir,
+                &names,
+                bounds,
+                crate::history::now_ms(),
+            );
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("Cannot prune the history of removed apps ({e}).");
     }
 }
 

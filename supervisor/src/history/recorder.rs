@@ -158,6 +158,40 @@ pub fn app_dir(state_dir: &Path, app: &str) -> PathBuf {
     state_dir.join("history").join(app)
 }
 
+/// The history of apps that are no longer in the config: retention and the size
+/// bound applied as if they were still recorded (each configured app's recorder
+/// does this for its own files as it writes; these have none), and a directory
+/// left empty is removed. Run at start and after each reload.
+pub fn prune_unconfigured(state_dir: &Path, configured: &[&str], bounds: Bounds, now_ms: u64) {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("history")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(app) = e.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if configured.contains(&app.as_str()) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = e.path();
+        let empty = match Recorder::open(&app, &dir, bounds, now_ms) {
+            Ok(r) => r.full.segments.is_empty() && r.coarse.segments.is_empty(),
+            Err(err) => {
+                tracing::warn!(
+                    "Cannot prune the history of removed app {app:?} in {} ({err}).",
+                    dir.display()
+                );
+                continue;
+            }
+        };
+        if empty && std::fs::remove_dir(&dir).is_ok() {
+            tracing::info!(
+                "Removed the history of app {app:?}: it is no longer configured and its last sample is older than history_retention."
+            );
+        }
+    }
+}
+
 impl Recorder {
     /// Opens the app's history in `dir` (created 0700 if missing): cuts the torn
     /// tail of any segment a crash left (a warning names it), and applies retention
@@ -641,6 +675,37 @@ mod tests {
         // Memory does not grow with the hours recorded.
         assert!(peak_heap < 16 << 10, "{peak_heap} bytes of heap");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_history_of_a_removed_app_goes_after_the_retention() {
+        let state = temp_dir("removed");
+        let bounds = Bounds {
+            max_bytes: 64 << 20,
+            retention: Duration::from_secs(86_400),
+        };
+        for app in ["gone", "kept", "recent"] {
+            let t = if app == "recent" {
+                T0 + 10 * 86_400_000
+            } else {
+                T0
+            };
+            let mut r = Recorder::open(app, &app_dir(&state, app), bounds, t).unwrap();
+            for i in 0..120 {
+                r.record(t + i * 1000, &samples(1, i));
+            }
+            // Close the minute's bucket in the test's time, not at drop (now).
+            r.flush(t + 120_000);
+        }
+        let now = T0 + 10 * 86_400_000 + 120_000;
+        prune_unconfigured(&state, &["kept"], bounds, now);
+        assert!(
+            !app_dir(&state, "gone").exists(),
+            "older than the retention"
+        );
+        assert!(!file::list(&app_dir(&state, "kept")).unwrap().is_empty());
+        assert!(!file::list(&app_dir(&state, "recent")).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&state);
     }
 
     #[test]

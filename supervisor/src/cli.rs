@@ -585,6 +585,13 @@ fn events(config: &Path, args: EventsArgs) -> anyhow::Result<i32> {
                 continue;
             }
             let Ok(e) = serde_json::from_str::<crate::event_query::Brief<'_>>(&line) else {
+                if let Some(n) = skipped(&line) {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "appvisor: {n} events skipped: this follower fell behind (they are in {}; `appvisor events -n N` lists them)",
+                        file.display()
+                    );
+                }
                 continue;
             };
             if filter.matches(&e) {
@@ -593,6 +600,11 @@ fn events(config: &Path, args: EventsArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `{"skipped":N}` from a `follow` stream: how many events it had to leave out.
+fn skipped(line: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(line).ok()?[crate::control::SKIPPED].as_u64()
 }
 
 fn logs(

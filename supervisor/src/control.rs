@@ -140,6 +140,11 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 /// connection cannot make the supervisor buffer without bound.
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// The key of the line a `follow` stream sends in place of events it had to skip:
+/// `{"skipped":N}` (the follower fell more than the event channel's 1,024 lines
+/// behind; the events are in `events.jsonl`).
+pub const SKIPPED: &str = "skipped";
+
 /// Connections served at once. `events --follow` holds one for as long as it runs;
 /// past the cap a new connection gets an error line and is closed, so a flood of
 /// clients cannot use up the supervisor's fds.
@@ -294,7 +299,13 @@ async fn handle(stream: UnixStream, state: ControlState) -> io::Result<()> {
                             w.write_all(line.as_bytes()).await?;
                             w.write_all(b"\n").await?;
                         }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        // A follower that reads slower than events come (a
+                        // paused terminal) misses the oldest ones: it is told
+                        // how many, in a line of its own, instead of a silent gap.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            w.write_all(format!("{{\"{SKIPPED}\":{n}}}\n").as_bytes())
+                                .await?;
+                        }
                         Err(_) => return Ok(()),
                     }
                 }

@@ -32,6 +32,7 @@ fn flood_app(lines: u64, rate: u32) -> String {
 struct Streaming {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    errors: Arc<Mutex<Vec<String>>>,
 }
 
 impl Streaming {
@@ -44,20 +45,32 @@ impl Streaming {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start appvisor");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for l in std::io::BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                sink.lock().unwrap().push(l);
-            }
-        });
-        Streaming { child, lines }
+        let collect = |from: Box<dyn std::io::Read + Send>| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for l in std::io::BufReader::new(from).lines() {
+                    let Ok(l) = l else { break };
+                    sink.lock().unwrap().push(l);
+                }
+            });
+            lines
+        };
+        let lines = collect(Box::new(child.stdout.take().unwrap()));
+        let errors = collect(Box::new(child.stderr.take().unwrap()));
+        Streaming {
+            child,
+            lines,
+            errors,
+        }
     }
 
     fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
     }
 
     /// Waits until at least `n` lines came.
@@ -649,4 +662,64 @@ fn a_full_disk_drops_and_counts_log_lines_and_both_logs_recover() {
     drop(f);
     assert!(sv.stop().success());
     drop(fs);
+}
+
+/// A follower more than the event channel's 1,024 lines behind (its terminal
+/// paused: here the process is stopped) is told on stderr how many events it
+/// missed, instead of a silent gap, and follows on.
+#[test]
+fn a_follower_that_falls_behind_is_told_how_many_events_it_missed() {
+    let sb = Sandbox::new("lagged");
+    let valid = demo_app("web", free_port(), 1, "");
+    sb.config(&valid);
+    let sv = sb.start();
+    sv.wait_running("web", 1);
+    let f = Streaming::start(&sb.dir, &["events", "-f", "--json", "-n", "1"]);
+    f.wait_lines(1, "the follower to be up");
+    let follower = f.child.id() as i32;
+    // SAFETY: signals to the follower this test started (and still holds).
+    unsafe { libc::kill(follower, libc::SIGSTOP) };
+    // 3,000 rejected reloads on one connection: an event each, far more than the
+    // channel and both socket buffers hold.
+    sb.config(&format!("{valid}\nbogus_key = 1\n"));
+    let mut c = std::os::unix::net::UnixStream::connect(sb.path(".appvisor/control.sock")).unwrap();
+    let mut replies = std::io::BufReader::new(c.try_clone().unwrap());
+    for _ in 0..3000 {
+        use std::io::Write;
+        c.write_all(b"{\"cmd\":\"reload\"}\n").unwrap();
+        let mut reply = String::new();
+        replies.read_line(&mut reply).unwrap();
+        assert!(reply.contains("\"ok\":false"), "{reply}");
+    }
+    sb.config(&valid);
+    // SAFETY: as above.
+    unsafe { libc::kill(follower, libc::SIGCONT) };
+    let said = wait_until(
+        Duration::from_secs(30),
+        "the follower told of the gap",
+        || {
+            f.errors()
+                .into_iter()
+                .find(|l| l.contains("events skipped"))
+        },
+    );
+    let n: u64 = said
+        .split_whitespace()
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!((1..3000).contains(&n), "{said}");
+    assert!(said.contains("events.jsonl"), "{said}");
+    // It follows on: the next event, after the gap, reaches it.
+    let before = f.lines().len();
+    let r = sv.cli(&["recycle", "web"]);
+    assert!(r.status.success(), "{r:?}");
+    wait_until(Duration::from_secs(30), "an event after the gap", || {
+        (f.lines().len() > before).then_some(())
+    });
+    // Every line it printed is an event: the notice went to stderr only.
+    for l in f.lines() {
+        let v: Value = serde_json::from_str(&l).unwrap();
+        assert!(v["kind"].is_string(), "{l}");
+    }
 }

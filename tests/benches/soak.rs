@@ -27,19 +27,13 @@
 //! Exits 1 if a check fails.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use appvisor_e2e::load::{Load, LoadReport};
+use appvisor_e2e::recovery::{crash_and_recover, Recovery};
 use appvisor_e2e::*;
-use serde_json::Value;
-
-fn event_ms(e: &Value) -> Option<f64> {
-    let t: jiff::Timestamp = e["time"].as_str()?.parse().ok()?;
-    Some(t.as_millisecond() as f64)
-}
 
 const KEYS: usize = 1000;
 const STORM_FILES: usize = 20;
@@ -155,71 +149,6 @@ fn now_ms() -> f64 {
         .unwrap()
         .as_secs_f64()
         * 1000.0
-}
-
-fn pid_of(body: &str) -> Option<i32> {
-    let i = body.find("pid=")?;
-    body[i + 4..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// `GET /` on `port`, one connection; the pid that answered.
-fn get_pid(port: u16) -> Option<i32> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.starts_with("HTTP/1.1 200").then_some(())?;
-    pid_of(&body)
-}
-
-/// One kill -9 of `crashy`'s worker, in ms: from the kill until the slot
-/// answers again; the new worker's own startup (fork → READY=1, its `ready`
-/// event); and the supervisor's own part, from its `crashed` event to the new
-/// worker's `started` event (event times, 1 ms resolution).
-struct Recovery {
-    total: f64,
-    startup: f64,
-    reaction: f64,
-}
-
-fn crash_and_recover(sv: &Supervisor, port: u16) -> Option<Recovery> {
-    let old = get_pid(port)?;
-    let t0 = Instant::now();
-    // SAFETY: kill with the pid of a worker this soak started.
-    unsafe { libc::kill(old, libc::SIGKILL) };
-    // Connections wait in the listen backlog the supervisor holds, until the
-    // next worker accepts: the first answer from another pid is the slot back.
-    let new = loop {
-        match get_pid(port) {
-            Some(pid) if pid != old => break pid,
-            _ if t0.elapsed() > Duration::from_secs(10) => return None,
-            _ => {}
-        }
-    };
-    let recovery = t0.elapsed().as_secs_f64() * 1000.0;
-    let ready = wait_until(Duration::from_secs(10), "the ready event", || {
-        sv.events_of("ready")
-            .into_iter()
-            .find(|e| e["pid"] == new && e["app"] == "crashy")
-    });
-    let events = sv.events();
-    let find = |kind: &str, pid: i32| {
-        events
-            .iter()
-            .find(|e| e["kind"] == kind && e["pid"] == pid)
-            .and_then(event_ms)
-    };
-    Some(Recovery {
-        total: recovery,
-        startup: ready["startup_ms"].as_f64()?,
-        reaction: find("started", new)? - find("crashed", old)?,
-    })
 }
 
 fn mean(xs: &[u64]) -> f64 {
@@ -350,7 +279,7 @@ fn main() {
             next_reload = (next_reload + Duration::from_secs(10)).max(now);
         }
         if now >= next_crash {
-            match crash_and_recover(&sv, ports[3]) {
+            match crash_and_recover(&sv, "crashy", ports[3]) {
                 Some(r) => recoveries.push(r),
                 None => lost_recoveries += 1,
             }

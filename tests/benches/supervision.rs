@@ -5,6 +5,9 @@
 //!   load with no recycle;
 //! - recycle overhead: `recycle` request → new generation ready, minus the app's
 //!   own startup (fork → READY=1), p50 and p95;
+//! - kill -9 of a worker → its slot answers again, minus the new worker's own
+//!   startup, and the supervisor's own part (its `crashed` event → the next
+//!   `started`), p50 and p95 of 30 kills;
 //! - throughput through appvisor ÷ the app alone (wrk, 4 connections);
 //! - supervisor RSS with one app of 4 workers, and its idle CPU over 10 s.
 //!
@@ -82,6 +85,39 @@ fn recycle_overhead() -> (f64, f64) {
         overhead[overhead.len() / 2],
         overhead[overhead.len() * 95 / 100],
     )
+}
+
+const KILLS: usize = 30;
+
+/// `KILLS` kill -9s of a one-worker app, each past `stable_uptime` (so the slot
+/// restarts at once, as after a lone crash in production): p50 and p95 of the
+/// time to serve again minus the new worker's startup, and of the supervisor's
+/// own part.
+fn crash_recovery() -> ((f64, f64), (f64, f64)) {
+    let sb = Sandbox::new("bench-kill");
+    let port = free_port();
+    sb.config(&format!(
+        "{}[app.failure]\nstable_uptime = \"500ms\"\nrapid_fail_max_crashes = 1000\n",
+        config(port, 1)
+    ));
+    let sv = sb.start();
+    sv.wait_running("web", 1);
+    let mut over = Vec::new();
+    let mut own = Vec::new();
+    for _ in 0..KILLS {
+        // Past stable_uptime since the last start: pacing, not synchronisation.
+        std::thread::sleep(Duration::from_millis(700));
+        let r = appvisor_e2e::recovery::crash_and_recover(&sv, "web", port)
+            .expect("the slot answers again");
+        over.push((r.total - r.startup).max(0.0));
+        own.push(r.reaction);
+    }
+    sv.stop();
+    let p = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() * 95 / 100])
+    };
+    (p(over), p(own))
 }
 
 fn wrk(port: u16) -> Option<f64> {
@@ -225,6 +261,9 @@ fn main() {
     }
     let (p50, p95) = recycle_overhead();
     println!("| recycle overhead (request → ready, minus app startup), p50 / p95 | {p50:.2} ms / {p95:.2} ms | p50 ≤ 5 ms | PM2 ≈ 140 ms over startup |");
+    let ((over50, over95), (own50, own95)) = crash_recovery();
+    println!("| kill -9 → slot serving again, minus the new worker's startup, p50 / p95 ({KILLS} kills) | {over50:.1} ms / {over95:.1} ms | ≤ 10 ms | gunicorn ≈ 36 ms, uWSGI ≈ 400 ms, PM2 ≈ 870 ms (bench/run) |");
+    println!("| … of which the supervisor's own part (`crashed` → `started` event), p50 / p95 | {own50:.1} ms / {own95:.1} ms | | |");
     match throughput() {
         Some((alone, through)) => println!(
             "| throughput under appvisor ÷ app alone (wrk -c4) | {:.3} ({through:.0} vs {alone:.0} req/s) | ≥ 0.98 | no proxy hop |",

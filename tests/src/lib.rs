@@ -13,6 +13,7 @@
 //! its own ports, so tests run in parallel.
 
 pub mod load;
+pub mod recovery;
 pub mod sessions;
 
 use std::io::{BufRead, Read, Write};

@@ -20,6 +20,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::file::{self, Kind, Rec, Segment, BUCKET_MS};
@@ -504,23 +506,75 @@ impl Recorder {
     }
 }
 
-/// One tick on its way to the writer thread.
-type Tick = (u64, Vec<Sample>);
-
-/// Ticks that may wait for the writer (a minute at 1 s and more).
+/// Ticks that may wait for the writer, per app (a minute at 1 s and more).
 const QUEUE: usize = 256;
 
-/// The recorder on a thread of its own, fed through a bounded queue: an append that
-/// waits for the disk (a burst of file creations on the same filesystem can hold one
-/// for hundreds of milliseconds) must never stall the pool's runtime thread, whose
-/// timers (the file watcher's debounce among them) would then fire late. A full
-/// queue drops ticks, with one warning.
+/// What the pools send to the history writer thread.
+enum Msg {
+    /// A recorder, and its app's count of queued ticks.
+    Open(u64, Box<Recorder>, Arc<AtomicUsize>),
+    Tick(u64, u64, Vec<Sample>),
+    /// The recorder is dropped (its open buckets written), then the sender hears.
+    Close(u64, std::sync::mpsc::Sender<()>),
+}
+
+/// The one history writer thread of the process, shared by every app's recorder:
+/// an append that waits for the disk (a burst of file creations on the same
+/// filesystem can hold one for hundreds of milliseconds) must never stall the
+/// pools' runtime thread, whose timers (the file watcher's debounce among them)
+/// would then fire late. One thread for all apps, not one each: the pools tick on
+/// the same instants (see `pool/sample.rs`), so 50 apps wake it about once per
+/// tick, not 50 times.
+fn writer() -> Option<std::sync::mpsc::Sender<Msg>> {
+    static WRITER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Msg>>> =
+        std::sync::OnceLock::new();
+    let w = WRITER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        let spawned = std::thread::Builder::new()
+            .name("history".into())
+            .spawn(move || {
+                let mut recorders: HashMap<u64, (Box<Recorder>, Arc<AtomicUsize>)> = HashMap::new();
+                while let Ok(msg) = rx.recv() {
+                    match msg {
+                        Msg::Open(id, rec, queued) => {
+                            recorders.insert(id, (rec, queued));
+                        }
+                        Msg::Tick(id, now_ms, samples) => {
+                            if let Some((rec, queued)) = recorders.get_mut(&id) {
+                                queued.fetch_sub(1, Ordering::Relaxed);
+                                rec.record(now_ms, &samples);
+                            }
+                        }
+                        Msg::Close(id, done) => {
+                            // Dropping writes the open buckets.
+                            drop(recorders.remove(&id));
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::error!(
+                    "Cannot start the history writer thread ({e}); no history is recorded."
+                );
+                None
+            }
+        }
+    });
+    w.clone()
+}
+
+/// An app's recorder, living on the history writer thread, fed through a queue
+/// bounded per app: a full queue drops ticks, with one warning.
 pub struct RecorderThread {
-    tx: Option<std::sync::mpsc::SyncSender<Tick>>,
+    tx: Option<std::sync::mpsc::Sender<Msg>>,
+    id: u64,
+    queued: Arc<AtomicUsize>,
     dir: PathBuf,
     app: String,
     dropped: u64,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RecorderThread {
@@ -530,23 +584,21 @@ impl std::fmt::Debug for RecorderThread {
 }
 
 impl RecorderThread {
-    pub fn start(mut rec: Recorder) -> io::Result<RecorderThread> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Tick>(QUEUE);
+    pub fn start(rec: Recorder) -> io::Result<RecorderThread> {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let tx = writer().ok_or_else(|| io::Error::other("no history writer thread"))?;
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        let queued = Arc::new(AtomicUsize::new(0));
         let (dir, app) = (rec.dir.clone(), rec.app.clone());
-        let thread = std::thread::Builder::new()
-            .name("history".into())
-            .spawn(move || {
-                while let Ok((now_ms, samples)) = rx.recv() {
-                    rec.record(now_ms, &samples);
-                }
-                // `rec` drops here: the open buckets are written.
-            })?;
+        tx.send(Msg::Open(id, Box::new(rec), queued.clone()))
+            .map_err(|_| io::Error::other("the history writer thread is gone"))?;
         Ok(RecorderThread {
             tx: Some(tx),
+            id,
+            queued,
             dir,
             app,
             dropped: 0,
-            thread: Some(thread),
         })
     }
 
@@ -557,28 +609,32 @@ impl RecorderThread {
     /// Queues one tick; never blocks.
     pub fn record(&mut self, now_ms: u64, samples: Vec<Sample>) {
         let Some(tx) = &self.tx else { return };
-        match tx.try_send((now_ms, samples)) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                self.dropped += 1;
-                if self.dropped == 1 {
-                    tracing::warn!(
-                        "The history of app {:?} cannot be written as fast as it is sampled (the disk of {} is stalled); ticks are dropped until it catches up.",
-                        self.app,
-                        self.dir.display()
-                    );
-                }
+        if self.queued.load(Ordering::Relaxed) >= QUEUE {
+            self.dropped += 1;
+            if self.dropped == 1 {
+                tracing::warn!(
+                    "The history of app {:?} cannot be written as fast as it is sampled (the disk of {} is stalled); ticks are dropped until it catches up.",
+                    self.app,
+                    self.dir.display()
+                );
             }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if tx.send(Msg::Tick(self.id, now_ms, samples)).is_err() {
+            self.tx = None;
         }
     }
 }
 
 impl Drop for RecorderThread {
+    /// Waits until the writer has written this app's open buckets.
     fn drop(&mut self) {
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(tx) = self.tx.take() {
+            let (done, wait) = std::sync::mpsc::channel();
+            if tx.send(Msg::Close(self.id, done)).is_ok() {
+                let _ = wait.recv();
+            }
         }
     }
 }

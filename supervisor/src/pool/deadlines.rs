@@ -137,7 +137,10 @@ impl Pool {
             self.sample_tick(now);
         }
         if self.next_memory_check.is_some_and(|t| t <= now) {
-            self.next_memory_check = Some(now + self.app.recycle.memory_check_interval);
+            self.next_memory_check = Some(sample::next_tick(
+                now,
+                self.app.recycle.memory_check_interval,
+            ));
             self.check_memory();
         }
         if self.next_probe.is_some_and(|t| t <= now) && !self.probe_in_flight {

@@ -289,18 +289,17 @@ impl ProcessTable for OsProcessTable {
             return Some((self.memory(pid)?, self.cpu_ticks(pid)));
         }
         // The worker's cgroup lists its whole tree in one small file.
-        let procs: Option<Vec<Pid>> = self
-            .cgroups
-            .lock()
-            .unwrap()
-            .get(&pid)
-            .and_then(|dir| std::fs::read_to_string(dir.join("cgroup.procs")).ok())
-            .map(|text| {
+        let procs: Option<Vec<Pid>> = self.cgroups.lock().unwrap().get(&pid).and_then(|dir| {
+            let mut buf = [0u8; 1024];
+            let path = dir.join("cgroup.procs");
+            let text = crate::procfs::read_small(path.to_str()?, &mut buf).ok()?;
+            Some(
                 text.split_whitespace()
                     .filter_map(|p| p.parse().ok())
                     .map(Pid::from_raw)
-                    .collect()
-            });
+                    .collect(),
+            )
+        });
         let (memory, ticks) =
             crate::procfs::sample_tree_light(Pid::from_raw(pid), procs.as_deref()).ok()?;
         Some((memory, Some(ticks)))

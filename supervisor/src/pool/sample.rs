@@ -38,11 +38,29 @@ impl Sampler {
     pub(super) fn new(interval: Duration, recorder: Option<RecorderThread>) -> Sampler {
         Sampler {
             interval,
-            next: Some(Instant::now() + interval),
+            next: Some(next_tick(Instant::now(), interval)),
             recorder,
             last: HashMap::new(),
         }
     }
+}
+
+/// The first multiple of `interval` after `now`, counted from one origin shared by
+/// every pool: the apps' ticks fall on the same instants, so the runtime thread
+/// wakes once per tick for all of them (50 apps: one wake-up a second, not 50).
+/// The origin is an hour before the first call, so every instant of tokio's clock
+/// (paused in tests, started when its runtime was) comes after it.
+pub(super) fn next_tick(now: Instant, interval: Duration) -> Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(|| {
+        let now = std::time::Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    });
+    let since = now.into_std().saturating_duration_since(origin);
+    let step = interval.as_nanos().max(1);
+    let ticks = since.as_nanos() / step + 1;
+    let next = origin + Duration::from_nanos((ticks * step).min(u64::MAX as u128) as u64);
+    Instant::from_std(next)
 }
 
 impl Pool {
@@ -54,7 +72,7 @@ impl Pool {
     /// One tick: sample every worker, record, re-arm.
     pub(super) fn sample_tick(&mut self, now: Instant) {
         let interval = self.sampler.interval;
-        let mut next = now + interval;
+        let mut next = next_tick(now, interval);
         // Snap onto the memory check when it falls in the second half of the
         // interval: with equal intervals both then fire at the same wake-up.
         if let Some(m) = self.next_memory_check {

@@ -1378,7 +1378,7 @@ def main():
     bench.scenario("1", TITLES["1"], 120 if q else 480, bench.s1_setup, bench.s1)
     bench.scenario("2", TITLES["2"], 40 if q else 120, bench.s2_setup, bench.s2)
     bench.scenario("3", TITLES["3"], 90 if q else 300, bench.s3_setup, bench.s3)
-    bench.scenario("4", TITLES["4"], 40 if q else 120, bench.s4_setup, bench.s4)
+    bench.scenario("4", TITLES["4"], 40 if q else 200, bench.s4_setup, bench.s4)
     bench.scenario("5", TITLES["5"], 40 if q else 180, bench.s5_setup, bench.s5)
     bench.scenario("6", TITLES["6"], 90 if q else 200, bench.s6_setup, bench.s6)
     bench.scenario("6", TITLES["6"], 90 if q else 300, bench.s6b_setup, bench.s6b)

@@ -1371,10 +1371,9 @@ def main():
         "versions": versions(),
     }
     q = args.quick
-    # Time bounds (s), safety nets a normal run does not reach: a full run takes
-    # ≈ 15 min on 2 quiet cores, so that with the installs and the release builds
-    # the whole command stays within 20 min; a scenario that reaches its bound
-    # stops there with a note.
+    # Time bounds (s), safety nets a normal run does not reach (a full run took
+    # ≈ 24 min on 2 cores: scenario 1 ≈ 490 s, 6 ≈ 260 s, the store ≈ 180 s); a
+    # scenario that reaches its bound stops there with a note.
     bench.scenario("1", TITLES["1"], 120 if q else 660, bench.s1_setup, bench.s1)
     bench.scenario("2", TITLES["2"], 40 if q else 120, bench.s2_setup, bench.s2)
     bench.scenario("3", TITLES["3"], 90 if q else 300, bench.s3_setup, bench.s3)

@@ -1372,7 +1372,7 @@ def main():
     }
     q = args.quick
     # Time bounds (s), safety nets a normal run does not reach (a full run took
-    # ≈ 24 min on 2 cores: scenario 1 ≈ 490 s, 6 ≈ 260 s, the store ≈ 180 s); a
+    # 23.3 min on 2 cores: scenario 1 505 s, 6 241 s, the store 172 s); a
     # scenario that reaches its bound stops there with a note.
     bench.scenario("1", TITLES["1"], 120 if q else 660, bench.s1_setup, bench.s1)
     bench.scenario("2", TITLES["2"], 40 if q else 120, bench.s2_setup, bench.s2)

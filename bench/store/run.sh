@@ -29,6 +29,7 @@
 #            runs and on two for others, which swings the -c 1 rows by ±10 %. Pinned,
 #            the -c 50 rows measure the client more than the server (see
 #            docs/BENCHMARKS.md), so the default (0) leaves placement to the kernel.
+#   BUILD    0 skips the release build of the store (bench/run has built it)
 #   QUICK    1: N=20000, ROUNDS=1, MEMORY=0 unless set otherwise
 #   DIR      where the sockets and logs go (default /tmp). On a tmpfs (/dev/shm)
 #            fsync costs nothing, so `always` then measures the servers' own
@@ -75,8 +76,10 @@ for tool in redis-server redis-benchmark redis-cli python3 timeout; do
     command -v "$tool" >/dev/null || { echo "bench/store: $tool is not installed (apt-get install redis-server redis-tools python3)" >&2; exit 1; }
 done
 
-echo "bench/store: building the store (release)…" >&2
-cargo build --release --quiet -p appvisor-store --example serve --manifest-path "$root/Cargo.toml"
+if [[ ${BUILD:-1} == 1 ]]; then
+    echo "bench/store: building the store (release)…" >&2
+    cargo build --release --quiet -p appvisor-store --example serve --manifest-path "$root/Cargo.toml"
+fi
 store_bin="$root/target/release/examples/serve"
 
 PASS=benchtoken

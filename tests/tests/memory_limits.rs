@@ -248,8 +248,12 @@ fn a_percentage_is_a_share_of_the_cgroup_limit_and_a_leak_is_recycled_near_it() 
     assert_eq!(r[0]["reason"], "memory");
     assert_eq!(cause["kind"], "private_memory");
     assert_eq!(cause["limit"].as_u64().unwrap(), 128 * MIB);
+    // Near the share, not at another base's (50 % would be 256 MiB): up to 3 s of
+    // leak over it. A worker starved of CPU on a busy machine leaks in a burst when
+    // it runs again (a fresh clone's CI once saw 173 MiB with 1.5 s of slack); how
+    // soon a crossing is acted on is measured by `bench/triggers.sh`, not here.
     let bytes = cause["bytes"].as_u64().unwrap() as f64;
-    let slack = rate_mb * 1.5 * MIB as f64;
+    let slack = rate_mb * 3.0 * MIB as f64;
     assert!(
         bytes > (128 * MIB) as f64 && bytes <= (128 * MIB) as f64 + slack,
         "recycled at {bytes} bytes: not near 128 MiB"

@@ -138,6 +138,7 @@ impl Pool {
         }
         if self.next_memory_check.is_some_and(|t| t <= now) {
             self.next_memory_check = Some(sample::next_tick(
+                self.sampler.origin,
                 now,
                 self.app.recycle.memory_check_interval,
             ));

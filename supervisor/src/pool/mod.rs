@@ -215,7 +215,7 @@ pub fn start_pool(app: AppConfig, sockets: Vec<BoundSocket>, ctx: PoolContext) -
             })
             .ok()
     });
-    pool.sampler = sample::Sampler::new(ctx.sample_interval, recorder);
+    pool.sampler = sample::Sampler::new(ctx.sample_interval, recorder, sample::shared_origin());
     tokio::spawn(pool.run(inbox));
     handle
 }
@@ -288,7 +288,11 @@ impl Pool {
             config_generation,
             wake_task: None,
             memory_start: HashMap::new(),
-            sampler: sample::Sampler::new(appvisor_config::DEFAULT_SAMPLE_INTERVAL, None),
+            sampler: sample::Sampler::new(
+                appvisor_config::DEFAULT_SAMPLE_INTERVAL,
+                None,
+                Instant::now(),
+            ),
         };
         let inbox = Inbox {
             commands: rx,

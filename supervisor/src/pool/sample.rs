@@ -29,38 +29,44 @@ pub(super) struct LastSample {
 /// The sampler's state in the pool.
 pub(super) struct Sampler {
     pub(super) interval: Duration,
+    /// Where the tick grid starts (see [`next_tick`]).
+    pub(super) origin: Instant,
     pub(super) next: Option<Instant>,
     pub(super) recorder: Option<RecorderThread>,
     pub(super) last: HashMap<i32, LastSample>,
 }
 
 impl Sampler {
-    pub(super) fn new(interval: Duration, recorder: Option<RecorderThread>) -> Sampler {
+    pub(super) fn new(
+        interval: Duration,
+        recorder: Option<RecorderThread>,
+        origin: Instant,
+    ) -> Sampler {
         Sampler {
             interval,
-            next: Some(next_tick(Instant::now(), interval)),
+            origin,
+            next: Some(next_tick(origin, Instant::now(), interval)),
             recorder,
             last: HashMap::new(),
         }
     }
 }
 
-/// The first multiple of `interval` after `now`, counted from one origin shared by
-/// every pool: the apps' ticks fall on the same instants, so the runtime thread
-/// wakes once per tick for all of them (50 apps: one wake-up a second, not 50).
-/// The origin is an hour before the first call, so every instant of tokio's clock
-/// (paused in tests, started when its runtime was) comes after it.
-pub(super) fn next_tick(now: Instant, interval: Duration) -> Instant {
-    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(|| {
-        let now = std::time::Instant::now();
-        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
-    });
-    let since = now.into_std().saturating_duration_since(origin);
+/// The first instant after `now` that is a whole number of `interval`s from
+/// `origin`. The supervisor's pools share one origin ([`shared_origin`]), so their
+/// ticks fall on the same instants and the runtime thread wakes once per tick for
+/// all apps (50 apps: one wake-up a second, not 50). A pool in the unit tests
+/// starts its grid when it is created, on its test's paused clock.
+pub(super) fn next_tick(origin: Instant, now: Instant, interval: Duration) -> Instant {
     let step = interval.as_nanos().max(1);
-    let ticks = since.as_nanos() / step + 1;
-    let next = origin + Duration::from_nanos((ticks * step).min(u64::MAX as u128) as u64);
-    Instant::from_std(next)
+    let ticks = now.saturating_duration_since(origin).as_nanos() / step + 1;
+    origin + Duration::from_nanos((ticks * step).min(u64::MAX as u128) as u64)
+}
+
+/// The supervisor's one tick origin: the start of its first pool.
+pub(super) fn shared_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    Instant::from_std(*ORIGIN.get_or_init(|| Instant::now().into_std()))
 }
 
 impl Pool {
@@ -72,7 +78,7 @@ impl Pool {
     /// One tick: sample every worker, record, re-arm.
     pub(super) fn sample_tick(&mut self, now: Instant) {
         let interval = self.sampler.interval;
-        let mut next = next_tick(now, interval);
+        let mut next = next_tick(self.sampler.origin, now, interval);
         // Snap onto the memory check when it falls in the second half of the
         // interval: with equal intervals both then fire at the same wake-up.
         if let Some(m) = self.next_memory_check {

@@ -97,7 +97,9 @@ impl Pool {
             || rc.rss.is_some()
             || rc.memory_hard_limit.is_some()
             || rc.app_memory.is_some();
-        self.next_memory_check = memory.then(|| sample::next_tick(now, rc.memory_check_interval));
+        let origin = self.sampler.origin;
+        self.next_memory_check =
+            memory.then(|| sample::next_tick(origin, now, rc.memory_check_interval));
         self.next_probe = self.probe_after(now);
     }
 

@@ -34,7 +34,8 @@ async fn start_recording(
         RecorderThread::start(Recorder::open("web", d, bounds, crate::history::now_ms()).unwrap())
             .unwrap()
     });
-    pool.sampler = super::super::sample::Sampler::new(interval, recorder);
+    let origin = pool.sampler.origin;
+    pool.sampler = super::super::sample::Sampler::new(interval, recorder, origin);
     let events = pool.events.subscribe();
     let watch_tx = pool.watch_tx.clone();
     tokio::spawn(pool.run(inbox));
@@ -140,4 +141,26 @@ async fn each_tick_is_recorded() {
         .all(|r| r.private == 80 << 20 && r.worker == 1 && r.generation == 1));
     assert!(w1.windows(2).all(|p| p[0].uptime_ms < p[1].uptime_ms));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Pools tick on one grid: two apps started at different moments sample at the
+/// same instants (one wake-up of the runtime for both), never later than one
+/// interval from now, and a tick taken late lands back on the grid.
+#[test]
+fn ticks_of_all_pools_fall_on_one_grid() {
+    use super::super::sample::next_tick;
+    let interval = Duration::from_millis(1000);
+    let origin = Instant::now();
+    let a = origin + Duration::from_millis(120);
+    let b = origin + Duration::from_millis(490);
+    let (na, nb) = (
+        next_tick(origin, a, interval),
+        next_tick(origin, b, interval),
+    );
+    assert_eq!(na, origin + interval);
+    assert_eq!(nb, na);
+    let late = next_tick(origin, na + Duration::from_millis(3), interval);
+    assert_eq!(late, na + interval);
+    // Before the origin (never in the supervisor): the first grid point.
+    assert_eq!(next_tick(a, origin, interval), a + interval);
 }

@@ -53,8 +53,9 @@ async fn private_memory_over_its_limit_recycles_that_worker() {
             ..MemorySample::default()
         },
     );
-    // The check runs on the shared tick grid: within one interval.
-    h.advance(Duration::from_millis(1010)).await;
+    h.advance(Duration::from_millis(990)).await;
+    assert_eq!(h.fake.spawned().len(), 2);
+    h.advance(Duration::from_millis(20)).await;
     assert_eq!(h.fake.spawned().len(), 3);
     expect_recycle(&mut h, 1, "memory").await;
     assert!(h.fake.signals_to(old[0]).is_empty(), "only that worker");

@@ -86,6 +86,11 @@ async fn start(app: AppConfig) -> Harness {
 
 async fn start_with(app: AppConfig, sockets: Vec<BoundSocket>, fake: Fake) -> Harness {
     let (pool, inbox, handle) = new_pool(app, sockets, &fake);
+    launch(pool, inbox, handle, fake).await
+}
+
+/// Runs the pool's task; returns its harness once the start has settled.
+async fn launch(pool: Pool, inbox: Inbox, handle: PoolHandle, fake: Fake) -> Harness {
     let events = pool.events.subscribe();
     let watch_tx = pool.watch_tx.clone();
     tokio::spawn(pool.run(inbox));

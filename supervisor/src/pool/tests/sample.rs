@@ -36,17 +36,7 @@ async fn start_recording(
     });
     let origin = pool.sampler.origin;
     pool.sampler = super::super::sample::Sampler::new(interval, recorder, origin);
-    let events = pool.events.subscribe();
-    let watch_tx = pool.watch_tx.clone();
-    tokio::spawn(pool.run(inbox));
-    let mut h = Harness {
-        handle,
-        fake,
-        events,
-        seen: Vec::new(),
-        watch_tx,
-    };
-    h.settle().await;
+    let mut h = launch(pool, inbox, handle, fake).await;
     for pid in h.fake.spawned() {
         h.fake.ready(pid);
     }

@@ -128,14 +128,20 @@ pub fn remove_tree(path: &Path) {
 
 /// Polls `cond` every 10 ms until it returns `Some`, or panics after `timeout`
 /// with `what` in the message.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(timeout: Duration, what: &str, cond: impl FnMut() -> Option<T>) -> T {
+    poll_until(timeout, cond)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// [`wait_until`] without the panic: `None` when `timeout` passed first.
+pub fn poll_until<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = cond() {
-            return v;
+            return Some(v);
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(10));
     }

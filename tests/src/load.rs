@@ -5,6 +5,12 @@
 //! `Connection: close`) or without (a new connection per request). A request
 //! fails if the connection is refused or reset, or the answer is not a complete
 //! 200 response. No retries: a retry would hide exactly what we measure.
+//!
+//! A request waits up to [`READ_TIMEOUT`] for its answer while the load runs.
+//! When the load is finished, a request that has been waiting for
+//! [`ABANDON_AFTER`] is abandoned (its connection shut down) and counted as
+//! failed: a server that lost it (PM2's cluster mode loses one during a reload)
+//! would otherwise hold every measurement's end for the whole read timeout.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -24,9 +30,19 @@ pub struct LoadReport {
     pub pids: std::collections::BTreeSet<i32>,
 }
 
+/// How long a request may wait for its answer's next bytes while the load runs.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// At [`Load::finish`], a request that has waited this long is abandoned.
+pub const ABANDON_AFTER: Duration = Duration::from_secs(5);
+
+/// Per client, the request in flight: since when, and its socket (a clone, for
+/// [`Load::finish`] to shut down). Cleared by the client when answered.
+type InFlight = Arc<Mutex<Option<(Instant, TcpStream)>>>;
+
 pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<LoadReport>>,
+    in_flight: Vec<InFlight>,
     pub ok_so_far: Arc<AtomicU64>,
 }
 
@@ -37,7 +53,7 @@ struct Conn {
 fn connect(port: u16) -> std::io::Result<Conn> {
     let s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.set_read_timeout(Some(READ_TIMEOUT))?;
     Ok(Conn {
         reader: BufReader::new(s),
     })
@@ -131,8 +147,11 @@ impl Load {
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok_so_far = Arc::new(AtomicU64::new(0));
-        let threads = (0..clients)
-            .map(|_| {
+        let in_flight: Vec<_> = (0..clients).map(|_| Arc::new(Mutex::new(None))).collect();
+        let threads = in_flight
+            .iter()
+            .map(|slot| {
+                let slot: InFlight = slot.clone();
                 let stop = stop.clone();
                 let ok_so_far = ok_so_far.clone();
                 let path = path.to_string();
@@ -146,8 +165,21 @@ impl Load {
                             Some(c) => Ok(c),
                             None => connect(port).map_err(|e| format!("connect: {e}")),
                         };
-                        let result =
-                            c.and_then(|mut c| request(&mut c, &path, keep_alive).map(|x| (c, x)));
+                        let result = c.and_then(|mut c| {
+                            let clone = c.reader.get_ref().try_clone();
+                            *slot.lock().unwrap() = clone.ok().map(|s| (t0, s));
+                            let answer = request(&mut c, &path, keep_alive);
+                            // None here: finish() took the socket and shut it down.
+                            let abandoned = slot.lock().unwrap().take().is_none();
+                            match answer {
+                                Err(e) if abandoned => Err(format!(
+                                    "no answer after {:.1} s, abandoned when the load \
+                                     finished ({e})",
+                                    t0.elapsed().as_secs_f64()
+                                )),
+                                answer => answer.map(|x| (c, x)),
+                            }
+                        });
                         let took = t0.elapsed();
                         if !pause.is_zero() {
                             std::thread::sleep(pause);
@@ -186,8 +218,18 @@ impl Load {
         Load {
             stop,
             threads,
+            in_flight,
             ok_so_far,
         }
+    }
+
+    /// Whether `n` more requests succeed within `deadline`.
+    pub fn wait_for_more(&self, n: u64, deadline: Duration) -> bool {
+        let start = self.ok_so_far.load(Ordering::Relaxed);
+        crate::poll_until(deadline, || {
+            (self.ok_so_far.load(Ordering::Relaxed) >= start + n).then_some(())
+        })
+        .is_some()
     }
 
     /// Waits until at least `n` requests succeeded in total (deadline 30 s).
@@ -200,8 +242,32 @@ impl Load {
         );
     }
 
+    /// Stops the clients and adds up their reports. A request still waiting
+    /// for its answer once it has waited [`ABANDON_AFTER`] is abandoned and
+    /// counted as failed.
     pub fn finish(self) -> LoadReport {
+        self.finish_abandoning_after(ABANDON_AFTER)
+    }
+
+    /// [`Load::finish`], abandoning a request once it has waited `abandon_after`.
+    pub fn finish_abandoning_after(self, abandon_after: Duration) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
+        // A watchdog rather than a wait: only an unanswered request is in the
+        // way, and its client blocks in a read that only a shutdown ends.
+        while !self.threads.iter().all(|t| t.is_finished()) {
+            for slot in &self.in_flight {
+                let mut slot = slot.lock().unwrap();
+                if slot
+                    .as_ref()
+                    .is_some_and(|(since, _)| since.elapsed() >= abandon_after)
+                {
+                    if let Some((_, socket)) = slot.take() {
+                        let _ = socket.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let mut total = LoadReport::default();
         for t in self.threads {
             let r = t.join().expect("load thread");
@@ -212,5 +278,43 @@ impl Load {
             total.pids.extend(r.pids);
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    /// A server that reads a request and never answers it: at `finish`, the
+    /// request is abandoned and counted as failed, rather than held until the
+    /// read timeout.
+    #[test]
+    fn an_unanswered_request_is_abandoned_at_finish_and_counted_failed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (got_request, request_seen) = mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&socket).read_line(&mut line).unwrap();
+            got_request.send(()).unwrap();
+            // Held open, unanswered, until the client gives up on it.
+            let mut rest = Vec::new();
+            let _ = (&socket).read_to_end(&mut rest);
+        });
+        let load = Load::start(port, 1, true, "/");
+        request_seen
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the request reached the server");
+        let report = load.finish();
+        assert_eq!((report.ok, report.failed), (0, 1), "{report:?}");
+        assert!(
+            report.errors[0].contains("abandoned when the load finished"),
+            "{:?}",
+            report.errors
+        );
+        server.join().unwrap();
     }
 }

@@ -96,6 +96,7 @@ pub(crate) struct RawRlimits {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRecycle {
     pub overlapped: Option<Sp<bool>>,
+    pub batch: Option<Sp<RawBatch>>,
     pub startup_timeout: Option<Sp<RawDuration>>,
     pub shutdown_timeout: Option<Sp<RawDuration>>,
     pub stop_signal: Option<Sp<RawSignal>>,
@@ -208,7 +209,15 @@ impl Kind for SignalKind {
     const EXPECTING: &'static str = "a signal name such as \"SIGTERM\" or a signal number";
 }
 
+#[derive(Debug)]
+pub(crate) struct BatchKind;
+impl Kind for BatchKind {
+    const EXPECTING: &'static str =
+        "a number of workers such as 4, or a share of `processes` such as \"25%\"";
+}
+
 pub(crate) type RawDuration = StrOrInt<DurationKind>;
+pub(crate) type RawBatch = StrOrInt<BatchKind>;
 pub(crate) type RawSize = StrOrInt<SizeKind>;
 pub(crate) type RawSignal = StrOrInt<SignalKind>;
 

@@ -190,6 +190,10 @@ impl AppConfig {
         let r = &self.recycle;
         writeln!(o, "\n[app.recycle]")?;
         writeln!(o, "overlapped = {}", r.overlapped)?;
+        match r.batch {
+            RecycleBatch::Workers(n) => writeln!(o, "batch = {n}")?,
+            RecycleBatch::Share(p) => writeln!(o, "batch = {}", q(&format!("{p}%")))?,
+        }
         writeln!(o, "startup_timeout = {}", dur(r.startup_timeout))?;
         writeln!(o, "shutdown_timeout = {}", dur(r.shutdown_timeout))?;
         writeln!(o, "stop_signal = {}", q(r.stop_signal.name))?;

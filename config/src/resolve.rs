@@ -297,6 +297,62 @@ impl<'a> Resolver<'a> {
 
     /// A memory limit: a size, or (`"25%"`) a share of [`Self::memory_base`],
     /// recorded in `shares`.
+    /// `[app.recycle] batch`: a number of workers (`4`) or a share of them
+    /// (`"25%"`); only an overlapped recycle starts several at once.
+    fn batch(&mut self, sc: &Scope, raw: Option<&Sp<RawBatch>>, overlapped: bool) -> RecycleBatch {
+        let Some(r) = raw else {
+            return if overlapped {
+                RecycleBatch::default()
+            } else {
+                RecycleBatch::Workers(1)
+            };
+        };
+        let batch = match &r.get_ref().value {
+            Scalar::Int(n) if (1..=256).contains(n) => RecycleBatch::Workers(*n as u32),
+            Scalar::Int(n) => {
+                self.report(
+                    Some(r.span()),
+                    sc.field("batch"),
+                    format!("{n} is out of range; batch is a number of workers from 1 to 256, or a share such as \"25%\""),
+                );
+                return RecycleBatch::default();
+            }
+            Scalar::Str(text) => match text
+                .trim()
+                .strip_suffix('%')
+                .map(|p| p.trim().parse::<f64>())
+            {
+                Some(Ok(p)) if p.is_finite() && p > 0.0 && p <= 100.0 => RecycleBatch::Share(p),
+                Some(Ok(_)) => {
+                    self.report(
+                        Some(r.span()),
+                        sc.field("batch"),
+                        format!("{text:?} is out of range: a share of the workers is above 0% and at most 100%, e.g. \"25%\""),
+                    );
+                    return RecycleBatch::default();
+                }
+                _ => {
+                    self.report(
+                        Some(r.span()),
+                        sc.field("batch"),
+                        format!("{text:?} is not a batch; write a number of workers such as 4, or a share of `processes` such as \"25%\""),
+                    );
+                    return RecycleBatch::default();
+                }
+            },
+        };
+        if !overlapped && batch != RecycleBatch::Workers(1) {
+            self.report(
+                Some(r.span()),
+                sc.field("batch"),
+                "batch sets how many new workers start beside the old ones, so it needs overlapped = true; \
+                 with overlapped = false workers are replaced one at a time: remove batch, or set overlapped = true"
+                    .into(),
+            );
+        }
+        batch
+    }
+
     fn opt_memory(
         &mut self,
         sc: &Scope,
@@ -1069,6 +1125,7 @@ impl<'a> Resolver<'a> {
         let overlapped = raw
             .and_then(|r| r.overlapped.as_ref())
             .is_none_or(|b| *b.get_ref());
+        let batch = self.batch(sc, raw.and_then(|r| r.batch.as_ref()), overlapped);
         let startup_timeout = self.duration(
             sc,
             "startup_timeout",
@@ -1215,6 +1272,7 @@ impl<'a> Resolver<'a> {
         );
         RecycleConfig {
             overlapped,
+            batch,
             startup_timeout,
             shutdown_timeout,
             stop_signal,

@@ -279,6 +279,34 @@ pub enum ReadyCheck {
     Delay(Duration),
 }
 
+/// `[app.recycle] batch`: how many workers an overlapped recycle replaces at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RecycleBatch {
+    /// `batch = 4`
+    Workers(u32),
+    /// `batch = "25%"`: a share of the app's workers, rounded up.
+    Share(f64),
+}
+
+impl Default for RecycleBatch {
+    /// A quarter of the workers, as a Kubernetes rolling update's default surge:
+    /// one at a time up to 4 workers, 8 at a time of 32.
+    fn default() -> Self {
+        RecycleBatch::Share(25.0)
+    }
+}
+
+impl RecycleBatch {
+    /// Workers at once for an app of `processes` workers: at least 1, at most all.
+    pub fn of(self, processes: usize) -> usize {
+        let n = match self {
+            RecycleBatch::Workers(n) => n as usize,
+            RecycleBatch::Share(p) => (processes as f64 * p / 100.0).ceil() as usize,
+        };
+        n.clamp(1, processes.max(1))
+    }
+}
+
 /// A signal by name and number, e.g. `"SIGTERM"` (15). Linux numbering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Signal {
@@ -291,6 +319,9 @@ pub struct Signal {
 pub struct RecycleConfig {
     /// Start the next generation before stopping the old one (default true).
     pub overlapped: bool,
+    /// How many new workers an overlapped recycle starts at once (default 25 % of
+    /// `processes`, rounded up: one at a time up to 4 workers).
+    pub batch: RecycleBatch,
     /// Default 90 s (IIS startupTimeLimit).
     pub startup_timeout: Duration,
     /// Default 90 s (IIS shutdownTimeLimit); then the process group is SIGKILLed.

@@ -813,3 +813,31 @@ fn history_keys_out_of_range_are_named() {
         assert!(p.message.contains(words), "{line}: {}", p.message);
     }
 }
+
+#[test]
+fn bad_recycle_batch() {
+    for (value, hints) in [
+        ("0", &["0 is out of range", "from 1 to 256"][..]),
+        ("\"0%\"", &["out of range", "above 0% and at most 100%"][..]),
+        ("\"150%\"", &["out of range"][..]),
+        ("\"half\"", &["is not a batch", "such as 4", "\"25%\""][..]),
+        ("2.5", &["a number of workers such as 4"][..]),
+    ] {
+        let text = format!("{APP}processes = 8\n[app.recycle]\nbatch = {value}\n");
+        assert_rejected(&text, "6:9", "app \"web\" field recycle.batch", hints);
+    }
+}
+
+#[test]
+fn recycle_batch_without_overlap_says_what_to_change() {
+    let text = format!("{APP}processes = 8\n[app.recycle]\noverlapped = false\nbatch = 2\n");
+    assert_rejected(
+        &text,
+        "7:9",
+        "app \"web\" field recycle.batch",
+        &[
+            "needs overlapped = true",
+            "remove batch, or set overlapped = true",
+        ],
+    );
+}

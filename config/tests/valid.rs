@@ -49,6 +49,7 @@ fn minimal_config_gets_every_default() {
         app.recycle,
         RecycleConfig {
             overlapped: true,
+            batch: RecycleBatch::Share(25.0),
             startup_timeout: secs(90),
             shutdown_timeout: secs(90),
             stop_signal: Signal::TERM,
@@ -156,6 +157,7 @@ fn full_config_sets_every_key() {
     );
     let r = &web.recycle;
     assert!(!r.overlapped);
+    assert_eq!(r.batch, RecycleBatch::Workers(1));
     assert_eq!(r.startup_timeout, secs(45));
     assert_eq!(r.shutdown_timeout, secs(90));
     assert_eq!(
@@ -457,4 +459,40 @@ fn a_code_dir_with_glob_characters_is_escaped_in_the_default_paths() {
     let again = appvisor_config::parse(&dump, path)
         .unwrap_or_else(|e| panic!("the dump loads: {e}\n{dump}"));
     assert_eq!(again.apps, config.apps);
+}
+
+#[test]
+fn recycle_batch_is_a_number_of_workers_or_a_share_of_them_rounded_up() {
+    let batch_of = |processes: u32, line: &str| {
+        let text = format!(
+            "[[app]]\nname = \"web\"\ncommand = [\"app\"]\nprocesses = {processes}\n[app.recycle]\n{line}\n"
+        );
+        let config = parse(&text, Path::new("appvisor.toml")).unwrap();
+        let app = config.app("web").unwrap();
+        (app.recycle.batch, app.recycle.batch.of(processes as usize))
+    };
+    // The default: a quarter, rounded up, so one at a time up to 4 workers.
+    assert_eq!(batch_of(2, ""), (RecycleBatch::Share(25.0), 1));
+    assert_eq!(batch_of(4, ""), (RecycleBatch::Share(25.0), 1));
+    assert_eq!(batch_of(5, ""), (RecycleBatch::Share(25.0), 2));
+    assert_eq!(batch_of(32, ""), (RecycleBatch::Share(25.0), 8));
+    assert_eq!(batch_of(8, "batch = 3"), (RecycleBatch::Workers(3), 3));
+    assert_eq!(
+        batch_of(2, "batch = 3"),
+        (RecycleBatch::Workers(3), 2),
+        "never more than all"
+    );
+    assert_eq!(
+        batch_of(10, "batch = \"50%\""),
+        (RecycleBatch::Share(50.0), 5)
+    );
+    assert_eq!(
+        batch_of(3, "batch = \"100%\""),
+        (RecycleBatch::Share(100.0), 3)
+    );
+    // Not overlapped: one at a time, whatever the default.
+    assert_eq!(
+        batch_of(32, "overlapped = false"),
+        (RecycleBatch::Workers(1), 1)
+    );
 }

@@ -64,6 +64,52 @@ fn twenty_recycles_under_load_without_keep_alive_fail_no_request() {
     recycles_under_load(false);
 }
 
+/// `batch = 4` of 8 workers: each recycle starts 4 new workers beside the old
+/// ones, then the next 4, and no request fails.
+#[test]
+fn a_batch_recycle_starts_four_at_once_and_fails_no_request() {
+    let sb = Sandbox::new("batch");
+    let port = free_port();
+    sb.config(&demo_app(
+        "web",
+        port,
+        8,
+        "[app.watch]\nenabled = false\n[app.recycle]\nbatch = 4\n",
+    ));
+    let sv = sb.start();
+    sv.wait_running("web", 8);
+    let load = Load::start(port, 4, true, "/");
+    load.wait_for_requests(200);
+    for i in 0..3 {
+        let out = sv.ok(&["recycle", "web"]);
+        assert!(out.contains("recycled 8 worker(s)"), "recycle {i}: {out}");
+        load.wait_for_requests(50);
+    }
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.errors);
+
+    // Per recycle: 4 new workers started before the first of them took a slot.
+    let kinds: Vec<String> = sv
+        .events()
+        .iter()
+        .filter(|e| e["generation"].as_u64().is_some_and(|g| g > 1))
+        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .filter(|k| k == "started" || k == "recycle")
+        .collect();
+    let first_batches: Vec<usize> = kinds
+        .split(|k| k == "recycle")
+        .map(|run| run.len())
+        .filter(|n| *n > 0)
+        .collect();
+    assert_eq!(sv.events_of("recycle").len(), 24, "3 recycles × 8 workers");
+    assert_eq!(
+        first_batches.iter().max(),
+        Some(&4),
+        "started/recycle sequence: {kinds:?}"
+    );
+    assert!(sv.stop().success());
+}
+
 #[test]
 fn python_worker_without_sdk_is_supervised_and_recycled() {
     let sb = Sandbox::new("py");

@@ -1,4 +1,5 @@
-//! The recycle job: one slot at a time, and requests that coalesce into one follow-up.
+//! The recycle job: slot after slot, `batch` of them at once, and requests that
+//! coalesce into one follow-up.
 
 use super::*;
 
@@ -109,39 +110,66 @@ impl Pool {
         self.advance_job();
     }
 
-    /// Moves the recycle job on: starts the next slot's candidate, or finishes.
+    /// Moves the recycle job on: starts candidates for the next slots, up to
+    /// `batch` at once (overlapped) or one (not), or finishes.
     pub(super) fn advance_job(&mut self) {
-        let Some(job) = self.job.as_mut() else { return };
-        if job.waiting_for_stop.is_some() {
-            return;
-        }
-        if self.slots.iter().any(|s| s.candidate.is_some()) {
-            return;
-        }
-        let Some(slot) = job.slots.pop_front() else {
-            self.finish_job(Ok(()));
-            return;
+        let batch = if self.app.recycle.overlapped {
+            self.app.recycle.batch.of(self.slots.len())
+        } else {
+            1
         };
-        let slot = slot as usize;
-        let generation = job.generation;
-        if let Some(old) = self.slots[slot].current {
-            if !self.app.recycle.overlapped {
-                job.waiting_for_stop = Some(old);
-                self.retire(old);
+        loop {
+            let Some(job) = self.job.as_mut() else { return };
+            if job.waiting_for_stop.is_some() {
                 return;
             }
-        }
-        self.slots[slot].restart_at = None;
-        if let Err(msg) = self.spawn_worker(slot as u32, generation, Entry::Replace) {
-            self.emit(self.event(EventKind::StartupFailed).detail(msg.clone()));
-            if !self.count_crash() {
-                self.finish_job(Err(msg));
+            let starting = self.slots.iter().filter(|s| s.candidate.is_some()).count();
+            if starting >= batch {
+                return;
+            }
+            // The next slot without a candidate of its own (one may still be
+            // starting for a job that failed before this one).
+            let next = job
+                .slots
+                .iter()
+                .position(|&s| self.slots[s as usize].candidate.is_none());
+            let Some(slot) = next.and_then(|i| job.slots.remove(i)) else {
+                if job.slots.is_empty() && starting == 0 {
+                    self.finish_job(Ok(()));
+                }
+                return;
+            };
+            let slot = slot as usize;
+            let generation = job.generation;
+            if let Some(old) = self.slots[slot].current {
+                if !self.app.recycle.overlapped {
+                    job.waiting_for_stop = Some(old);
+                    self.retire(old);
+                    return;
+                }
+            }
+            self.slots[slot].restart_at = None;
+            if let Err(msg) = self.spawn_worker(slot as u32, generation, Entry::Replace) {
+                self.emit(self.event(EventKind::StartupFailed).detail(msg.clone()));
+                if !self.count_crash() {
+                    self.finish_job(Err(msg));
+                }
+                return;
             }
         }
     }
 
     pub(super) fn finish_job(&mut self, result: Result<(), String>) {
         let Some(job) = self.job.take() else { return };
+        if result.is_err() {
+            // A failed recycle stops where it is: the rest of its batch, still
+            // starting, is stopped too; slots already replaced stay replaced, the
+            // others keep their worker of the previous generation.
+            let starting: Vec<i32> = self.slots.iter().filter_map(|s| s.candidate).collect();
+            for pid in starting {
+                self.retire(pid);
+            }
+        }
         let reply = match &result {
             Ok(()) => {
                 let swaps: Vec<String> = job

@@ -10,9 +10,11 @@
 //! same listening sockets; when it is ready, swap it in (event `recycle`, one line
 //! with the reason), send `stop_signal` to the old worker, which drains and exits
 //! (event `retired`), or is SIGKILLed with its whole process group after
-//! `shutdown_timeout` (event `killed`). Slots go one at a time, so capacity never
-//! drops. A candidate that exits or misses `startup_timeout` is killed, the old
-//! worker keeps serving, and `startup_failed` is logged with its last stderr lines.
+//! `shutdown_timeout` (event `killed`). Candidates start `batch` at a time (by
+//! default a quarter of the slots, rounded up: one at a time up to 4 workers), each
+//! beside the worker it replaces, so capacity never drops. A candidate that exits or
+//! misses `startup_timeout` is killed, the rest of its batch is stopped, the old
+//! workers keep serving, and `startup_failed` is logged with its last stderr lines.
 //! Recycle requests that arrive while one is running coalesce into exactly one
 //! follow-up recycle.
 //!

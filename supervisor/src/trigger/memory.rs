@@ -70,6 +70,7 @@ mod tests {
     fn recycle_cfg() -> RecycleConfig {
         RecycleConfig {
             overlapped: true,
+            batch: appvisor_config::RecycleBatch::default(),
             startup_timeout: Duration::from_secs(90),
             shutdown_timeout: Duration::from_secs(90),
             stop_signal: appvisor_config::Signal {

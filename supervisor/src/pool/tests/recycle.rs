@@ -116,6 +116,116 @@ async fn recycle_requests_during_a_recycle_coalesce_into_one_follow_up() {
     assert_eq!(h.count(EventKind::Recycle), 2);
 }
 
+// ---- batches ------------------------------------------------------------------
+
+/// Candidates starting now: spawned for a recycle (generation > 1), not yet ready,
+/// still running.
+fn starting(h: &Harness, ready: &[i32]) -> Vec<i32> {
+    h.fake
+        .ops()
+        .into_iter()
+        .filter_map(|o| match o {
+            Op::Spawn {
+                pid, generation, ..
+            } if generation > 1 => Some(pid),
+            _ => None,
+        })
+        .filter(|pid| !ready.contains(pid) && h.fake.state().alive.contains(pid))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_recycle_starts_that_many_candidates_at_once_and_keeps_capacity() {
+    let mut a = app(8);
+    a.recycle.batch = appvisor_config::RecycleBatch::Workers(3);
+    let mut h = serving(a).await;
+    let old = h.fake.spawned();
+    let reply = h.recycle();
+    h.settle().await;
+    let mut ready = Vec::new();
+    let mut most = 0;
+    while ready.len() < 8 {
+        let now = starting(&h, &ready);
+        assert!(now.len() <= 3, "{} candidates at once: {now:?}", now.len());
+        assert!(
+            !now.is_empty(),
+            "the job stalled with {} of 8 replaced",
+            ready.len()
+        );
+        most = most.max(now.len());
+        // Capacity never drops: every slot has a serving worker throughout.
+        assert_eq!(h.serving_pids().await.len(), 8);
+        // Readiness in any order: the last of the batch first.
+        let pid = *now.last().unwrap();
+        h.fake.ready(pid);
+        ready.push(pid);
+        h.settle().await;
+    }
+    assert_eq!(most, 3, "a batch of 3 starts 3 at once");
+    let reply = reply.await.unwrap().expect("recycle succeeds");
+    assert!(
+        reply.contains("recycled 8 worker(s) to generation 2"),
+        "{reply}"
+    );
+    let mut serving = h.serving_pids().await;
+    serving.sort();
+    ready.sort();
+    assert_eq!(serving, ready);
+    for pid in old {
+        assert_eq!(
+            h.fake.signals_to(pid),
+            vec![SIGTERM],
+            "old {pid} told to stop once"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_batch_is_a_quarter_of_the_workers() {
+    let mut h = serving(app(8)).await;
+    let _reply = h.recycle();
+    h.settle().await;
+    assert_eq!(starting(&h, &[]).len(), 2, "25% of 8");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_candidate_ends_the_batch_recycle_and_stops_the_rest_of_its_batch() {
+    let mut a = app(4);
+    a.recycle.batch = appvisor_config::RecycleBatch::Workers(2);
+    let mut h = serving(a).await;
+    let old = h.fake.spawned();
+    let reply = h.recycle();
+    h.settle().await;
+    let batch = starting(&h, &[]);
+    assert_eq!(batch.len(), 2);
+    h.fake.exit(batch[0], ExitStatus::Code(1));
+    h.settle().await;
+    let reply = reply.await.unwrap();
+    assert!(
+        reply
+            .as_ref()
+            .is_err_and(|e| e.contains("exited before it was ready")),
+        "{reply:?}"
+    );
+    assert_eq!(
+        h.fake.signals_to(batch[1]),
+        vec![SIGTERM],
+        "the rest of the batch is stopped"
+    );
+    h.settle().await;
+    assert!(
+        starting(&h, &[]).is_empty(),
+        "no new candidate after the failure"
+    );
+    let mut serving = h.serving_pids().await;
+    serving.sort();
+    assert_eq!(serving, old, "the previous generation keeps serving");
+    for pid in &old {
+        assert!(h.fake.signals_to(*pid).is_empty(), "old {pid} told to stop");
+    }
+    assert_eq!(h.count(EventKind::Recycle), 0);
+}
+
 // ---- startup failure ------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]

@@ -64,7 +64,7 @@ class Procs:
         self.popens = []
         self.pids = set()  # started by someone else on our behalf (daemons)
 
-    def spawn(self, cmd, env=None, cwd=None, out=None, stdin=subprocess.DEVNULL):
+    def spawn(self, cmd, env=None, cwd=None, out=None, stdin=subprocess.DEVNULL, pass_fds=()):
         full_env = dict(os.environ)
         full_env.update(env or {})
         p = subprocess.Popen(
@@ -75,6 +75,7 @@ class Procs:
             stdout=out or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if out else subprocess.DEVNULL,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
         self.popens.append(p)
         return p
@@ -694,6 +695,14 @@ class Load:
         mode = "keep-alive" if keep_alive else "close"
         self.p = PROCS.spawn([LOAD, str(port), str(CLIENTS), mode, str(max_s)], stdin=subprocess.PIPE, out=subprocess.PIPE)
 
+    def flowing(self):
+        """Until requests succeed again (8 more; bench_load answers within 30 s)."""
+        self.p.stdin.write(b"flowing\n")
+        self.p.stdin.flush()
+        answer = self.p.stdout.readline().decode().strip()
+        if answer != "flowing":
+            raise RuntimeError(f"the load does not flow: bench_load says {answer or 'nothing (it ended)'}")
+
     def finish(self):
         out, _ = self.p.communicate(timeout=60)  # closes its stdin: the signal to stop
         return json.loads(out.decode().strip().splitlines()[-1])
@@ -739,13 +748,13 @@ class Bench:
         self.res = Results()
         self.failures = 0
 
-    def scenario(self, key, title, budget_s, setup, body):
+    def scenario(self, key, title, budget_s, setup, body, also=None):
         """Starts the scenario's peers once (`setup` → [(label, peer)]), then runs
         `body(r, deadline, live)` round by round with the same live peers (each
         round measures them one after the other, in a rotated order), then stops
         every one. Bounded by `budget_s`: a round that would end past it is not
-        started (noted)."""
-        if self.args.only and key not in self.args.only.split(","):
+        started (noted). `also`: another scenario whose figures it takes too."""
+        if self.args.only and not {key, also} & set(self.args.only.split(",")):
             return
         log(f"{key}: {title}")
         self.current = key
@@ -755,6 +764,7 @@ class Bench:
         try:
             live = setup()
             t_rounds = time.monotonic()
+            log(f"  {key}: set-up {t_rounds - t0:.1f} s")
             done = 0
             for r in range(self.rounds):
                 # A round that would end past the bound (at the pace so far) is not started.
@@ -776,12 +786,14 @@ class Bench:
                             PROCS.stop_tree(p.pid)
                 done += 1
         finally:
+            t_stop = time.monotonic()
             for _, peer in live:
                 try:
                     peer.stop()
                 except Exception as e:
                     log(f"  stopping {peer.name}: {e}")
             PROCS.cleanup()
+            log(f"  {key}: stopping {time.monotonic() - t_stop:.1f} s")
         self.res.elapsed[key] = self.res.elapsed.get(key, 0) + time.monotonic() - t0
 
     def fail(self, label, e):
@@ -833,7 +845,9 @@ class Bench:
         for label, peer in rotated(live, r):
             if deadline and time.monotonic() > deadline:
                 break
+            t0 = time.monotonic()
             self.attempt(label, lambda: fn(label, peer))
+            log(f"  {self.current} round {r + 1}, {label}: {time.monotonic() - t0:.1f} s")
 
     # 1. restarts under load
     S1_PER_ROUND = 2  # restarts per round and keep-alive mode: 2 × 2 modes × 5 rounds = 20 per kind
@@ -853,7 +867,7 @@ class Bench:
                 mode = "keep-alive" if keep_alive else "no keep-alive"
                 peer.wait_serving(30)
                 load = Load(peer.port, keep_alive)
-                time.sleep(0.3)
+                load.flowing()
                 took = []
                 for _ in range(n):
                     old = peer.events.live_ready()
@@ -862,8 +876,9 @@ class Bench:
                     peer.wait_replaced(old, timeout=30)
                     took.append(time.monotonic() - t0)
                     peer.settle()
-                    time.sleep(0.2)
+                    load.flowing()  # served by the new workers before the next restart, or the end
                 rep = load.finish()
+                log(f"    {kind}, {mode}: failed {rep['failed']}, slowest {rep['max_ms']:.0f} ms; {rep['errors'][:2]}")
                 self.res.add("1", f"failed requests per restart, {mode}", kind, rep["failed"] / n)
                 self.res.add("1", f"slowest request, {mode} (ms)", kind, round(rep["max_ms"], 1))
                 if keep_alive:
@@ -926,7 +941,7 @@ class Bench:
         # connection for as long as it lasts, and /grow would wait behind them.
         load = Load(peer.port, False) if under_load else None
         if load:
-            time.sleep(0.5)
+            load.flowing()
         answer = http_get(peer.port, f"/grow?mb={GROW_MB}", timeout=30)
         t_cross = time.time()
         pid = int(re.search(r"pid=(\d+)", answer).group(1))
@@ -996,12 +1011,12 @@ class Bench:
         def measure(kind, peer):
             peer.wait_serving(30)
             load = Load(peer.port, True)
-            time.sleep(0.3)
+            load.flowing()
             victim = sorted(peer.events.live_ready())[0]
             t0 = time.time()
             os.kill(victim, signal.SIGKILL)
             pid, ready = wait_for("a new worker", 30, lambda: peer.events.first_after("ready", t0, {victim}), step=0.005)
-            time.sleep(0.3)
+            load.flowing()
             rep = load.finish()
             startup = peer.events.startup_of(pid) or 0
             self.res.add("4", "kill -9 → replacement serving (ms)", kind, round((ready - t0) * 1000))
@@ -1010,35 +1025,19 @@ class Bench:
 
         self.each(r, live, measure, deadline)
 
-    # 5. footprint: all peers at once, idle, 1 app x 4 workers
-    def s5_setup(self):
-        peers = [(Appvisor, "appvisor"), (Pm2, "PM2 (fork)"), (Supervisord, "supervisord"), (Uwsgi, "uWSGI"), (Gunicorn, "gunicorn")]
-        live = self.start_all([(kind, cls(self.work, workers=4)) for cls, kind in peers])
-        time.sleep(2)  # start-up work settles
-        return live
-
-    def s5(self, r, deadline, live):
-        window = 5 if self.quick else 20
-        sup = {kind: p.supervisor_pids() for kind, p in live}
-        before = {kind: cpu_ns(pids) for kind, pids in sup.items()}
-        t0 = time.monotonic()
-        time.sleep(window)
-        span = time.monotonic() - t0
-        for kind, p in live:
-            used = cpu_used(before[kind], cpu_ns(sup[kind]))
-            names = ", ".join(f"{comm(q)} (pid {q})" for q in sup[kind])
-            self.res.add("5", "RSS of the main supervisor process (MiB)", kind, round(rss_kib(p.root_pid()) / 1024, 1))
-            self.res.add("5", "PSS of all its own processes (MiB)", kind, round(sum(pss_kib(q) for q in sup[kind]) / 1024, 1))
-            self.res.add("5", f"supervisor idle CPU over {window} s, all threads (%)", kind, round(used / 1e9 / span * 100, 4))
-            if r == 0:
-                self.res.note("5", f"{kind}: the supervisor's processes: {names}")
-
-    # 6. cost as the work grows
+    # 5 and 6 (its idle part): every supervisor at once, idle, measured over the same windows
     def s6_scales(self):
         return [1, 5] if self.quick else [1, 10, 50]
 
-    def s6_setup(self):
+    def s56_setup(self):
         peers = []
+        # 5. footprint: 1 app × 4 workers of the real app
+        for cls, kind in [(Appvisor, "appvisor"), (Pm2, "PM2 (fork)"), (Supervisord, "supervisord"), (Uwsgi, "uWSGI"),
+                          (Gunicorn, "gunicorn")]:
+            p = cls(self.work, workers=4)
+            p.scale = None
+            peers.append((kind, p))
+        # 6. cost as the work grows: N apps × 4 workers that cost nothing (`sleep`)
         for apps in self.s6_scales():
             for cls, kind in [(Appvisor, "appvisor"), (Pm2, "PM2"), (Supervisord, "supervisord")]:
                 p = cls(self.work, workers=4, apps=apps, command=[SLEEP, "100000"])
@@ -1046,26 +1045,38 @@ class Bench:
                 peers.append((f"{kind} ({apps} × 4)", p))
 
         def serving(p):
+            if p.scale is None:
+                return p.wait_serving(120)
             wait_for(f"{p.name}: {p.scale * 4} workers", 180,
                      lambda: sum(1 for q in descendants(p.root_pid()) if comm(q) == "sleep") >= p.scale * 4, step=0.2)
 
         live = self.start_all(peers, serving=serving)
-        time.sleep(1.5)
+        time.sleep(2)  # start-up work settles
         return live
 
-    def s6(self, r, deadline, live):
+    def s56(self, r, deadline, live):
         self.round = r
-        window = 3 if self.quick else 5
+        window = 5 if self.quick else 20
         sup = {label: p.supervisor_pids() for label, p in live}
         before = {label: cpu_ns(pids) for label, pids in sup.items()}
         t0 = time.monotonic()
         time.sleep(window)
         span = time.monotonic() - t0
         for label, p in live:
-            kind = label.split(" (")[0]
             used = cpu_used(before[label], cpu_ns(sup[label]))
-            self.res.add("6", f"{p.scale} × 4: PSS of the supervisor's processes (MiB)", kind, round(sum(pss_kib(q) for q in sup[label]) / 1024, 1))
-            self.res.add("6", f"{p.scale} × 4: idle CPU over {window} s (%)", kind, round(used / 1e9 / span * 100, 4))
+            pss = round(sum(pss_kib(q) for q in sup[label]) / 1024, 1)
+            cpu = round(used / 1e9 / span * 100, 4)
+            if p.scale is None:
+                self.res.add("5", "RSS of the main supervisor process (MiB)", label, round(rss_kib(p.root_pid()) / 1024, 1))
+                self.res.add("5", "PSS of all its own processes (MiB)", label, pss)
+                self.res.add("5", f"supervisor idle CPU over {window} s, all threads (%)", label, cpu)
+                if r == 0:
+                    names = ", ".join(f"{comm(q)} (pid {q})" for q in sup[label])
+                    self.res.note("5", f"{label}: the supervisor's processes: {names}")
+            else:
+                kind = label.split(" (")[0]
+                self.res.add("6", f"{p.scale} × 4: PSS of the supervisor's processes (MiB)", kind, pss)
+                self.res.add("6", f"{p.scale} × 4: idle CPU over {window} s (%)", kind, cpu)
 
         def status(label, p):
             took = []
@@ -1075,7 +1086,7 @@ class Bench:
                 took.append(time.monotonic() - t)
             self.res.add("6", f"{p.scale} × 4: `status` latency (ms)", label.split(" (")[0], round(statistics.median(took) * 1000))
 
-        self.each(r, live, status)
+        self.each(r, [(label, p) for label, p in live if p.scale is not None], status)
 
     def s6b_setup(self):
         peers = []
@@ -1112,8 +1123,19 @@ class Bench:
             ev = Events(os.path.join(peer.dir, "alone-events"))
             interp = PY if app.endswith(".py") else "node"
             env = {"BENCH_PORT": str(peer.alone_port), "BENCH_EVENTS": ev.path, "BENCH_STARTUP_MS": str(STARTUP_MS)}
-            for _ in range(workers):
-                PROCS.spawn([interp, app], env=env)  # stopped with the scenario (PROCS.cleanup)
+            if app.endswith(".py"):
+                # As appvisor hands it over: one listening socket, made here, shared by
+                # the processes on fd 3 (LISTEN_FDS). Each binding the port itself with
+                # SO_REUSEPORT would let the kernel hash wrk's 4 connections unevenly.
+                listener = socket.create_server(("127.0.0.1", peer.alone_port), backlog=1024)
+                peer.alone_socket = listener  # open as long as the peer (the run's end at most)
+                fd = listener.fileno()
+                for _ in range(workers):
+                    PROCS.spawn(["sh", "-c", f'LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$1" 3<&{fd}', interp, app],
+                                env=env, pass_fds=(fd,))
+            else:
+                for _ in range(workers):
+                    PROCS.spawn([interp, app], env=env)  # stopped with the scenario (PROCS.cleanup)
             wait_for("the app alone", 30, lambda ev=ev, workers=workers: len(ev.live_ready()) >= workers)
             peers.append((kind, peer))
         return self.start_all(peers)
@@ -1141,11 +1163,12 @@ class Bench:
         if self.quick:
             runs = [{"PERSIST": "no", "ROUNDS": "1", "N": "20000", "MEMORY": "0"}]
         else:
-            # N = 100,000 requests per -c 50 -P 1 run (the others scale from it): the
-            # two modes × 5 rounds and the 1,000,000-key memory test in ≈ 3 min.
+            # N = 50,000 requests per -c 50 -P 1 run (the others scale from it: 5,000
+            # at -c 1 -P 1, 500,000 at -c 50 -P 16): the two modes × 5 rounds and the
+            # 1,000,000-key memory test in ≈ 2 min.
             r = str(self.rounds)
-            runs = [{"PERSIST": "no", "ROUNDS": r, "N": "100000", "MEMORY": "1"},
-                    {"PERSIST": "everysec", "ROUNDS": r, "N": "100000", "MEMORY": "0"}]
+            runs = [{"PERSIST": "no", "ROUNDS": r, "N": "50000", "MEMORY": "1"},
+                    {"PERSIST": "everysec", "ROUNDS": r, "N": "50000", "MEMORY": "0"}]
         log("8: the store against redis-server (bench/store/run.sh)")
         t0 = time.monotonic()
         parts = []
@@ -1179,7 +1202,9 @@ EXPLAIN = {
          "with and without keep-alive, every request counted, no retries. The eight configurations are started once and "
          "measured one at a time (the others idle on their own ports), in an order rotated each round. Each round makes {n} "
          "restart(s) of each kind per keep-alive mode, so {total} restarts per kind over the run ({half} with keep-alive, {half} "
-         "without); a restart counts as done when every worker has been replaced by one that wrote its `ready` line. "
+         "without); a restart counts as done when every worker has been replaced by one that wrote its `ready` line, and "
+         "the next one (or the end) waits until requests succeed again. A request still unanswered 2 s after the end is "
+         "abandoned and counted as failed (PM2's cluster mode loses one or two per reload: they would never be answered). "
          "Lower is better; ratio = appvisor recycle ÷ the peer.",
     "2": "Each peer is started once and its watched file rewritten once per round; the figure is the moment the first new worker "
          "can serve (its own `ready` line) minus the moment of the write, minus that worker's own startup (its `start` → `ready`). "
@@ -1197,19 +1222,22 @@ EXPLAIN = {
          "running peers; the figure is the time until its replacement can serve, and the requests that failed meanwhile. "
          "appvisor's rapid-fail guard (by default 5 crashes within 300 s stop the app) is raised to 1,000 here, as the "
          "same app is crashed every round.",
-    "5": "All peers at once, each with the same app × 4 workers, started once; each round is one 20 s idle window (5 s "
-         "with --quick), the same for all: RSS of the supervisor's own processes (not the workers; appvisor: the "
+    "5": "All peers at once, each with the same app × 4 workers, started once, beside the nine supervisors of "
+         "scenario 6 (all idle); each round is one 20 s idle window (5 s with --quick), the same for all fourteen: RSS of the supervisor's own processes (not the workers; appvisor: the "
          "supervisor and its guard, with the embedded store inside), and their CPU time (all threads, "
          "`/proc/PID/task/*/schedstat`).",
     "6": "N apps × 4 workers, each worker `sleep` (a process that costs nothing, so the supervisor's cost is what is "
          "measured; appvisor uses `ready = \"delay:300ms\"`); the nine supervisors (three peers × 1, 10 and 50 apps) run "
-         "at once; each round is one idle window for all, then `status` of each, one at a time in a rotated order: "
+         "at once, beside scenario 5's; each round is the idle window of scenario 5, the same for all (its time is "
+         "counted there), then `status` of each, one at a time in a rotated order: "
          "`appvisor status`, `pm2 ls`, `supervisorctl status` (wall time of the command, as a user waits for it; median "
          "of 3). Then one app of 1, 8 and 32 workers of the real app, the nine running at once, recycled one at a time: "
          "restart command → every worker replaced (appvisor and PM2 replace one worker at a time, supervisord stops all "
          "then starts all).",
     "7": "`wrk -t2 -c4` (keep-alive), 3 s, against the app alone and under the supervisor (both running throughout; "
-         "the order alternated by round). PM2's cluster mode passes each connection through its master.",
+         "the order alternated by round). The app alone is as many processes as the supervisor runs, accepting from "
+         "one listening socket made by the runner and handed over on fd 3 (`LISTEN_FDS`), as appvisor hands its "
+         "socket over. PM2's cluster mode passes each connection through its master.",
 }
 
 
@@ -1378,15 +1406,19 @@ def main():
     bench.scenario("2", TITLES["2"], 40 if q else 120, bench.s2_setup, bench.s2)
     bench.scenario("3", TITLES["3"], 90 if q else 300, bench.s3_setup, bench.s3)
     bench.scenario("4", TITLES["4"], 40 if q else 200, bench.s4_setup, bench.s4)
-    bench.scenario("5", TITLES["5"], 40 if q else 180, bench.s5_setup, bench.s5)
-    bench.scenario("6", TITLES["6"], 90 if q else 200, bench.s6_setup, bench.s6)
+    bench.scenario("5", TITLES["5"], 60 if q else 300, bench.s56_setup, bench.s56, also="6")
     bench.scenario("6", TITLES["6"], 90 if q else 300, bench.s6b_setup, bench.s6b)
     bench.scenario("7", TITLES["7"], 40 if q else 120, bench.s7_setup, bench.s7)
     store_md = bench.s8()
     load_end = open("/proc/loadavg").read().split()[:3]
     meta["load_end"] = " ".join(load_end)
     elapsed = time.monotonic() - t0
-    meta["elapsed"] = f"{elapsed / 60:.1f} min" + (f" (+ {args.install_seconds:.0f} s installing peers)" if args.install_seconds else "")
+    if args.install_seconds is not None:
+        total = elapsed + args.install_seconds
+        meta["elapsed"] = (f"{total / 60:.1f} min from the command to this document: {args.install_seconds:.0f} s "
+                           f"installing the peers while appvisor builds, then {elapsed / 60:.1f} min of measurements")
+    else:
+        meta["elapsed"] = f"{elapsed / 60:.1f} min of measurements"
     if max(float(load_start[0]), float(load_end[0])) > (os.cpu_count() or 1) * 0.75:
         meta["provisional"] = (f"the machine was busy (load average {meta['load_start']} → {meta['load_end']} on "
                                f"{os.cpu_count()} cores): absolute figures and latencies are inflated; compare ratios only.")

@@ -1232,8 +1232,8 @@ EXPLAIN = {
          "counted there), then `status` of each, one at a time in a rotated order: "
          "`appvisor status`, `pm2 ls`, `supervisorctl status` (wall time of the command, as a user waits for it; median "
          "of 3). Then one app of 1, 8 and 32 workers of the real app, the nine running at once, recycled one at a time: "
-         "restart command → every worker replaced (appvisor and PM2 replace one worker at a time, supervisord stops all "
-         "then starts all).",
+         "restart command → every worker replaced (PM2 replaces one worker at a time; appvisor a quarter of them at a time, "
+         "its default `batch = \"25%\"`: 1, 2 and 8 at once; supervisord stops all then starts all).",
     "7": "`wrk -t2 -c4` (keep-alive), 3 s, against the app alone and under the supervisor (both running throughout; "
          "the order alternated by round). The app alone is as many processes as the supervisor runs, accepting from "
          "one listening socket made by the runner and handed over on fd 3 (`LISTEN_FDS`), as appvisor hands its "

@@ -1201,7 +1201,7 @@ EXPLAIN = {
     "1": "2 workers of the same app (`app.py`, 300 ms startup; PM2 cluster mode runs `app.js`), 4 clients of `bench_load` "
          "with and without keep-alive, every request counted, no retries. The eight configurations are started once and "
          "measured one at a time (the others idle on their own ports), in an order rotated each round. Each round makes {n} "
-         "restart(s) of each kind per keep-alive mode, so {total} restarts per kind over the run ({half} with keep-alive, {half} "
+         "restart(s) of each kind per keep-alive mode, so {total} restarts per kind over the run ({half} with keep-alive, {without} "
          "without); a restart counts as done when every worker has been replaced by one that wrote its `ready` line, and "
          "the next one (or the end) waits until requests succeed again. A request still unanswered 2 s after the end is "
          "abandoned and counted as failed (PM2's cluster mode loses one or two per reload: they would never be answered). "
@@ -1284,7 +1284,8 @@ def render(bench, meta, store_md):
         out.append(f"### {TITLES[key]}\n")
         n = 1 if bench.quick else bench.S1_PER_ROUND
         modes = 1 if bench.quick else 2
-        out.append(EXPLAIN[key].format(n=n, total=n * modes * bench.rounds, half=n * bench.rounds)
+        out.append(EXPLAIN[key].format(n=n, total=n * modes * bench.rounds, half=n * bench.rounds,
+                                       without=n * bench.rounds * (modes - 1))
                    + f" ({res.elapsed.get(key, 0):.0f} s)\n")
         out.append("| figure | supervisor | min | median | max | appvisor ÷ peer |")
         out.append("|---|---|---|---|---|---|")

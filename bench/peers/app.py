@@ -121,11 +121,23 @@ def main():
         block_on_close = True
         request_queue_size = 1024
 
+        def get_request(self):
+            # The listening socket is non-blocking (see below); a connection is not.
+            conn, addr = self.socket.accept()
+            conn.setblocking(True)
+            return conn, addr
+
     if os.environ.get("LISTEN_PID") == str(os.getpid()):
         for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
             os.environ.pop(var, None)
         sock = socket.socket(fileno=3)
         os.set_inheritable(3, False)
+        # Shared with the other workers: each wakes for a new connection and one
+        # takes it. A blocking accept() in the others would wait for the next
+        # connection, and a drain with none coming would never end (the worker
+        # was SIGKILLed at shutdown_timeout). Non-blocking, a lost race is an
+        # error socketserver ignores.
+        sock.setblocking(False)
     else:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -5,12 +5,9 @@
 //! `Connection: close`) or without (a new connection per request). A request
 //! fails if the connection is refused or reset, or the answer is not a complete
 //! 200 response. No retries: a retry would hide exactly what we measure.
-//!
-//! A request waits up to [`READ_TIMEOUT`] for its answer while the load runs.
-//! When the load is finished, a request that has been waiting for
-//! [`ABANDON_AFTER`] is abandoned (its connection shut down) and counted as
-//! failed: a server that lost it (PM2's cluster mode loses one during a reload)
-//! would otherwise hold every measurement's end for the whole read timeout.
+//! A request not answered within the read timeout ([`READ_TIMEOUT`] unless
+//! [`Load::start_with`] says otherwise) fails too; [`Load::finish_within`] can
+//! end sooner a request the server lost.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -30,30 +27,28 @@ pub struct LoadReport {
     pub pids: std::collections::BTreeSet<i32>,
 }
 
-/// How long a request may wait for its answer's next bytes while the load runs.
+/// How long a request waits for its answer's next bytes, by default.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(15);
-/// At [`Load::finish`], a request that has waited this long is abandoned.
-pub const ABANDON_AFTER: Duration = Duration::from_secs(5);
-
-/// Per client, the request in flight: since when, and its socket (a clone, for
-/// [`Load::finish`] to shut down). Cleared by the client when answered.
-type InFlight = Arc<Mutex<Option<(Instant, TcpStream)>>>;
 
 pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<LoadReport>>,
+    /// Per client, the socket of the request in flight (a clone, for
+    /// [`Load::finish_within`] to shut down); cleared by the client once answered.
     in_flight: Vec<InFlight>,
     pub ok_so_far: Arc<AtomicU64>,
 }
+
+type InFlight = Arc<Mutex<Option<TcpStream>>>;
 
 struct Conn {
     reader: BufReader<TcpStream>,
 }
 
-fn connect(port: u16) -> std::io::Result<Conn> {
+fn connect(port: u16, timeout: Duration) -> std::io::Result<Conn> {
     let s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_nodelay(true)?;
-    s.set_read_timeout(Some(READ_TIMEOUT))?;
+    s.set_read_timeout(Some(timeout))?;
     Ok(Conn {
         reader: BufReader::new(s),
     })
@@ -145,13 +140,25 @@ impl Load {
         path: &str,
         pause: Duration,
     ) -> Load {
+        Load::start_with(port, clients, keep_alive, path, pause, READ_TIMEOUT)
+    }
+
+    /// [`Load::start_paced`] with a read timeout of `timeout`.
+    pub fn start_with(
+        port: u16,
+        clients: usize,
+        keep_alive: bool,
+        path: &str,
+        pause: Duration,
+        timeout: Duration,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok_so_far = Arc::new(AtomicU64::new(0));
-        let in_flight: Vec<_> = (0..clients).map(|_| Arc::new(Mutex::new(None))).collect();
+        let in_flight: Vec<InFlight> = (0..clients).map(|_| Arc::default()).collect();
         let threads = in_flight
             .iter()
             .map(|slot| {
-                let slot: InFlight = slot.clone();
+                let slot = slot.clone();
                 let stop = stop.clone();
                 let ok_so_far = ok_so_far.clone();
                 let path = path.to_string();
@@ -163,18 +170,17 @@ impl Load {
                         let t0 = Instant::now();
                         let c = match conn.take() {
                             Some(c) => Ok(c),
-                            None => connect(port).map_err(|e| format!("connect: {e}")),
+                            None => connect(port, timeout).map_err(|e| format!("connect: {e}")),
                         };
                         let result = c.and_then(|mut c| {
-                            let clone = c.reader.get_ref().try_clone();
-                            *slot.lock().unwrap() = clone.ok().map(|s| (t0, s));
+                            *slot.lock().unwrap() = c.reader.get_ref().try_clone().ok();
                             let answer = request(&mut c, &path, keep_alive);
-                            // None here: finish() took the socket and shut it down.
-                            let abandoned = slot.lock().unwrap().take().is_none();
+                            // None: finish_within() gave up on it and shut it down.
+                            let lost = slot.lock().unwrap().take().is_none();
                             match answer {
-                                Err(e) if abandoned => Err(format!(
-                                    "no answer after {:.1} s, abandoned when the load \
-                                     finished ({e})",
+                                Err(e) if lost => Err(format!(
+                                    "lost: no answer {:.1} s after it was sent, and none \
+                                     when the load had ended ({e})",
                                     t0.elapsed().as_secs_f64()
                                 )),
                                 answer => answer.map(|x| (c, x)),
@@ -242,31 +248,29 @@ impl Load {
         );
     }
 
-    /// Stops the clients and adds up their reports. A request still waiting
-    /// for its answer once it has waited [`ABANDON_AFTER`] is abandoned and
-    /// counted as failed.
     pub fn finish(self) -> LoadReport {
-        self.finish_abandoning_after(ABANDON_AFTER)
+        self.finish_within(None)
     }
 
-    /// [`Load::finish`], abandoning a request once it has waited `abandon_after`.
-    pub fn finish_abandoning_after(self, abandon_after: Duration) -> LoadReport {
+    /// [`Load::finish`]; with `Some(grace)`, a request still unanswered `grace`
+    /// after the load ended (the other clients done with theirs) is given up:
+    /// its connection is shut down and it fails as "lost". A slow server answers
+    /// it once the others are done; one that lost it never would, and the read
+    /// timeout would hold the end for that long.
+    pub fn finish_within(self, grace: Option<Duration>) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
-        // A watchdog rather than a wait: only an unanswered request is in the
-        // way, and its client blocks in a read that only a shutdown ends.
-        while !self.threads.iter().all(|t| t.is_finished()) {
-            for slot in &self.in_flight {
-                let mut slot = slot.lock().unwrap();
-                if slot
-                    .as_ref()
-                    .is_some_and(|(since, _)| since.elapsed() >= abandon_after)
-                {
-                    if let Some((_, socket)) = slot.take() {
-                        let _ = socket.shutdown(std::net::Shutdown::Both);
+        if let Some(grace) = grace {
+            let deadline = Instant::now() + grace;
+            while !self.threads.iter().all(|t| t.is_finished()) {
+                if Instant::now() >= deadline {
+                    for slot in &self.in_flight {
+                        if let Some(socket) = slot.lock().unwrap().take() {
+                            let _ = socket.shutdown(std::net::Shutdown::Both);
+                        }
                     }
                 }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
         let mut total = LoadReport::default();
         for t in self.threads {
@@ -287,11 +291,11 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::mpsc;
 
-    /// A server that reads a request and never answers it: at `finish`, the
-    /// request is abandoned and counted as failed, rather than held until the
-    /// read timeout.
+    /// A server that reads a request and never answers: `finish_within` gives
+    /// it up as lost once the grace is over, instead of waiting out the read
+    /// timeout.
     #[test]
-    fn an_unanswered_request_is_abandoned_at_finish_and_counted_failed() {
+    fn a_request_unanswered_after_the_grace_is_lost() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let (got_request, request_seen) = mpsc::channel();
@@ -308,10 +312,10 @@ mod tests {
         request_seen
             .recv_timeout(Duration::from_secs(30))
             .expect("the request reached the server");
-        let report = load.finish();
+        let report = load.finish_within(Some(Duration::from_millis(200)));
         assert_eq!((report.ok, report.failed), (0, 1), "{report:?}");
         assert!(
-            report.errors[0].contains("abandoned when the load finished"),
+            report.errors[0].starts_with("lost: "),
             "{:?}",
             report.errors
         );

@@ -932,7 +932,7 @@ class Bench:
     def s2(self, r, deadline, live):
         def measure(kind, peer):
             peer.wait_serving(30)
-            time.sleep(1.5)  # let the watchers settle (uWSGI's 1 s tick, chokidar's set-up, the last change's workers)
+            time.sleep(1.1)  # let the watchers settle (uWSGI's 1 s tick, chokidar's set-up, the last change's workers)
             old = peer.events.live_ready()
             t0 = time.time()
             with open(peer.watched, "w") as f:
@@ -966,7 +966,8 @@ class Bench:
     def s3_cross(self, kind, peer, under_load):
         """Makes one worker cross the limit; returns a function that waits for the
         recycle and records the figure."""
-        bound = {"PM2": 40, "appvisor": 8}.get(peer.name, 15)
+        # uWSGI idle never checks (it checks after a request): 8 s tells as well as 15.
+        bound = {"PM2": 40, "appvisor": 8, "uWSGI": 8}.get(peer.name, 15)
         peer.wait_serving(30)
         # Without keep-alive: uWSGI's sync workers each hold one kept-alive
         # connection for as long as it lasts, and /grow would wait behind them.
@@ -991,9 +992,9 @@ class Bench:
             if value is not None:
                 wait_for(f"{kind}: the fat worker gone", 60, lambda: not alive(pid))
             else:
-                # uWSGI idle never checks: the fat worker is made to go (a restart) for the next round.
-                peer.recycle()
-                peer.settle()
+                # uWSGI idle never checks: the fat worker is made to go for the next round
+                # (touch-reload: every worker at once, sooner than a chain reload).
+                peer.touch()
 
         return finish
 
@@ -1111,10 +1112,9 @@ class Bench:
 
         def status(label, p):
             took = []
-            for _ in range(1 if self.quick else 3):
-                t = time.monotonic()
-                p.status()
-                took.append(time.monotonic() - t)
+            t = time.monotonic()
+            p.status()
+            took.append(time.monotonic() - t)
             self.res.add("6", f"{p.scale} × 4: `status` latency (ms)", label.split(" (")[0], round(statistics.median(took) * 1000))
 
         self.each(r, [(label, p) for label, p in live if p.scale is not None], status)
@@ -1172,7 +1172,7 @@ class Bench:
         return self.start_all(peers)
 
     def s7(self, r, deadline, live):
-        seconds = 2 if self.quick else 3
+        seconds = 2
 
         def measure(kind, peer):
             # Alone and through the supervisor, in an order alternated by the round.
@@ -1246,11 +1246,13 @@ EXPLAIN = {
     "3": f"A worker allocates {GROW_MB} MiB (over a limit of {MEM_LIMIT_MB} MiB) on `/grow`; the figure is the time from the "
          "answer to the first sign of a recycle: a new worker process started, or the fat worker gone. 'idle': no request to "
          "that peer; 'under load': 4 clients without keep-alive on it. Each peer is started once; per round, first at once "
-         "the checks driven by a slow timer or by nothing: PM2 (checks every 30 s, every app of its daemon at once; idle on a "
-         "second app of the same daemon while the first is under load), supervisord + memmon idle (5 s tick) and uWSGI idle (it checks only after a request); then "
+         "the checks driven by a slow timer or by nothing: PM2 (checks every 30 s, every app of its daemon at once, so a "
+         "crossing waits 0–30 s, 15 s on average; each round takes one of its ticks and the next round's crossing comes "
+         "soon after it, so its figures sit near the top of that range; idle on a second app of the same daemon while "
+         "the first is under load), supervisord + memmon idle (5 s tick) and uWSGI idle (it checks only after a request); then "
          "one at a time with nothing else loaded: appvisor idle and under load, supervisord and uWSGI under load. "
-         "'—': no recycle within the bound (8 s for appvisor, 40 s for PM2, 15 s otherwise; uWSGI idle is then restarted "
-         "for the next round).",
+         "'—': no recycle within the bound (8 s for appvisor and uWSGI, 40 s for PM2, 15 s for supervisord + memmon; uWSGI "
+         "idle is then reloaded, by its touch-reload, for the next round).",
     "4": "One of 2 workers is killed with SIGKILL under load (4 keep-alive clients), once per peer per round on the same "
          "running peers; the figure is the time until its replacement can serve, and the requests that failed meanwhile. "
          "appvisor's rapid-fail guard (by default 5 crashes within 300 s stop the app) is raised to 1,000 here, as the "
@@ -1263,11 +1265,11 @@ EXPLAIN = {
          "measured; appvisor uses `ready = \"delay:300ms\"`); the nine supervisors (three peers × 1, 10 and 50 apps) run "
          "at once, beside scenario 5's; each round is the idle window of scenario 5, the same for all (its time is "
          "counted there), then `status` of each, one at a time in a rotated order: "
-         "`appvisor status`, `pm2 ls`, `supervisorctl status` (wall time of the command, as a user waits for it; median "
-         "of 3). Then one app of 1, 8 and 32 workers of the real app, the nine running at once, recycled one at a time: "
+         "`appvisor status`, `pm2 ls`, `supervisorctl status` (wall time of the command, as a user waits for it; one per "
+         "round). Then one app of 1, 8 and 32 workers of the real app, the nine running at once, recycled one at a time: "
          "restart command → every worker replaced (PM2 replaces one worker at a time; appvisor a quarter of them at a time, "
          "its default `batch = \"25%\"`: 1, 2 and 8 at once; supervisord stops all then starts all).",
-    "7": "`wrk -t2 -c4` (keep-alive), 3 s, against the app alone and under the supervisor (both running throughout; "
+    "7": "`wrk -t2 -c4` (keep-alive), 2 s, against the app alone and under the supervisor (both running throughout; "
          "the order alternated by round). The app alone is as many processes as the supervisor runs, accepting from "
          "one listening socket made by the runner and handed over on fd 3 (`LISTEN_FDS`), as appvisor hands its "
          "socket over. PM2's cluster mode passes each connection through its master.",
@@ -1434,8 +1436,8 @@ def main():
     }
     q = args.quick
     # Time bounds (s), safety nets a normal run does not reach (a full run took
-    # 23.3 min on 2 cores: scenario 1 505 s, 6 241 s, the store 172 s); a
-    # scenario that reaches its bound stops there with a note.
+    # 17 min of measurements on 2 cores: scenario 1 331 s, 3 159 s, 5 and 6 136 +
+    # 139 s, the store 108 s); a scenario that reaches its bound stops there with a note.
     bench.scenario("1", TITLES["1"], 120 if q else 660, bench.s1_setup, bench.s1)
     for (kind, mode), n in getattr(bench, "stalled", {}).items():
         bench.res.note("1", f"{kind}, {mode}: {n} time(s) no request succeeded within 3 s after a restart: the clients "

@@ -382,8 +382,11 @@ class Appvisor(Peer):
                 lines.append(f'private_memory = "{MEM_LIMIT_MB}MiB"\n')
             if o.get("crashes_ok"):
                 # kill -9 of a live supervisor's worker every round: the rapid-fail
-                # guard (by default 5 crashes in 300 s stop the app) is raised.
-                lines.append("[app.failure]\nrapid_fail_max_crashes = 1000\n")
+                # guard (by default 5 crashes in 300 s stop the app) is raised, and a
+                # worker counts as stable after 5 s instead of 30 s, so that each kill
+                # is a first crash (restarted at once), as the rounds mean it and as
+                # the peers (no backoff between crashes by default) treat it.
+                lines.append("[app.failure]\nrapid_fail_max_crashes = 1000\nstable_uptime = \"5s\"\n")
             if o.get("watch"):
                 lines.append(f'[app.watch]\nenabled = true\npaths = ["{os.path.basename(o["watch"])}"]\n')
             else:
@@ -1256,7 +1259,9 @@ EXPLAIN = {
     "4": "One of 2 workers is killed with SIGKILL under load (4 keep-alive clients), once per peer per round on the same "
          "running peers; the figure is the time until its replacement can serve, and the requests that failed meanwhile. "
          "appvisor's rapid-fail guard (by default 5 crashes within 300 s stop the app) is raised to 1,000 here, as the "
-         "same app is crashed every round.",
+         "same app is crashed every round, and its `stable_uptime` (a worker up this long resets the crash backoff; 30 s "
+         "by default) is 5 s, so each kill is a first crash, restarted at once, as every peer restarts it: the rounds "
+         "come less than 30 s apart.",
     "5": "All peers at once, each with the same app × 4 workers, started once, beside the nine supervisors of "
          "scenario 6 (all idle); each round is one 20 s idle window (5 s with --quick), the same for all fourteen: RSS of the supervisor's own processes (not the workers; appvisor: the "
          "supervisor and its guard, with the embedded store inside), and their CPU time (all threads, "

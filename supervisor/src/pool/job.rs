@@ -127,8 +127,8 @@ impl Pool {
             if starting >= batch {
                 return;
             }
-            // The next slot without a candidate of its own (one may still be
-            // starting for a job that failed before this one).
+            // The next slot without a candidate of its own (a failed or aborted
+            // job retires its candidates, so this only guards the invariant).
             let next = job
                 .slots
                 .iter()

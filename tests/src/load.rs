@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::recovery::pid_of;
+
 #[derive(Debug, Default, Clone)]
 pub struct LoadReport {
     pub ok: u64,
@@ -113,15 +115,6 @@ fn request(conn: &mut Conn, path: &str, keep_alive: bool) -> Result<(String, boo
         }
     }
     Ok((String::from_utf8_lossy(&body).into_owned(), close))
-}
-
-fn pid_of(body: &str) -> Option<i32> {
-    let i = body.find("pid=")?;
-    body[i + 4..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 impl Load {

@@ -194,6 +194,22 @@ pub fn prune_unconfigured(state_dir: &Path, configured: &[&str], bounds: Bounds,
     }
 }
 
+/// `<state_dir>/history/<app>` again, owner only, if the state dir exists.
+fn remake_history_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let state_dir = dir.parent().and_then(Path::parent);
+    if state_dir.is_some_and(|d| !d.exists()) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the state dir is gone (the supervisor makes it again)",
+        ));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 impl Recorder {
     /// Opens the app's history in `dir` (created 0700 if missing): cuts the torn
     /// tail of any segment a crash left (a warning names it), and applies retention
@@ -385,8 +401,11 @@ impl Recorder {
                 start += 1;
             }
             let path = file::segment_path(&dir, kind, start);
-            // The state dir may have been deleted and made again meanwhile.
-            let opened = std::fs::create_dir_all(&dir).and_then(|_| open_segment(&path, kind));
+            // The state dir may have been deleted and made again meanwhile: the
+            // history dir is made again (0700), never the state dir itself — the
+            // daemon makes that, with its mode and lock (`create_dir_all` made it
+            // 0755 here, and a test saw the remade state dir at 0755).
+            let opened = remake_history_dir(&dir).and_then(|_| open_segment(&path, kind));
             match opened {
                 Ok(f) => {
                     tier.file = Some(f);

@@ -38,6 +38,8 @@ pub struct Load {
     /// Per client, the socket of the request in flight (a clone, for
     /// [`Load::finish_within`] to shut down); cleared by the client once answered.
     in_flight: Vec<InFlight>,
+    /// Disconnected once every client thread has ended (each holds a sender).
+    ended: std::sync::mpsc::Receiver<()>,
     pub ok_so_far: Arc<AtomicU64>,
 }
 
@@ -148,6 +150,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok_so_far = Arc::new(AtomicU64::new(0));
         let in_flight: Vec<InFlight> = (0..clients).map(|_| Arc::default()).collect();
+        let (ending, ended) = std::sync::mpsc::channel::<()>();
         let threads = in_flight
             .iter()
             .map(|slot| {
@@ -155,7 +158,9 @@ impl Load {
                 let stop = stop.clone();
                 let ok_so_far = ok_so_far.clone();
                 let path = path.to_string();
+                let ending = ending.clone();
                 std::thread::spawn(move || {
+                    let _ending = ending; // dropped when the client ends
                     let mut r = LoadReport::default();
                     let mut conn: Option<Conn> = None;
                     let errors = Mutex::new(Vec::new());
@@ -218,6 +223,7 @@ impl Load {
             stop,
             threads,
             in_flight,
+            ended,
             ok_so_far,
         }
     }
@@ -253,16 +259,15 @@ impl Load {
     pub fn finish_within(self, grace: Option<Duration>) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(grace) = grace {
-            let deadline = Instant::now() + grace;
-            while !self.threads.iter().all(|t| t.is_finished()) {
-                if Instant::now() >= deadline {
-                    for slot in &self.in_flight {
-                        if let Some(socket) = slot.lock().unwrap().take() {
-                            let _ = socket.shutdown(std::net::Shutdown::Both);
-                        }
+            // Disconnected: every client ended within the grace. Timeout: the
+            // requests still in flight are given up (their reads end at once).
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = self.ended.recv_timeout(grace)
+            {
+                for slot in &self.in_flight {
+                    if let Some(socket) = slot.lock().unwrap().take() {
+                        let _ = socket.shutdown(std::net::Shutdown::Both);
                     }
                 }
-                std::thread::sleep(Duration::from_millis(10));
             }
         }
         let mut total = LoadReport::default();

@@ -14,7 +14,8 @@
 # the server's CPU per request: utime + stime of the whole process (all threads,
 # the store's log threads included) from /proc/PID/stat before and after the run,
 # divided by the run's requests. CPU time moves far less than throughput when other
-# work shares the machine.
+# work shares the machine. The last column is each round's store ÷ redis-server (the
+# two ran back to back), so a reader sees how far one round strays from the median.
 #
 # Knobs (environment):
 #   PERSIST  modes to run, space- or comma-separated: no everysec always (default: all
@@ -189,18 +190,21 @@ for mode in "${modes[@]}"; do
     redis_flags=$([[ $mode == no ]] && echo "--appendonly no" || echo "--appendonly yes --appendfsync $mode")
     echo "## persistence: $mode (store \`persist = \"$mode\"\`; redis-server \`--save '' $redis_flags\`)"
     echo
-    echo "| clients | pipeline | test | redis rps | store rps | ratio | redis p99 | store p99 | redis CPU µs/req | store CPU µs/req | CPU ratio |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| clients | pipeline | test | redis rps | store rps | ratio | redis p99 | store p99 | redis CPU µs/req | store CPU µs/req | CPU ratio | ratio of each round |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     for cfg in "${configs[@]}"; do
         read -r _ c _ p <<< "$cfg"
         for test in set get; do
             r=$work/$mode.$test.redis.$cfg; s=$work/$mode.$test.store.$cfg
             r_rps=$(col 1 "$r"); s_rps=$(col 1 "$s")
             r_cpu=$(col 3 "$r"); s_cpu=$(col 3 "$s")
-            printf '| %s | %s | %s | %s | %s | **%.2f×** | %.3f ms | %.3f ms | %.2f | %.2f | %s |\n' \
+            # Round i of both servers ran back to back: their ratio is the pair's.
+            rounds=$(paste -d' ' "$s" "$r" | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), ($(NF / 2 + 1) > 0 ? $1 / $(NF / 2 + 1) : 0) }')
+            printf '| %s | %s | %s | %s | %s | **%.2f×** | %.3f ms | %.3f ms | %.2f | %.2f | %s | %s |\n' \
                 "$c" "$p" "${test^^}" "$(fmt_int "$r_rps")" "$(fmt_int "$s_rps")" "$(calc "$s_rps / $r_rps")" \
                 "$(col 2 "$r")" "$(col 2 "$s")" "$r_cpu" "$s_cpu" \
-                "$(awk -v a="$s_cpu" -v b="$r_cpu" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "–" }')"
+                "$(awk -v a="$s_cpu" -v b="$r_cpu" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "–" }')" \
+                "$rounds"
         done
     done
     echo

@@ -1297,6 +1297,73 @@ def ratio(a, b):
     return f"{a / b:.2f}×"
 
 
+class OtherWork:
+    """How much CPU time the rest of the machine used while this run measured: the
+    system's busy time (/proc/stat: user, nice, system) minus this run's own, which its
+    cgroup counts (cpu.stat: every process the run started, daemons that left its
+    process tree included, since a process cannot leave its cgroup by forking). The
+    load average cannot tell this: it counts the run's own load, so it was "busy"
+    whenever the benchmark ran. Interrupt time (loopback traffic) is left out of
+    both. Where no cgroup can be made (not root, no cgroup v2), `share()` is None
+    and the load average decides, as before."""
+
+    def __init__(self):
+        self.cgroup = None
+        self.home = None
+        try:
+            mount = next(line.split()[4] for line in open("/proc/self/mountinfo")
+                         if " - cgroup2 " in line)
+            own = next(line.strip()[3:] for line in open("/proc/self/cgroup") if line.startswith("0::"))
+            home = os.path.join(mount, own.lstrip("/"))
+            path = os.path.join(home, f"appvisor-bench-{os.getpid()}")
+            os.mkdir(path)
+            try:
+                with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            except OSError:
+                os.rmdir(path)
+                raise
+            self.cgroup, self.home = path, home
+        except (OSError, StopIteration):
+            pass
+        self.start = self.snap()
+
+    def snap(self):
+        fields = open("/proc/stat").readline().split()
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = sum(int(x) for x in fields[1:4]) / hz
+        own = None
+        if self.cgroup:
+            try:
+                for line in open(os.path.join(self.cgroup, "cpu.stat")):
+                    if line.startswith("usage_usec "):
+                        own = int(line.split()[1]) / 1e6
+            except OSError:
+                pass
+        return time.monotonic(), busy, own
+
+    def share(self):
+        """Other work's CPU time since the start ÷ the machine's (all cores)."""
+        t1, busy1, own1 = self.snap()
+        t0, busy0, own0 = self.start
+        if own0 is None or own1 is None or t1 <= t0:
+            return None
+        other = (busy1 - busy0) - (own1 - own0)
+        return max(0.0, other) / ((t1 - t0) * (os.cpu_count() or 1))
+
+    def leave(self):
+        """Moves this process back and removes the cgroup (kept while anything the
+        run started still lives in it)."""
+        if not self.cgroup:
+            return
+        try:
+            with open(os.path.join(self.home, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+            os.rmdir(self.cgroup)
+        except OSError:
+            pass
+
+
 def median(vals):
     v = [x for x in vals if x is not None]
     if not v:
@@ -1310,7 +1377,7 @@ def render(bench, meta, store_md):
     out.append("<!-- bench/run: begin (written by bench/run; edits inside are overwritten) -->")
     out.append("## Side by side: appvisor and its peers in one run (`bench/run`)\n")
     out.append(f"Written by `{meta['command']}` on {meta['date']}. Machine: {meta['machine']}. "
-               f"Load average at start {meta['load_start']}, at end {meta['load_end']}. "
+               f"Load average at start {meta['load_start']}, at end {meta['load_end']}. {meta.get('other', '')}"
                f"{bench.rounds} round(s); each scenario starts its peers once and measures them one at a time, round by round, "
                f"in an order rotated each round; each cell is min / **median** / max over the rounds; "
                f"the ratio is appvisor's median ÷ the peer's median. Whole run: {meta['elapsed']}.\n")
@@ -1419,6 +1486,9 @@ def main():
         if not os.path.exists(tool):
             sys.exit(f"bench/run: {tool} is missing; run bench/run (it installs and builds) rather than this file")
 
+    # Before anything is started, so every process of the run is in its cgroup.
+    other = OtherWork()
+    atexit.register(other.leave)  # atexit runs last-in first: after the cleanup
     atexit.register(PROCS.cleanup)
 
     def on_signal(signo, _frame):
@@ -1464,7 +1534,14 @@ def main():
                            f"installing the peers while appvisor builds, then {elapsed / 60:.1f} min of measurements")
     else:
         meta["elapsed"] = f"{elapsed / 60:.1f} min of measurements"
-    if max(float(load_start[0]), float(load_end[0])) > (os.cpu_count() or 1) * 0.75:
+    share = other.share()
+    if share is not None:
+        meta["other"] = (f"Other work on the machine during the run: {share * 100:.1f} % of its CPU time "
+                         f"(/proc/stat's busy time less the run's own, which its cgroup counts). ")
+        if share > 0.10:
+            meta["provisional"] = (f"other work used {share * 100:.0f} % of the machine's CPU time during the run: "
+                                   f"absolute figures and latencies are inflated; compare ratios only.")
+    elif max(float(load_start[0]), float(load_end[0])) > (os.cpu_count() or 1) * 0.75:
         meta["provisional"] = (f"the machine was busy (load average {meta['load_start']} → {meta['load_end']} on "
                                f"{os.cpu_count()} cores): absolute figures and latencies are inflated; compare ratios only.")
     block = render(bench, meta, store_md)
